@@ -1,0 +1,64 @@
+"""Linking: a wasm32 object → model.wasm with LLD's wasm-ld (from the ziglang wheel)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .diagnostics import Diagnostic, ToolchainError
+
+PAGE = 65536
+# The shadow stack sits below the arena (--stack-first); fedc's kernels keep nearly
+# everything in Wasm locals, so a small one is enough.
+STACK_SIZE = 64 * 1024
+ARENA_BASE = STACK_SIZE
+
+
+def wasm_ld_command() -> list[str]:
+    override = os.environ.get("FEDC_WASM_LD")
+    if override:
+        return [override]
+    return [sys.executable, "-m", "ziglang", "wasm-ld"]
+
+
+def link(obj: bytes, arena_end: int, exports: list[str]) -> bytes:
+    """Link one object into a module that imports nothing and exports its memory.
+
+    The arena (every buffer of the static memory plan) spans [ARENA_BASE, arena_end); the
+    linker is told to put its own data after it, so the two can never overlap.
+    """
+    data_base = _round_up(arena_end, 16)
+    memory = _round_up(data_base + PAGE, PAGE)  # room for any constant data LLVM emits
+    args = [
+        "--no-entry",
+        "--stack-first",
+        "-z", f"stack-size={STACK_SIZE}",
+        f"--global-base={data_base}",
+        f"--initial-memory={memory}",
+        f"--max-memory={memory}",
+        "--strip-all",
+        "--gc-sections",
+        *(f"--export={name}" for name in exports),
+    ]
+    with tempfile.TemporaryDirectory(prefix="fedc-link-") as tmp:
+        obj_path = Path(tmp) / "model.o"
+        out_path = Path(tmp) / "model.wasm"
+        obj_path.write_bytes(obj)
+        cmd = [*wasm_ld_command(), *args, str(obj_path), "-o", str(out_path)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        except OSError as exc:
+            raise ToolchainError([Diagnostic(f"cannot run wasm-ld ({cmd[0]}): {exc}")]) from exc
+        if proc.returncode != 0:
+            raise ToolchainError([Diagnostic(
+                "wasm-ld failed: " + (proc.stderr.strip() or proc.stdout.strip())
+                + "\nhint: install the ziglang wheel (pip install ziglang) or set FEDC_WASM_LD"
+            )])
+        return out_path.read_bytes()
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
