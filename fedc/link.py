@@ -31,7 +31,7 @@ def link(obj: bytes, arena_end: int, exports: list[str]) -> bytes:
     linker is told to put its own data after it, so the two can never overlap.
     """
     data_base = _round_up(arena_end, 16)
-    memory = _round_up(data_base + PAGE, PAGE)  # room for any constant data LLVM emits
+    memory = memory_size(arena_end)
     args = [
         "--no-entry",
         "--stack-first",
@@ -58,6 +58,11 @@ def link(obj: bytes, arena_end: int, exports: list[str]) -> bytes:
                 + "\nhint: install the ziglang wheel (pip install ziglang) or set FEDC_WASM_LD"
             )])
         return out_path.read_bytes()
+
+
+def memory_size(arena_end: int) -> int:
+    """The module's fixed memory size: the arena, then a page for LLVM's constant data."""
+    return _round_up(_round_up(arena_end, 16) + PAGE, PAGE)
 
 
 def _round_up(x: int, m: int) -> int:

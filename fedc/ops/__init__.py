@@ -1,0 +1,66 @@
+"""The op registry: one block per op (shape rule, gradient rule, numpy reference, lowering)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..ir import Node, TensorType, Value
+    from ..lower.context import LowerCtx
+    from .surface import GradBuilder, SurfaceCtx
+
+
+class ShapeError(Exception):
+    """A shape rule's complaint; the checker turns it into a diagnostic at the call."""
+
+
+ShapeRule = Callable[[tuple["TensorType", ...], dict[str, Any]], "TensorType"]
+Reference = Callable[[list[np.ndarray], dict[str, Any]], np.ndarray]
+GradRule = Callable[["GradBuilder", "Node", "Value", tuple[bool, ...]], tuple["Value | None", ...]]
+Lowering = Callable[["LowerCtx", "Node"], None]
+Surface = Callable[["SurfaceCtx", list[Any], dict[str, Any]], "Value"]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """Everything fedc knows about one op.
+
+    shape:   input types + attrs → output type (raises ShapeError)
+    ref:     numpy reference semantics; arrays carry the batch dim; works in f32 or f64
+    grad:    (builder, node, d_out, needs) → one gradient Value (or None) per input;
+             None as a whole means the op is not differentiable (an error if reached)
+    lower:   emits the op's code at ctx.b for the node's planned buffers
+    surface: how a call in a .fed file builds it (None: internal op, not callable by users)
+    """
+
+    name: str
+    shape: ShapeRule
+    ref: Reference
+    lower: Lowering
+    grad: GradRule | None = None
+    surface: Surface | None = None
+    doc: str = ""
+
+
+REGISTRY: dict[str, OpDef] = {}
+
+
+def register(name: str, *, shape: ShapeRule, ref: Reference, lower: Lowering,
+             grad: GradRule | None = None, surface: Surface | None = None, doc: str = "") -> OpDef:
+    if name in REGISTRY:
+        raise ValueError(f"op {name!r} registered twice")
+    op = OpDef(name, shape, ref, lower, grad, surface, doc)
+    REGISTRY[name] = op
+    return op
+
+
+def surface_ops() -> dict[str, OpDef]:
+    """The ops a .fed file may call by name."""
+    return {k: v for k, v in REGISTRY.items() if v.surface is not None}
+
+
+from . import dense, elementwise, losses  # noqa: E402,F401  (registers the ops)

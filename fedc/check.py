@@ -1,0 +1,291 @@
+"""The checker: AST → typed forward IR graph, with every name, shape, dtype and setting checked."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .diagnostics import Collector, Span
+from .ir import BATCH, Graph, GraphBuilder, TensorType, Value, format_graph, verify
+from .ops import REGISTRY, ShapeError, surface_ops
+from .ops.surface import SurfaceCtx, SurfaceError
+from .optim import OPTIMIZERS
+from .syntax import ast
+
+STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "median",
+              "trimmed_mean", "krum", "multikrum")
+
+# name → (default, kind, rule); kind "int" is a positive integer
+FEDERATED_SETTINGS: dict[str, tuple[Any, str]] = {
+    "rounds": (10, "int"),
+    "clients_per_round": (10, "int"),
+    "local_epochs": (1, "int"),
+    "batch_size": (32, "int"),
+    "strategy": ("fedavg", "strategy"),
+    "proximal_mu": (0.0, "nonneg"),
+}
+
+
+@dataclass(frozen=True)
+class TensorDecl:
+    """A declared input or target, as the manifest describes it."""
+
+    name: str
+    dtype: str  # f32 | i32
+    shape: tuple[int, ...]  # per example
+    classes: int | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    hparams: dict[str, float]
+    span: Span | None
+
+
+@dataclass(frozen=True)
+class CheckedModel:
+    name: str
+    graph: Graph  # forward: outputs "loss" and "prediction"
+    inputs: tuple[TensorDecl, ...]
+    targets: tuple[TensorDecl, ...]
+    optimizer: OptimizerSpec
+    federated: dict[str, Any]
+    loss_op: str
+    task: str  # classification | regression
+    file: str
+    source: str = field(repr=False, default="")
+
+    def ir_text(self) -> str:
+        return format_graph(self.graph, f"forward {self.name}")
+
+
+class _Checker:
+    def __init__(self, program: ast.Program) -> None:
+        self.p = program
+        self.diag = Collector(program.source, program.file)
+        self.g = GraphBuilder()
+        self.env: dict[str, Value] = {}
+        self.defined_at: dict[int, tuple[str, Span]] = {}
+        self.classes: dict[int, int] = {}
+        self.counters: dict[str, int] = {}
+
+    # --- declarations ---------------------------------------------------------------------
+    def declare(self, decl: ast.InputDecl | ast.TargetDecl, is_target: bool) -> TensorDecl | None:
+        t = decl.type
+        what = "target" if is_target else "input"
+        if decl.name in self.env:
+            self.diag.error(f"{decl.name!r} is declared twice", decl.span,
+                            (("first declared here", self.defined_at[self.env[decl.name].id][1]),))
+            return None
+        if t.dtype == "class":
+            if not is_target:
+                self.diag.error("class[K] is a target type; declare model inputs as f32 or i32",
+                                t.span)
+                return None
+            if len(t.dims) != 1 or t.dims[0] < 2:
+                self.diag.error(f"class[K] needs one class count K ≥ 2 but got class{list(t.dims)}",
+                                t.span)
+                return None
+            v = self.g.add_input(TensorType("i32", (BATCH,)), decl.name)
+            self.classes[v.id] = t.dims[0]
+            out = TensorDecl(decl.name, "i32", (), t.dims[0], decl.span)
+        elif t.dtype in ("f32", "i32"):
+            if any(d <= 0 for d in t.dims):
+                self.diag.error(f"{what} dimensions must be positive but got {list(t.dims)}", t.span)
+                return None
+            v = self.g.add_input(TensorType(t.dtype, (BATCH, *t.dims)), decl.name)
+            out = TensorDecl(decl.name, t.dtype, tuple(t.dims), None, decl.span)
+        else:
+            self.diag.error(f"unknown dtype {t.dtype!r} (expected f32, i32 or class)", t.span)
+            return None
+        self.bind_name(decl.name, v, decl.span)
+        return out
+
+    def bind_name(self, name: str, v: Value, span: Span) -> None:
+        self.env[name] = v
+        self.defined_at.setdefault(v.id, (name, span))
+
+    # --- expressions ----------------------------------------------------------------------
+    def expr(self, e: ast.Expr) -> Any:
+        """A Value, a constant (int/float/str/bool), or None after an error was reported."""
+        if isinstance(e, ast.Num | ast.Str):
+            return e.value
+        if isinstance(e, ast.Name):
+            if e.id in self.env:
+                return self.env[e.id]
+            if e.id in ("true", "false"):
+                return e.id == "true"
+            self.unknown(e.id, "name", list(self.env), e.span)
+            return None
+        if isinstance(e, ast.BinOp):
+            return self.binop(e)
+        return self.call(e)
+
+    def unknown(self, name: str, what: str, known: list[str], span: Span) -> None:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        self.diag.error(f"unknown {what} {name!r}{hint}", span)
+
+    def binop(self, e: ast.BinOp) -> Any:
+        left, right = self.expr(e.left), self.expr(e.right)
+        if left is None or right is None:
+            return None
+        if e.op != "+" or not (isinstance(left, Value) and isinstance(right, Value)):
+            self.diag.error(f"operator {e.op!r} is only defined as `tensor + tensor` "
+                            "(a residual add)", e.span)
+            return None
+        return self.apply("add", [left, right], {}, e.span, (e.left.span, e.right.span), {})
+
+    def call(self, e: ast.Call) -> Any:
+        ops = surface_ops()
+        args = [self.expr(a) for a in e.args]
+        kwargs = {k.name: self.expr(k.value) for k in e.kwargs}
+        if e.func not in ops:
+            self.unknown(e.func, "function", list(ops), e.func_span)
+            return None
+        if any(a is None for a in args) or any(v is None for v in kwargs.values()):
+            return None
+        return self.apply(e.func, args, kwargs, e.span, tuple(a.span for a in e.args),
+                          {k.name: k.span for k in e.kwargs})
+
+    def apply(self, op: str, args: list[Any], kwargs: dict[str, Any], span: Span,
+              arg_spans: tuple[Span, ...], kw_spans: dict[str, Span]) -> Any:
+        ctx = SurfaceCtx(self.g, span, self.classes, self.counters)
+        surface = REGISTRY[op].surface
+        assert surface is not None
+        try:
+            return surface(ctx, args, kwargs)
+        except SurfaceError as exc:
+            where = exc.where
+            at = (arg_spans[where] if isinstance(where, int) and where < len(arg_spans)
+                  else kw_spans.get(where, span) if isinstance(where, str) else span)
+            self.diag.error(str(exc), at, self.notes_for(args))
+        except ShapeError as exc:
+            self.diag.error(str(exc), span, self.notes_for(args))
+        return None
+
+    def notes_for(self, args: list[Any]) -> tuple[tuple[str, Span | None], ...]:
+        for a in args:
+            if isinstance(a, Value) and a.id in self.defined_at:
+                name, where = self.defined_at[a.id]
+                return ((f"{name} ({a.type}) defined here", where),)
+        return ()
+
+
+def check(program: ast.Program) -> CheckedModel:
+    """Check a parsed program; raises CheckError with every error found."""
+    c = _Checker(program)
+    m = program.model
+    inputs = [d for d in (c.declare(i, False) for i in m.inputs) if d]
+    targets = [d for d in (c.declare(t, True) for t in m.targets) if d]
+    if not m.inputs:
+        c.diag.error(f"model {m.name} declares no input (add e.g. `input x: f32[64]`)", m.span)
+    if not m.targets:
+        c.diag.error(f"model {m.name} declares no target (add e.g. `target y: class[10]`)",
+                     m.span)
+    loss_stmt: ast.Assign | None = None
+    for stmt in m.body:
+        if stmt.name in [d.name for d in (*inputs, *targets)]:
+            c.diag.error(f"cannot assign to {stmt.name!r}: it is a declared input or target",
+                         stmt.name_span)
+            continue
+        v = c.expr(stmt.value)
+        if stmt.name == "loss":
+            loss_stmt = stmt
+        if isinstance(v, Value):
+            c.bind_name(stmt.name, v, stmt.name_span)
+        elif v is not None:
+            c.diag.error(f"{stmt.name!r} must be a tensor expression, not the constant {v!r}",
+                         stmt.value.span)
+    loss_op, prediction, loss = _find_loss(c, m, loss_stmt)
+    optimizer = _check_optimizer(c, program.optimizer, program)
+    federated = _check_federated(c, program.federated)
+    c.diag.raise_if_any()
+    assert loss is not None and prediction is not None
+    graph = c.g.build([("loss", loss), ("prediction", prediction)])
+    verify(graph)
+    task = "classification" if targets[0].classes is not None else "regression"
+    return CheckedModel(m.name, graph, tuple(inputs), tuple(targets), optimizer, federated,
+                        loss_op, task, program.file, program.source)
+
+
+def _find_loss(c: _Checker, m: ast.ModelDef,
+               stmt: ast.Assign | None) -> tuple[str, Value | None, Value | None]:
+    if stmt is None:
+        c.diag.error(f"model {m.name} assigns no `loss` (add e.g. "
+                     "`loss = softmax_cross_entropy(logits, y)`)", m.span)
+        return "", None, None
+    loss = c.env.get("loss")
+    if loss is None:
+        return "", None, None
+    node = next((n for n in c.g.nodes if n.out == loss), None)
+    if node is None or loss.type.shape != () or node.op not in _LOSS_OPS:
+        c.diag.error(f"`loss` must be one of {', '.join(sorted(_LOSS_OPS))} applied to the "
+                     f"model's output, but it is {loss.type}", stmt.value.span)
+        return "", None, None
+    return node.op, node.inputs[0], loss
+
+
+_LOSS_OPS = {"softmax_cross_entropy", "mse"}
+
+
+def _check_optimizer(c: _Checker, opt: ast.OptimizerDef | None,
+                     program: ast.Program) -> OptimizerSpec:
+    if opt is None:
+        end = Span(program.file, max(program.source.count("\n"), 1), 1)
+        c.diag.error("no optimizer declared (add e.g. `optimizer sgd(lr=0.05, momentum=0.9)`)",
+                     end)
+        return OptimizerSpec("sgd", {}, None)
+    spec = OPTIMIZERS.get(opt.name)
+    if spec is None:
+        c.unknown(opt.name, "optimizer", list(OPTIMIZERS), opt.span)
+        return OptimizerSpec(opt.name, {}, opt.span)
+    values: dict[str, float] = {}
+    for kw in opt.kwargs:
+        hp = spec.hparams.get(kw.name)
+        if hp is None:
+            c.diag.error(f"{opt.name} has no hyper-parameter {kw.name!r} "
+                         f"(expected {', '.join(spec.hparams)})", kw.span)
+            continue
+        raw = c.expr(kw.value)
+        if isinstance(raw, bool):
+            raw = float(raw)
+        if not isinstance(raw, int | float) or not hp.check(float(raw)):
+            c.diag.error(f"{opt.name}: {kw.name} must be {hp.rule} but got {raw!r}",
+                         kw.value.span)
+            continue
+        values[kw.name] = float(raw)
+    for name, hp in spec.hparams.items():
+        if name not in values:
+            if hp.default is None:
+                c.diag.error(f"{opt.name} needs the hyper-parameter {name!r} "
+                             f"(e.g. {opt.name}({name}=0.01))", opt.span)
+            else:
+                values[name] = hp.default
+    return OptimizerSpec(opt.name, values, opt.span)
+
+
+def _check_federated(c: _Checker, fed: ast.FederatedDef | None) -> dict[str, Any]:
+    out = {k: d for k, (d, _) in FEDERATED_SETTINGS.items()}
+    for s in fed.settings if fed else ():
+        known = FEDERATED_SETTINGS.get(s.name)
+        if known is None:
+            c.unknown(s.name, "federated setting", list(FEDERATED_SETTINGS), s.span)
+            continue
+        kind = known[1]
+        v: Any = s.value.id if isinstance(s.value, ast.Name) else c.expr(s.value)
+        if kind == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            c.diag.error(f"{s.name} must be a positive integer but got {v!r}", s.value.span)
+        elif kind == "nonneg" and (not isinstance(v, int | float) or v < 0):
+            c.diag.error(f"{s.name} must be a number ≥ 0 but got {v!r}", s.value.span)
+        elif kind == "strategy" and v not in STRATEGIES:
+            close = difflib.get_close_matches(str(v), STRATEGIES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            c.diag.error(f"unknown strategy {v!r}{hint} (expected one of {', '.join(STRATEGIES)})",
+                         s.value.span)
+        else:
+            out[s.name] = float(v) if kind == "nonneg" else v
+    return out

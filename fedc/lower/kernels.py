@@ -1,0 +1,183 @@
+"""Loop and vector helpers the op lowerings are written with (llvmlite.ir only, no binding)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from llvmlite import ir
+
+I32 = ir.IntType(32)
+F32 = ir.FloatType()
+PTR = ir.PointerType()
+V4 = ir.VectorType(F32, 4)
+LANES = 4
+
+
+def i32c(x: int) -> ir.Constant:
+    return ir.Constant(I32, x)
+
+
+def f32c(x: float) -> ir.Constant:
+    return ir.Constant(F32, x)
+
+
+def splat(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    """A <4 x float> with x in every lane (constants fold to a vector constant)."""
+    if isinstance(x, ir.Constant):
+        return ir.Constant(V4, [x.constant] * LANES)
+    v = b.insert_element(ir.Constant(V4, ir.Undefined), x, i32c(0))
+    return b.shuffle_vector(v, ir.Constant(V4, ir.Undefined), ir.Constant(ir.VectorType(I32, 4), [0] * 4))
+
+
+def const_like(x: ir.Value, value: float) -> ir.Constant:
+    if isinstance(x.type, ir.VectorType):
+        return ir.Constant(x.type, [value] * x.type.count)
+    return ir.Constant(F32, value)
+
+
+def as_value(x: ir.Value | int) -> ir.Value:
+    return i32c(x) if isinstance(x, int) else x
+
+
+def gep(b: ir.IRBuilder, base: ir.Value, index: ir.Value | int, elem: ir.Type = F32) -> ir.Value:
+    return b.gep(base, [as_value(index)], source_etype=elem)
+
+
+def load(b: ir.IRBuilder, base: ir.Value, index: ir.Value | int, elem: ir.Type = F32) -> ir.Value:
+    return b.load(gep(b, base, index, elem), typ=elem, align=4)
+
+
+def store(b: ir.IRBuilder, value: ir.Value, base: ir.Value, index: ir.Value | int) -> None:
+    b.store(value, gep(b, base, index, value.type), align=4)
+
+
+def load4(b: ir.IRBuilder, base: ir.Value, index: ir.Value | int) -> ir.Value:
+    """Four consecutive floats starting at element `index` (4-byte alignment assumed)."""
+    return b.load(gep(b, base, index), typ=V4, align=4)
+
+
+def store4(b: ir.IRBuilder, value: ir.Value, base: ir.Value, index: ir.Value | int) -> None:
+    b.store(value, gep(b, base, index), align=4)
+
+
+@contextmanager
+def loop(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int,
+         step: int = 1, name: str = "i") -> Iterator[ir.Value]:
+    """`for i in range(start, stop, step)`: yields i; the body is emitted inside the with-block."""
+    start_v, stop_v = as_value(start), as_value(stop)
+    pre = b.block
+    head = b.append_basic_block(f"{name}.head")
+    body = b.append_basic_block(f"{name}.body")
+    done = b.append_basic_block(f"{name}.done")
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I32, name=name)
+    i.add_incoming(start_v, pre)
+    b.cbranch(b.icmp_signed("<", i, stop_v), body, done)
+    b.position_at_end(body)
+    yield i
+    nxt = b.add(i, i32c(step))
+    i.add_incoming(nxt, b.block)
+    b.branch(head)
+    b.position_at_end(done)
+
+
+def reduce_add4(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    """Horizontal sum of a <4 x float> (fixed pairwise order: deterministic)."""
+    hi = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 4), [2, 3, 0, 1]))
+    s = b.fadd(v, hi)
+    hi2 = b.shuffle_vector(s, s, ir.Constant(ir.VectorType(I32, 4), [1, 0, 3, 2]))
+    return b.extract_element(b.fadd(s, hi2), i32c(0))
+
+
+MapFn = Callable[[ir.IRBuilder, Sequence[ir.Value]], ir.Value]
+
+
+def emit_map(b: ir.IRBuilder, count: ir.Value | int, fn: MapFn,
+             inputs: Sequence[ir.Value], out: ir.Value) -> None:
+    """out[i] = fn(inputs[0][i], …) for i < count: <4 x float> body, scalar tail.
+
+    `fn` receives values that are all <4 x float> or all float and must accept both.
+    """
+    emit_zip(b, count, lambda bb, vs: (fn(bb, vs),), inputs, (out,))
+
+
+ZipFn = Callable[[ir.IRBuilder, Sequence[ir.Value]], Sequence[ir.Value]]
+
+
+def emit_zip(b: ir.IRBuilder, count: ir.Value | int, fn: ZipFn,
+             inputs: Sequence[ir.Value], outputs: Sequence[ir.Value]) -> None:
+    """outputs[k][i] = fn(inputs…[i])[k] for i < count, vector body then scalar tail."""
+    count_v = as_value(count)
+    vec_end = b.and_(count_v, i32c(~(LANES - 1)))
+    for start, stop, width, name in ((0, vec_end, LANES, "v"), (vec_end, count_v, 1, "t")):
+        with loop(b, start, stop, width, name) as i:
+            vals = [load_w(b, p, i, width == LANES) for p in inputs]
+            for res, out in zip(fn(b, vals), outputs, strict=True):
+                store_w(b, res, out, i, width == LANES)
+
+
+def fsum(b: ir.IRBuilder, base: ir.Value, count: ir.Value | int) -> ir.Value:
+    """Sum of `count` floats, four accumulators then a fixed-order reduction."""
+    count_v = as_value(count)
+    vec_end = b.and_(count_v, i32c(~(LANES - 1)))
+    acc_v = _accumulate(b, vec_end, lambda i, acc: b.fadd(acc, load4(b, base, i)),
+                        ir.Constant(V4, [0.0] * 4), LANES, "s")
+    total = reduce_add4(b, acc_v)
+    return _accumulate(b, count_v, lambda i, acc: b.fadd(acc, load(b, base, i)), total, 1, "st",
+                       start=vec_end)
+
+
+def _accumulate(b: ir.IRBuilder, stop: ir.Value, body: Callable[[ir.Value, ir.Value], ir.Value],
+                init: ir.Value, step: int, name: str, start: ir.Value | int = 0) -> ir.Value:
+    """A loop carrying one accumulator: acc = body(i, acc) for i in range(start, stop, step)."""
+    pre = b.block
+    head = b.append_basic_block(f"{name}.head")
+    bodyb = b.append_basic_block(f"{name}.body")
+    done = b.append_basic_block(f"{name}.done")
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I32, name=name)
+    acc = b.phi(init.type, name=f"{name}.acc")
+    i.add_incoming(as_value(start), pre)
+    acc.add_incoming(init, pre)
+    b.cbranch(b.icmp_signed("<", i, stop), bodyb, done)
+    b.position_at_end(bodyb)
+    nxt_acc = body(i, acc)
+    i.add_incoming(b.add(i, i32c(step)), b.block)
+    acc.add_incoming(nxt_acc, b.block)
+    b.branch(head)
+    b.position_at_end(done)
+    return acc
+
+
+accumulate = _accumulate
+
+
+def emit_cols(b: ir.IRBuilder, ncols: int, body: Callable[[ir.Value, bool], None],
+              name: str = "j") -> None:
+    """body(j, vec) over a static column count: 4-wide chunks, then a scalar tail."""
+    vec_end = ncols // LANES * LANES
+    if vec_end:
+        with loop(b, 0, vec_end, LANES, f"{name}v") as j:
+            body(j, True)
+    if vec_end < ncols:
+        with loop(b, vec_end, ncols, 1, f"{name}t") as j:
+            body(j, False)
+
+
+def load_w(b: ir.IRBuilder, base: ir.Value, index: ir.Value, vec: bool) -> ir.Value:
+    return load4(b, base, index) if vec else load(b, base, index)
+
+
+def store_w(b: ir.IRBuilder, value: ir.Value, base: ir.Value, index: ir.Value, vec: bool) -> None:
+    (store4 if vec else store)(b, value, base, index)
+
+
+def zero_w(vec: bool) -> ir.Constant:
+    return ir.Constant(V4, [0.0] * 4) if vec else f32c(0.0)
+
+
+def bcast_w(b: ir.IRBuilder, x: ir.Value, vec: bool) -> ir.Value:
+    return splat(b, x) if vec else x

@@ -1,0 +1,87 @@
+"""Lowering: training graph + memory plan → one llvmlite.ir.Module with the step exports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from llvmlite import ir
+
+from ..diagnostics import InternalError
+from ..ir import Graph, Node, Value
+from ..ops import REGISTRY
+from ..optim import OPTIMIZERS
+from ..plan import MemoryPlan
+from .context import LowerCtx
+from .kernels import F32, I32, PTR, i32c, load
+
+TRIPLE = "wasm32-unknown-unknown"
+EXPORTS = ("train_step", "eval_step", "predict")
+
+
+def needed(graph: Graph, roots: Iterable[Value]) -> list[Node]:
+    """The nodes `roots` depend on, in program order."""
+    live = {v.id for v in roots}
+    keep = []
+    for node in reversed(graph.nodes):
+        if node.out.id in live:
+            keep.append(node)
+            live.update(v.id for v in node.inputs)
+    return keep[::-1]
+
+
+def lower_module(train: Graph, plan: MemoryPlan, optimizer: str, hparams: dict[str, float],
+                 hparam_order: list[str], features: frozenset[str] = frozenset()) -> ir.Module:
+    mod = ir.Module(name="fedc")
+    mod.triple = TRIPLE
+    kernels: dict[int, ir.Function] = {}
+    for node in train.nodes:
+        kernels[node.out.id] = _node_function(mod, node, plan, features)
+
+    def export(name: str, nodes: list[Node], ret: Value | None, with_update: bool) -> None:
+        fnty = ir.FunctionType(F32 if ret is not None else ir.VoidType(), [I32])
+        fn = ir.Function(mod, fnty, name)
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        n = fn.args[0]
+        for node in nodes:
+            b.call(kernels[node.out.id], [n])
+        if with_update:
+            _emit_update(b, plan, optimizer, hparams, hparam_order)
+        if ret is None:
+            b.ret_void()
+        else:
+            b.ret(load(b, b.inttoptr(i32c(plan.addr(ret)), PTR), 0))
+
+    loss, prediction = train.output("loss"), train.output("prediction")
+    export("train_step", list(train.nodes), loss, True)
+    export("eval_step", needed(train, [loss, prediction]), loss, False)
+    export("predict", needed(train, [prediction]), None, False)
+    return mod
+
+
+def _node_function(mod: ir.Module, node: Node, plan: MemoryPlan,
+                   features: frozenset[str]) -> ir.Function:
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I32]), f"k{node.out.id}_{node.op}")
+    fn.linkage = "internal"
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    ctx = LowerCtx(b, fn.args[0], plan.addr, plan.scratch_offset, features)
+    try:
+        REGISTRY[node.op].lower(ctx, node)
+    except (KeyError, ValueError, TypeError, AssertionError) as exc:
+        raise InternalError(f"lowering {node.op} failed: {exc!r}", node.span) from exc
+    b.ret_void()
+    return fn
+
+
+def _emit_update(b: ir.IRBuilder, plan: MemoryPlan, optimizer: str, hparams: dict[str, float],
+                 order: list[str]) -> None:
+    opt = OPTIMIZERS[optimizer]
+    hp_ptr = b.inttoptr(i32c(plan.hparams_offset), PTR)
+    runtime = {k: load(b, hp_ptr, i) for i, k in enumerate(order)}
+    static = {k: v for k, v in hparams.items() if opt.hparams[k].structural}
+
+    def region(offset: int) -> ir.Value:
+        return b.inttoptr(i32c(offset), PTR)
+
+    state = [region(plan.state_offset + s * plan.param_count * 4) for s in range(plan.state_slots)]
+    opt.lower(b, runtime, static, region(plan.params_offset), region(plan.grads_offset), state,
+              i32c(plan.param_count))

@@ -1,0 +1,197 @@
+"""Losses (mean over the batch) and their gradients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from llvmlite import ir
+
+from ..ir import BATCH, Node, TensorType, Value, f32
+from ..lower.context import LowerCtx
+from ..lower.kernels import F32, I32, accumulate, emit_map, f32c, i32c, load, loop, splat, store
+from . import ShapeError, register
+from .surface import REQUIRED, TENSOR, SurfaceCtx, SurfaceError, bind
+
+
+def _mathfn() -> Any:
+    from ..lower import mathfn
+    return mathfn
+
+
+# --- softmax cross-entropy -----------------------------------------------------------------
+
+def _xent_shape(ins: tuple[TensorType, ...], attrs: dict[str, Any]) -> TensorType:
+    logits, y = ins
+    if logits.dtype != "f32" or len(logits.shape) != 2 or not logits.batched:
+        raise ShapeError(f"softmax_cross_entropy expects logits f32[N, classes] but got {logits}")
+    if y.dtype != "i32" or y.shape != (BATCH,):
+        raise ShapeError(f"softmax_cross_entropy expects class labels (a `class[K]` target) "
+                         f"but got {y}")
+    return f32()
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _xent_ref(xs: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    logits, y = xs
+    lp = _log_softmax(logits)
+    return np.asarray(-lp[np.arange(len(y)), y].mean(), dtype=logits.dtype)
+
+
+def _xent_surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> Value:
+    logits, y = bind("softmax_cross_entropy", args, kwargs,
+                     [("logits", TENSOR, REQUIRED), ("target", TENSOR, REQUIRED)])
+    classes = ctx.classes_of(y)
+    if classes is None:
+        raise SurfaceError(f"softmax_cross_entropy expects a `class[K]` target but got {y.type}",
+                           1)
+    if len(logits.type.shape) == 2 and logits.type.shape[1] != classes:
+        raise SurfaceError(f"softmax_cross_entropy expects logits f32[N, {classes}] for a "
+                           f"class[{classes}] target but got {logits.type}", 0)
+    return ctx.emit("softmax_cross_entropy", [logits, y])
+
+
+def _row_stats(ctx: LowerCtx, row: ir.Value, c: int) -> tuple[ir.Value, ir.Value]:
+    """(max, Σ exp(z − max)) of one row of c logits."""
+    b = ctx.b
+    mf = _mathfn()
+
+    def mx_step(j: ir.Value, acc: ir.Value) -> ir.Value:
+        z = load(b, row, j)
+        return b.select(b.fcmp_ordered(">", z, acc), z, acc)
+
+    mx = accumulate(b, i32c(c), mx_step, load(b, row, 0), 1, "mx", start=1)
+
+    def sum_step(j: ir.Value, acc: ir.Value) -> ir.Value:
+        return b.fadd(acc, mf.exp(b, b.fsub(load(b, row, j), mx)))
+
+    return mx, accumulate(b, i32c(c), sum_step, f32c(0.0), 1, "se")
+
+
+def _xent_lower(ctx: LowerCtx, node: Node) -> None:
+    b = ctx.b
+    logits, y = node.inputs
+    c = int(logits.type.shape[1])
+    lp, yp = ctx.ptr(logits), ctx.ptr(y)
+
+    def row_loss(i: ir.Value, acc: ir.Value) -> ir.Value:
+        row = b.gep(lp, [b.mul(i, i32c(c))], source_etype=F32)
+        mx, s = _row_stats(ctx, row, c)
+        zy = load(b, row, load(b, yp, i, I32))
+        return b.fadd(acc, b.fsub(b.fadd(_mathfn().log(b, s), mx), zy))
+
+    total = accumulate(b, ctx.n, row_loss, f32c(0.0), 1, "xr")
+    store(b, b.fdiv(total, ctx.n_float()), ctx.ptr(node.out), 0)
+
+
+register("softmax_cross_entropy", shape=_xent_shape, ref=_xent_ref, lower=_xent_lower,
+         grad=lambda g, node, dy, needs: (
+             g.emit("softmax_cross_entropy_grad", [dy, *node.inputs]), None),
+         surface=_xent_surface,
+         doc="softmax_cross_entropy(logits, y): mean over the batch of −log softmax(logits)[y]")
+
+
+def _xent_grad_shape(ins: tuple[TensorType, ...], attrs: dict[str, Any]) -> TensorType:
+    if ins[0] != f32():
+        raise ShapeError(f"softmax_cross_entropy_grad expects a scalar f32 seed, got {ins[0]}")
+    _xent_shape(ins[1:], attrs)
+    return ins[1]
+
+
+def _xent_grad_ref(xs: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    g, logits, y = xs
+    p = np.exp(_log_softmax(logits))
+    p[np.arange(len(y)), y] -= 1
+    return p * (g / len(y))
+
+
+def _xent_grad_lower(ctx: LowerCtx, node: Node) -> None:
+    b = ctx.b
+    g, logits, y = node.inputs
+    c = int(logits.type.shape[1])
+    lp, yp, out = ctx.ptr(logits), ctx.ptr(y), ctx.ptr(node.out)
+    scale = b.fdiv(load(b, ctx.ptr(g), 0), ctx.n_float())
+    with loop(b, 0, ctx.n, 1, "gr") as i:
+        base = b.mul(i, i32c(c))
+        row = b.gep(lp, [base], source_etype=F32)
+        mx, s = _row_stats(ctx, row, c)
+        k = b.fdiv(scale, s)
+        orow = b.gep(out, [base], source_etype=F32)
+        with loop(b, 0, c, 1, "gc") as j:
+            store(b, b.fmul(k, _mathfn().exp(b, b.fsub(load(b, row, j), mx))), orow, j)
+        yi = load(b, yp, i, I32)
+        store(b, b.fsub(load(b, orow, yi), scale), orow, yi)
+
+
+register("softmax_cross_entropy_grad", shape=_xent_grad_shape, ref=_xent_grad_ref,
+         lower=_xent_grad_lower, doc="g/N · (softmax(logits) − onehot(y))")
+
+# --- mean squared error --------------------------------------------------------------------
+
+
+def _mse_shape(ins: tuple[TensorType, ...], attrs: dict[str, Any]) -> TensorType:
+    pred, target = ins
+    if pred.dtype != "f32" or not pred.batched:
+        raise ShapeError(f"mse expects a batched f32 prediction but got {pred}")
+    if target != pred:
+        raise ShapeError(f"mse expects a target of the prediction's type {pred} but got {target}")
+    return f32()
+
+
+def _mse_surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> Value:
+    pred, target = bind("mse", args, kwargs,
+                        [("prediction", TENSOR, REQUIRED), ("target", TENSOR, REQUIRED)])
+    if ctx.classes_of(target) is not None:
+        raise SurfaceError("mse expects a real-valued target (e.g. `target y: f32[1]`), "
+                           "not class labels", 1)
+    return ctx.emit("mse", [pred, target])
+
+
+def _mse_lower(ctx: LowerCtx, node: Node) -> None:
+    b = ctx.b
+    pred, target = node.inputs
+    count = ctx.count(pred.type)
+    pp, tp = ctx.ptr(pred), ctx.ptr(target)
+
+    def step(i: ir.Value, acc: ir.Value) -> ir.Value:
+        d = b.fsub(load(b, pp, i), load(b, tp, i))
+        return b.fadd(acc, b.fmul(d, d))
+
+    total = accumulate(b, count, step, f32c(0.0), 1, "ms")
+    store(b, b.fdiv(total, b.sitofp(count, F32)), ctx.ptr(node.out), 0)
+
+
+register("mse", shape=_mse_shape, ref=lambda xs, _: np.asarray(((xs[0] - xs[1]) ** 2).mean()),
+         lower=_mse_lower,
+         grad=lambda g, node, dy, needs: (g.emit("mse_grad", [dy, *node.inputs]), None),
+         surface=_mse_surface, doc="mse(prediction, target): mean of squared errors")
+
+
+def _mse_grad_shape(ins: tuple[TensorType, ...], attrs: dict[str, Any]) -> TensorType:
+    if ins[0] != f32():
+        raise ShapeError(f"mse_grad expects a scalar f32 seed, got {ins[0]}")
+    _mse_shape(ins[1:], attrs)
+    return ins[1]
+
+
+def _mse_grad_lower(ctx: LowerCtx, node: Node) -> None:
+    b = ctx.b
+    g, pred, target = node.inputs
+    count = ctx.count(pred.type)
+    k = b.fdiv(b.fmul(f32c(2.0), load(b, ctx.ptr(g), 0)), b.sitofp(count, F32))
+    k4 = splat(b, k)
+
+    def fn(bb: ir.IRBuilder, v: Any) -> ir.Value:
+        scale = k4 if isinstance(v[0].type, ir.VectorType) else k
+        return bb.fmul(bb.fsub(v[0], v[1]), scale)
+
+    emit_map(b, count, fn, [ctx.ptr(pred), ctx.ptr(target)], ctx.ptr(node.out))
+
+
+register("mse_grad", shape=_mse_grad_shape,
+         ref=lambda xs, _: 2 * xs[0] * (xs[1] - xs[2]) / xs[1].size, lower=_mse_grad_lower,
+         doc="2g/numel · (prediction − target)")

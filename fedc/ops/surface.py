@@ -1,0 +1,131 @@
+"""What op blocks build with: SurfaceCtx (a .fed call → IR nodes) and GradBuilder (autodiff)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..diagnostics import Span
+from ..ir import GraphBuilder, TensorType, Value
+
+
+class SurfaceError(Exception):
+    """A user error in a call's arguments; `where` is an argument index or keyword name."""
+
+    def __init__(self, message: str, where: int | str | None = None) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+TENSOR, POS_INT, NUMBER, BOOL = "tensor", "positive integer", "number", "bool"
+
+
+def bind(op: str, args: list[Any], kwargs: dict[str, Any],
+         spec: list[tuple[str, str, Any]]) -> list[Any]:
+    """Match positional and keyword arguments against (name, kind, default) triples.
+
+    A default of `REQUIRED` makes the argument mandatory.
+    """
+    if len(args) > len(spec):
+        raise SurfaceError(f"{op} takes at most {len(spec)} arguments but got {len(args)}",
+                           len(spec))
+    names = [s[0] for s in spec]
+    for k in kwargs:
+        if k not in names:
+            raise SurfaceError(f"{op} has no argument {k!r} (expected {', '.join(names)})", k)
+    out = []
+    for i, (name, kind, default) in enumerate(spec):
+        if i < len(args):
+            if name in kwargs:
+                raise SurfaceError(f"{op} got argument {name!r} twice", name)
+            value, where = args[i], i
+        elif name in kwargs:
+            value, where = kwargs[name], name
+        elif default is REQUIRED:
+            raise SurfaceError(f"{op} is missing its argument {name!r}")
+        else:
+            out.append(default)
+            continue
+        out.append(_coerce(op, name, kind, value, where))
+    return out
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+def _coerce(op: str, name: str, kind: str, value: Any, where: int | str) -> Any:
+    is_tensor = isinstance(value, Value)
+    if kind == TENSOR:
+        if not is_tensor:
+            raise SurfaceError(f"{op} expects a tensor for {name!r} but got {value!r}", where)
+        return value
+    if is_tensor:
+        raise SurfaceError(f"{op} expects a {kind} for {name!r} but got a tensor", where)
+    if kind == POS_INT:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise SurfaceError(f"{op} expects a positive integer for {name!r} but got {value!r}",
+                               where)
+        return value
+    if kind == NUMBER:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SurfaceError(f"{op} expects a number for {name!r} but got {value!r}", where)
+        return float(value)
+    if kind == BOOL:
+        if value not in (True, False, "true", "false"):
+            raise SurfaceError(f"{op} expects true or false for {name!r} but got {value!r}", where)
+        return value in (True, "true")
+    raise AssertionError(kind)
+
+
+@dataclass
+class SurfaceCtx:
+    """The checker's builder as an op's surface rule sees it."""
+
+    graph: GraphBuilder
+    span: Span
+    classes: dict[int, int] = field(default_factory=dict)  # value id → class count (targets)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def emit(self, op: str, inputs: list[Value], attrs: dict[str, Any] | None = None) -> Value:
+        from . import REGISTRY, ShapeError
+
+        types = tuple(v.type for v in inputs)
+        try:
+            REGISTRY[op].shape(types, dict(attrs or {}))
+        except ShapeError as exc:
+            raise SurfaceError(str(exc)) from exc
+        return self.graph.emit(op, inputs, attrs, self.span)
+
+    def param(self, layer: str, pname: str, shape: tuple[int, ...], init: dict[str, Any]) -> Value:
+        return self.graph.add_param(shape, f"{layer}.{pname}", init, self.span)
+
+    def layer_name(self, kind: str) -> str:
+        i = self.counters.get(kind, 0)
+        self.counters[kind] = i + 1
+        return f"{kind}_{i}"
+
+    def classes_of(self, v: Value) -> int | None:
+        return self.classes.get(v.id)
+
+
+@dataclass
+class GradBuilder:
+    """Autodiff's builder as a gradient rule sees it: new nodes inherit the forward span."""
+
+    graph: GraphBuilder
+    span: Span
+
+    def emit(self, op: str, inputs: list[Value], attrs: dict[str, Any] | None = None) -> Value:
+        return self.graph.emit(op, inputs, attrs, self.span)
+
+
+def expect_rank(op: str, t: TensorType, what: str, rank: int) -> None:
+    from . import ShapeError
+
+    if len(t.shape) != rank:
+        raise ShapeError(f"{op} expects {what} of rank {rank} but got {t}")

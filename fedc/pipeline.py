@@ -1,0 +1,146 @@
+"""The compiler driver: parse → check → autodiff → verify → plan → lower → emit → link → manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .autodiff import grad
+from .check import CheckedModel, check
+from .diagnostics import UsageError, Diagnostic
+from .emit import FEATURES, emit
+from .ir import Graph, format_graph, verify
+from .link import ARENA_BASE, link, memory_size
+from .lower.module import EXPORTS, lower_module
+from .optim import OPTIMIZERS
+from .plan import MemoryPlan, plan
+from .syntax import parse
+
+DEFAULT_MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Options:
+    max_batch: int | None = None  # default: max(256, the federated batch size)
+    variant: str = "simd128"
+
+
+@dataclass
+class Artifacts:
+    """Everything one compilation produced."""
+
+    model: CheckedModel
+    train_graph: Graph
+    plan: MemoryPlan
+    llvm_ir: str
+    optimized_ir: str
+    wasm: bytes
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ir_text(self) -> str:
+        return format_graph(self.train_graph, f"train {self.model.name}")
+
+    def write(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model.wasm").write_bytes(self.wasm)
+        (out / "manifest.json").write_text(json.dumps(self.manifest, indent=2) + "\n")
+        return out
+
+
+def check_source(text: str, filename: str = "<input>") -> CheckedModel:
+    return check(parse(text, filename))
+
+
+def compile_source(text: str, filename: str = "<input>", options: Options | None = None) -> Artifacts:
+    opts = options or Options()
+    if opts.variant not in FEATURES:
+        raise UsageError([Diagnostic(f"unknown target variant {opts.variant!r} "
+                                     f"(expected one of {', '.join(FEATURES)})")])
+    model = check_source(text, filename)
+    train = grad(model.graph)
+    verify(train)
+    max_batch = opts.max_batch or max(DEFAULT_MAX_BATCH, int(model.federated["batch_size"]))
+    if max_batch < 1:
+        raise UsageError([Diagnostic(f"--max-batch must be ≥ 1 but got {max_batch}")])
+    opt = OPTIMIZERS[model.optimizer.name]
+    order = [k for k, hp in opt.hparams.items() if not hp.structural]
+    mplan = plan(train, max_batch=max_batch, state_slots=opt.state_slots(model.optimizer.hparams),
+                 n_hparams=len(order))
+    module = lower_module(train, mplan, model.optimizer.name, model.optimizer.hparams, order,
+                          frozenset({opts.variant}))
+    llvm_ir = str(module)
+    emitted = emit(llvm_ir, opts.variant)
+    wasm = link(emitted.object_code, mplan.end, list(EXPORTS))
+    art = Artifacts(model, train, mplan, llvm_ir, emitted.optimized_ir, wasm)
+    art.manifest = manifest(art, order, opts.variant)
+    return art
+
+
+def compile_file(path: str | Path, out_dir: str | Path | None = None,
+                 options: Options | None = None) -> Artifacts:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError([Diagnostic(f"cannot read {p}: {exc}")]) from exc
+    art = compile_source(text, p.name if out_dir is None else str(p), options)
+    if out_dir is not None:
+        art.write(out_dir)
+    return art
+
+
+def manifest(art: Artifacts, hparam_order: list[str], variant: str) -> dict[str, Any]:
+    m, pl = art.model, art.plan
+    offsets = {b.name: b.offset for b in pl.buffers}
+    pred = art.train_graph.output("prediction")
+    return {
+        "format": "fedc-manifest/1",
+        "fedc_version": __version__,
+        "model": m.name,
+        "source": Path(m.file).name,
+        "task": m.task,
+        "loss": m.loss_op,
+        "wasm": {"file": "model.wasm", "sha256": hashlib.sha256(art.wasm).hexdigest(),
+                 "bytes": len(art.wasm), "variant": variant},
+        "memory": {"bytes": memory_size(pl.end), "arena_base": ARENA_BASE,
+                   "arena_bytes": pl.end - ARENA_BASE,
+                   "activation_bytes": pl.activation_bytes,
+                   "activation_bytes_without_reuse": pl.activation_bytes_unshared},
+        "max_batch": pl.max_batch,
+        "exports": {
+            "train_step": {"params": ["i32"], "results": ["f32"]},
+            "eval_step": {"params": ["i32"], "results": ["f32"]},
+            "predict": {"params": ["i32"], "results": []},
+        },
+        "inputs": [_decl(d, offsets[d.name]) for d in m.inputs],
+        "targets": [_decl(d, offsets[d.name]) for d in m.targets],
+        "outputs": [{"name": "prediction", "dtype": "f32", "shape": list(pred.type.row_shape),
+                     "offset": pl.addr(pred)}],
+        "params_region": {"offset": pl.params_offset, "count": pl.param_count},
+        "grads_region": {"offset": pl.grads_offset, "count": pl.param_count},
+        "params": [{"name": p.value.name, "dtype": "f32", "shape": list(p.value.type.row_shape),
+                    "offset": pl.addr(p.value), "size": p.value.type.numel(1),
+                    "init": dict(p.init)} for p in art.train_graph.params],
+        "optimizer": {"name": m.optimizer.name, "hparams": m.optimizer.hparams,
+                      "hparams_offset": pl.hparams_offset, "hparams_order": hparam_order,
+                      "state_region": {"offset": pl.state_offset,
+                                       "count": pl.state_slots * pl.param_count}},
+        "federated": m.federated,
+        "buffers": [b.to_json() for b in pl.buffers],
+    }
+
+
+def _decl(d: Any, offset: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": d.name, "dtype": d.dtype, "shape": list(d.shape),
+                           "offset": offset}
+    if d.classes is not None:
+        out["classes"] = d.classes
+    return out
+
+
