@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from llvmlite import ir
 
@@ -29,33 +29,48 @@ def needed(graph: Graph, roots: Iterable[Value]) -> list[Node]:
     return keep[::-1]
 
 
-def lower_module(train: Graph, plan: MemoryPlan, optimizer: str, hparams: dict[str, float],
-                 hparam_order: list[str], features: frozenset[str] = frozenset()) -> ir.Module:
+Update = Callable[[ir.IRBuilder], None]
+
+
+def lower_exports(graph: Graph, plan: MemoryPlan,
+                  exports: dict[str, tuple[list[Node], Value | None, Update | None]],
+                  features: frozenset[str] = frozenset()) -> ir.Module:
+    """A module with one internal function per node and `exports` calling them in order.
+
+    Each export takes the batch size n (i32), runs its nodes, then its optional update, and
+    returns the scalar at the planned address of its return value (or nothing).
+    """
     mod = ir.Module(name="fedc")
     mod.triple = TRIPLE
-    kernels: dict[int, ir.Function] = {}
-    for node in train.nodes:
-        kernels[node.out.id] = _node_function(mod, node, plan, features)
-
-    def export(name: str, nodes: list[Node], ret: Value | None, with_update: bool) -> None:
-        fnty = ir.FunctionType(F32 if ret is not None else ir.VoidType(), [I32])
-        fn = ir.Function(mod, fnty, name)
+    kernels = {node.out.id: _node_function(mod, node, plan, features) for node in graph.nodes}
+    for name, (nodes, ret, update) in exports.items():
+        fn = ir.Function(mod, ir.FunctionType(F32 if ret is not None else ir.VoidType(), [I32]),
+                         name)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        n = fn.args[0]
         for node in nodes:
-            b.call(kernels[node.out.id], [n])
-        if with_update:
-            _emit_update(b, plan, optimizer, hparams, hparam_order)
+            b.call(kernels[node.out.id], [fn.args[0]])
+        if update is not None:
+            update(b)
         if ret is None:
             b.ret_void()
         else:
             b.ret(load(b, b.inttoptr(i32c(plan.addr(ret)), PTR), 0))
-
-    loss, prediction = train.output("loss"), train.output("prediction")
-    export("train_step", list(train.nodes), loss, True)
-    export("eval_step", needed(train, [loss, prediction]), loss, False)
-    export("predict", needed(train, [prediction]), None, False)
     return mod
+
+
+def lower_module(train: Graph, plan: MemoryPlan, optimizer: str, hparams: dict[str, float],
+                 hparam_order: list[str], features: frozenset[str] = frozenset()) -> ir.Module:
+    """The training module: train_step (forward, backward, update), eval_step and predict."""
+    loss, prediction = train.output("loss"), train.output("prediction")
+
+    def update(b: ir.IRBuilder) -> None:
+        _emit_update(b, plan, optimizer, hparams, hparam_order)
+
+    return lower_exports(train, plan, {
+        "train_step": (list(train.nodes), loss, update),
+        "eval_step": (needed(train, [loss, prediction]), loss, None),
+        "predict": (needed(train, [prediction]), None, None),
+    }, features)
 
 
 def _node_function(mod: ir.Module, node: Node, plan: MemoryPlan,

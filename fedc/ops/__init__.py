@@ -35,6 +35,8 @@ class OpDef:
              None as a whole means the op is not differentiable (an error if reached)
     lower:   emits the op's code at ctx.b for the node's planned buffers
     surface: how a call in a .fed file builds it (None: internal op, not callable by users)
+    sample:  input types (and attrs) the registry-wide tests instantiate the op with; "N" is
+             the batch dim. Every op has one, so every op is tested the moment it exists.
     """
 
     name: str
@@ -43,6 +45,7 @@ class OpDef:
     lower: Lowering
     grad: GradRule | None = None
     surface: Surface | None = None
+    sample: tuple[tuple[TensorType, ...], dict[str, Any]] = ((), {})
     doc: str = ""
 
 
@@ -50,10 +53,12 @@ REGISTRY: dict[str, OpDef] = {}
 
 
 def register(name: str, *, shape: ShapeRule, ref: Reference, lower: Lowering,
-             grad: GradRule | None = None, surface: Surface | None = None, doc: str = "") -> OpDef:
+             sample: tuple[tuple[TensorType, ...], dict[str, Any]],
+             grad: GradRule | None = None, surface: Surface | None = None,
+             doc: str = "") -> OpDef:
     if name in REGISTRY:
         raise ValueError(f"op {name!r} registered twice")
-    op = OpDef(name, shape, ref, lower, grad, surface, doc)
+    op = OpDef(name, shape, ref, lower, grad, surface, sample, doc)
     REGISTRY[name] = op
     return op
 

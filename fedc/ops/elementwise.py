@@ -8,11 +8,14 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from ..ir import Node, TensorType, Value, f32
+from ..ir import BATCH, Node, TensorType, Value, f32
 from ..lower.context import LowerCtx
 from ..lower.kernels import const_like, emit_map
 from . import ShapeError, register
-from .surface import REQUIRED, TENSOR, GradBuilder, SurfaceCtx, bind
+from .surface import REQUIRED, TENSOR, SurfaceCtx, bind
+
+_UNARY = ((f32(BATCH, 7),), {})
+_BINARY = ((f32(BATCH, 7), f32(BATCH, 7)), {})
 
 VecFn = Callable[[ir.IRBuilder, Sequence[ir.Value]], ir.Value]
 
@@ -55,19 +58,19 @@ def _select_pos(b: ir.IRBuilder, x: ir.Value, then: ir.Value) -> ir.Value:
 
 # --- relu ----------------------------------------------------------------------------------
 
-register("relu", shape=_same_f32("relu"), ref=lambda xs, _: np.maximum(xs[0], 0),
+register("relu", sample=_UNARY, shape=_same_f32("relu"), ref=lambda xs, _: np.maximum(xs[0], 0),
          lower=_map_lowering(lambda b, v: _select_pos(b, v[0], v[0])),
          grad=lambda g, node, dy, needs: (g.emit("relu_grad", [dy, node.inputs[0]]),),
          surface=_unary_surface("relu"), doc="relu(x) = max(x, 0)")
 
-register("relu_grad", shape=_same_f32("relu_grad"),
+register("relu_grad", sample=_BINARY, shape=_same_f32("relu_grad"),
          ref=lambda xs, _: np.where(xs[1] > 0, xs[0], 0).astype(xs[0].dtype),
          lower=_map_lowering(lambda b, v: _select_pos(b, v[1], v[0])),
          doc="dy · [x > 0]")
 
 # --- sigmoid -------------------------------------------------------------------------------
 
-register("sigmoid", shape=_same_f32("sigmoid"), ref=lambda xs, _: 1 / (1 + np.exp(-xs[0])),
+register("sigmoid", sample=_UNARY, shape=_same_f32("sigmoid"), ref=lambda xs, _: 1 / (1 + np.exp(-xs[0])),
          lower=_map_lowering(lambda b, v: _mathfn().sigmoid(b, v[0])),
          grad=lambda g, node, dy, needs: (g.emit("sigmoid_grad", [dy, node.out]),),
          surface=_unary_surface("sigmoid"), doc="sigmoid(x) = 1 / (1 + e^-x)")
@@ -78,13 +81,13 @@ def _sigmoid_grad(b: ir.IRBuilder, v: Sequence[ir.Value]) -> ir.Value:
     return b.fmul(dy, b.fmul(y, b.fsub(const_like(y, 1.0), y)))
 
 
-register("sigmoid_grad", shape=_same_f32("sigmoid_grad"),
+register("sigmoid_grad", sample=_BINARY, shape=_same_f32("sigmoid_grad"),
          ref=lambda xs, _: xs[0] * xs[1] * (1 - xs[1]), lower=_map_lowering(_sigmoid_grad),
          doc="dy · y · (1 − y), y = sigmoid(x)")
 
 # --- tanh ----------------------------------------------------------------------------------
 
-register("tanh", shape=_same_f32("tanh"), ref=lambda xs, _: np.tanh(xs[0]),
+register("tanh", sample=_UNARY, shape=_same_f32("tanh"), ref=lambda xs, _: np.tanh(xs[0]),
          lower=_map_lowering(lambda b, v: _mathfn().tanh(b, v[0])),
          grad=lambda g, node, dy, needs: (g.emit("tanh_grad", [dy, node.out]),),
          surface=_unary_surface("tanh"), doc="tanh(x)")
@@ -95,7 +98,7 @@ def _tanh_grad(b: ir.IRBuilder, v: Sequence[ir.Value]) -> ir.Value:
     return b.fmul(dy, b.fsub(const_like(y, 1.0), b.fmul(y, y)))
 
 
-register("tanh_grad", shape=_same_f32("tanh_grad"), ref=lambda xs, _: xs[0] * (1 - xs[1] ** 2),
+register("tanh_grad", sample=_BINARY, shape=_same_f32("tanh_grad"), ref=lambda xs, _: xs[0] * (1 - xs[1] ** 2),
          lower=_map_lowering(_tanh_grad), doc="dy · (1 − y²), y = tanh(x)")
 
 # --- add -----------------------------------------------------------------------------------
@@ -106,7 +109,7 @@ def _add_surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> Va
     return ctx.emit("add", [a, b])
 
 
-register("add", shape=_same_f32("add"), ref=lambda xs, _: xs[0] + xs[1],
+register("add", sample=_BINARY, shape=_same_f32("add"), ref=lambda xs, _: xs[0] + xs[1],
          lower=_map_lowering(lambda b, v: b.fadd(v[0], v[1])),
          grad=lambda g, node, dy, needs: (dy, dy), surface=_add_surface,
          doc="a + b (same shapes); also `a + b` in a .fed file")
@@ -124,20 +127,19 @@ def _const_lower(ctx: LowerCtx, node: Node) -> None:
     ctx.b.store(ir.Constant(ir.FloatType(), float(node.attr("value"))), ctx.ptr(node.out))
 
 
-register("const", shape=_const_shape,
+register("const", sample=((), {"value": 1.5}), shape=_const_shape,
          ref=lambda xs, attrs: np.asarray(attrs["value"]), lower=_const_lower,
          grad=lambda g, node, dy, needs: (), doc="a scalar constant")
 
-__all__ = ["f32", "GradBuilder"]
 
 # --- copy: gives a value its own buffer (autodiff pins parameter gradients) ----------------
 
-register("copy", shape=_same_f32("copy"), ref=lambda xs, _: xs[0].copy(),
+register("copy", sample=_UNARY, shape=_same_f32("copy"), ref=lambda xs, _: xs[0].copy(),
          lower=_map_lowering(lambda b, v: v[0]),
          grad=lambda g, node, dy, needs: (dy,), doc="a copy of x")
 
 # --- scale_zero: zeros like x (the gradient of a parameter the loss ignores) ---------------
 
-register("scale_zero", shape=_same_f32("scale_zero"), ref=lambda xs, _: np.zeros_like(xs[0]),
+register("scale_zero", sample=_UNARY, shape=_same_f32("scale_zero"), ref=lambda xs, _: np.zeros_like(xs[0]),
          lower=_map_lowering(lambda b, v: const_like(v[0], 0.0)),
          doc="zeros shaped like x")

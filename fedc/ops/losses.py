@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from ..ir import BATCH, Node, TensorType, Value, f32
+from ..ir import BATCH, Node, TensorType, Value, f32, i32
 from ..lower.context import LowerCtx
 from ..lower.kernels import F32, I32, accumulate, emit_map, f32c, i32c, load, loop, splat, store
 from . import ShapeError, register
@@ -88,7 +88,7 @@ def _xent_lower(ctx: LowerCtx, node: Node) -> None:
     store(b, b.fdiv(total, ctx.n_float()), ctx.ptr(node.out), 0)
 
 
-register("softmax_cross_entropy", shape=_xent_shape, ref=_xent_ref, lower=_xent_lower,
+register("softmax_cross_entropy", sample=((f32(BATCH, 10), i32(BATCH)), {}), shape=_xent_shape, ref=_xent_ref, lower=_xent_lower,
          grad=lambda g, node, dy, needs: (
              g.emit("softmax_cross_entropy_grad", [dy, *node.inputs]), None),
          surface=_xent_surface,
@@ -127,7 +127,7 @@ def _xent_grad_lower(ctx: LowerCtx, node: Node) -> None:
         store(b, b.fsub(load(b, orow, yi), scale), orow, yi)
 
 
-register("softmax_cross_entropy_grad", shape=_xent_grad_shape, ref=_xent_grad_ref,
+register("softmax_cross_entropy_grad", sample=((f32(), f32(BATCH, 10), i32(BATCH)), {}), shape=_xent_grad_shape, ref=_xent_grad_ref,
          lower=_xent_grad_lower, doc="g/N · (softmax(logits) − onehot(y))")
 
 # --- mean squared error --------------------------------------------------------------------
@@ -165,7 +165,7 @@ def _mse_lower(ctx: LowerCtx, node: Node) -> None:
     store(b, b.fdiv(total, b.sitofp(count, F32)), ctx.ptr(node.out), 0)
 
 
-register("mse", shape=_mse_shape, ref=lambda xs, _: np.asarray(((xs[0] - xs[1]) ** 2).mean()),
+register("mse", sample=((f32(BATCH, 3), f32(BATCH, 3)), {}), shape=_mse_shape, ref=lambda xs, _: np.asarray(((xs[0] - xs[1]) ** 2).mean()),
          lower=_mse_lower,
          grad=lambda g, node, dy, needs: (g.emit("mse_grad", [dy, *node.inputs]), None),
          surface=_mse_surface, doc="mse(prediction, target): mean of squared errors")
@@ -192,6 +192,6 @@ def _mse_grad_lower(ctx: LowerCtx, node: Node) -> None:
     emit_map(b, count, fn, [ctx.ptr(pred), ctx.ptr(target)], ctx.ptr(node.out))
 
 
-register("mse_grad", shape=_mse_grad_shape,
+register("mse_grad", sample=((f32(), f32(BATCH, 3), f32(BATCH, 3)), {}), shape=_mse_grad_shape,
          ref=lambda xs, _: 2 * xs[0] * (xs[1] - xs[2]) / xs[1].size, lower=_mse_grad_lower,
          doc="2g/numel · (prediction − target)")

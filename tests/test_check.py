@@ -1,0 +1,74 @@
+"""The checker: positions and messages of every user error, and reporting all of them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from fedc.diagnostics import CheckError, FedcError
+from fedc.pipeline import check_source
+
+CASES = sorted((Path(__file__).parent / "check_errors").glob("*.fed"))
+
+
+def _expectation(path: Path) -> tuple[int, int, str]:
+    first = path.read_text().splitlines()[0]
+    m = re.match(r"# expect: (\d+):(\d+): (.*)", first)
+    assert m, f"{path.name} lacks an '# expect: LINE:COL: message' first line"
+    return int(m[1]), int(m[2]), m[3]
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_check_error_reports_position_and_message(path):
+    line, col, message = _expectation(path)
+    with pytest.raises(FedcError) as info:
+        check_source(path.read_text(), path.name)
+    diags = info.value.diagnostics
+    assert any(d.span and (d.span.line, d.span.col) == (line, col) and message in d.message
+               for d in diags), "\n" + info.value.render()
+    rendered = info.value.render()
+    assert f"{path.name}:{line}:{col}: error: " in rendered
+    assert "^" in rendered  # the caret line under the source
+
+
+def test_checker_reports_every_error_not_only_the_first():
+    src = """model M:
+    input x: f32[64]
+    target y: class[10]
+    h = relu(dense(q, 32))
+    g = tanhh(h)
+    logits = dense(x, 10)
+    loss = softmax_cross_entropy(logits, y)
+optimizer sgd(lr=-1)
+federated:
+    rounds = 0
+"""
+    with pytest.raises(CheckError) as info:
+        check_source(src, "many.fed")
+    positions = {(d.span.line, d.span.col) for d in info.value.diagnostics if d.span}
+    assert {(4, 20), (5, 9), (8, 18), (10, 14)} <= positions, info.value.render()
+
+
+def test_shape_error_carries_a_note_pointing_at_the_definition():
+    src = """model M:
+    input x: f32[64]
+    target y: class[10]
+    h = relu(dense(x, 32))
+    r = h + x
+    loss = softmax_cross_entropy(dense(r, 10), y)
+optimizer sgd(lr=0.1)
+"""
+    with pytest.raises(CheckError) as info:
+        check_source(src, "note.fed")
+    assert "note: h (f32[N,32]) defined here: note.fed:4:5" in info.value.render()
+
+
+def test_valid_example_checks(digits_mlp_source):
+    model = check_source(digits_mlp_source, "digits_mlp.fed")
+    assert model.task == "classification"
+    assert [p.value.name for p in model.graph.params] == [
+        "dense_0.weight", "dense_0.bias", "dense_1.weight", "dense_1.bias"]
+    assert model.federated["strategy"] == "fedavg"
+    assert model.optimizer.hparams["momentum"] == 0.9

@@ -1,0 +1,121 @@
+"""Training inside the Wasm module against an independent hand-written numpy implementation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedc.pipeline import compile_source
+from fedc.runtime import Model, RuntimeDataError
+
+MLP = """model M:
+    input x: f32[64]
+    target y: class[10]
+    h = {act}(dense(x, 32))
+    logits = dense(h, 10)
+    loss = softmax_cross_entropy(logits, y)
+optimizer sgd(lr=0.1, momentum={momentum}, weight_decay={wd}{nesterov})
+"""
+
+
+def numpy_mlp_sgd(params, batches, act, lr, momentum, wd, nesterov):
+    """A hand-written numpy forward/backward/SGD for dense–act–dense–softmax-xent (float64)."""
+    w1, b1, w2, b2 = (p.astype(np.float64) for p in params)
+    vel = [np.zeros_like(p) for p in (w1, b1, w2, b2)]
+    losses = []
+    for x, y in batches:
+        n = len(y)
+        z1 = x @ w1 + b1
+        h = {"relu": np.maximum(z1, 0), "tanh": np.tanh(z1),
+             "sigmoid": 1 / (1 + np.exp(-z1))}[act]
+        z2 = h @ w2 + b2
+        z2s = z2 - z2.max(axis=1, keepdims=True)
+        p = np.exp(z2s) / np.exp(z2s).sum(axis=1, keepdims=True)
+        losses.append(-np.log(p[np.arange(n), y]).mean())
+        dz2 = p.copy()
+        dz2[np.arange(n), y] -= 1
+        dz2 /= n
+        dw2, db2 = h.T @ dz2, dz2.sum(0)
+        dh = dz2 @ w2.T
+        dz1 = dh * {"relu": z1 > 0, "tanh": 1 - h**2, "sigmoid": h * (1 - h)}[act]
+        dw1, db1 = x.T @ dz1, dz1.sum(0)
+        new = []
+        for i, (w, g) in enumerate(zip((w1, b1, w2, b2), (dw1, db1, dw2, db2))):
+            d = g + wd * w
+            if momentum:
+                vel[i] = momentum * vel[i] + d
+                d = d + momentum * vel[i] if nesterov else vel[i]
+            new.append(w - lr * d)
+        w1, b1, w2, b2 = new
+    return [w1, b1, w2, b2], losses
+
+
+@pytest.mark.parametrize("act,momentum,wd,nesterov", [
+    ("relu", 0.9, 0.0, False), ("tanh", 0.0, 0.01, False), ("sigmoid", 0.5, 0.001, True),
+])
+def test_training_steps_match_handwritten_numpy_sgd(act, momentum, wd, nesterov):
+    src = MLP.format(act=act, momentum=momentum, wd=wd,
+                     nesterov=", nesterov=true" if nesterov else "")
+    art = compile_source(src, "m.fed")
+    model = Model(art.wasm, art.manifest)
+    model.init_weights(1)
+    start = [v.copy() for v in model.param_views.values()]
+    rng = np.random.default_rng(2)
+    batches = [(rng.random((n, 64)).astype(np.float32), rng.integers(0, 10, n))
+               for n in (16, 16, 7, 16)]
+    losses = [model.train_step(x, y) for x, y in batches]
+    want_params, want_losses = numpy_mlp_sgd(start, batches, act, 0.1, momentum, wd, nesterov)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+    for got, want in zip(model.param_views.values(), want_params):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_digits_mlp_reaches_95_percent(digits_mlp):
+    from fedc.data import load_dataset
+    from fedc.train import train
+
+    data = load_dataset("digits", seed=0)
+    model = Model(digits_mlp.wasm, digits_mlp.manifest)
+    result = train(model, data, epochs=20, batch_size=32, seed=0)
+    assert result.history[-1].test_accuracy >= 0.95
+    assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+def test_same_seed_same_weights(digits_mlp):
+    from fedc.data import load_dataset
+    from fedc.train import train
+
+    data = load_dataset("digits", seed=0)
+    runs = []
+    for _ in range(2):
+        model = Model(digits_mlp.wasm, digits_mlp.manifest)
+        train(model, data, epochs=2, batch_size=32, seed=5)
+        runs.append(model.get_weights())
+    assert np.array_equal(runs[0], runs[1])
+
+
+def test_runtime_rejects_bad_data_with_clear_errors(digits_mlp):
+    model = Model(digits_mlp.wasm, digits_mlp.manifest)
+    x = np.zeros((4, 64), np.float32)
+    with pytest.raises(RuntimeDataError, match="rows of shape \\[64\\]"):
+        model.train_step(np.zeros((4, 63)), np.zeros(4, int))
+    with pytest.raises(RuntimeDataError, match="class label 10 is outside 0..9"):
+        model.train_step(x, np.array([0, 1, 2, 10]))
+    with pytest.raises(RuntimeDataError, match="NaN or Inf"):
+        model.train_step(np.full((4, 64), np.nan), np.zeros(4, int))
+    with pytest.raises(RuntimeDataError, match="1..256 rows"):
+        model.train_step(np.zeros((300, 64)), np.zeros(300, int))
+    with pytest.raises(RuntimeDataError, match="4 input rows but 3 target rows"):
+        model.train_step(x, np.zeros(3, int))
+    with pytest.raises(RuntimeDataError, match="expects 9610 float32 values"):
+        model.set_weights(np.zeros(5, np.float32))
+
+
+def test_weights_round_trip_and_predict(digits_mlp):
+    a = Model(digits_mlp.wasm, digits_mlp.manifest)
+    a.init_weights(0)
+    b = a.clone()
+    b.set_weights(a.get_weights())
+    x = np.random.default_rng(0).random((300, 64)).astype(np.float32)
+    np.testing.assert_array_equal(a.predict(x), b.predict(x))
+    assert a.predict(x).shape == (300, 10)
