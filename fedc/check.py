@@ -62,6 +62,9 @@ class CheckedModel:
         return format_graph(self.graph, f"forward {self.name}")
 
 
+_POISON = Value(-1, TensorType("f32", ()), "<error>")  # a name whose definition failed
+
+
 class _Checker:
     def __init__(self, program: ast.Program) -> None:
         self.p = program
@@ -115,7 +118,8 @@ class _Checker:
             return e.value
         if isinstance(e, ast.Name):
             if e.id in self.env:
-                return self.env[e.id]
+                v = self.env[e.id]
+                return None if v is _POISON else v
             if e.id in ("true", "false"):
                 return e.id == "true"
             self.unknown(e.id, "name", list(self.env), e.span)
@@ -197,9 +201,11 @@ def check(program: ast.Program) -> CheckedModel:
             loss_stmt = stmt
         if isinstance(v, Value):
             c.bind_name(stmt.name, v, stmt.name_span)
-        elif v is not None:
+            continue
+        if v is not None:
             c.diag.error(f"{stmt.name!r} must be a tensor expression, not the constant {v!r}",
                          stmt.value.span)
+        c.env[stmt.name] = _POISON  # later uses stay silent: the error is already reported
     loss_op, prediction, loss = _find_loss(c, m, loss_stmt)
     optimizer = _check_optimizer(c, program.optimizer, program)
     federated = _check_federated(c, program.federated)
@@ -219,7 +225,7 @@ def _find_loss(c: _Checker, m: ast.ModelDef,
                      "`loss = softmax_cross_entropy(logits, y)`)", m.span)
         return "", None, None
     loss = c.env.get("loss")
-    if loss is None:
+    if loss is None or loss is _POISON:
         return "", None, None
     node = next((n for n in c.g.nodes if n.out == loss), None)
     if node is None or loss.type.shape != () or node.op not in _LOSS_OPS:

@@ -89,7 +89,7 @@ def compile_file(path: str | Path, out_dir: str | Path | None = None,
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError([Diagnostic(f"cannot read {p}: {exc}")]) from exc
-    art = compile_source(text, p.name if out_dir is None else str(p), options)
+    art = compile_source(text, str(p), options)
     if out_dir is not None:
         art.write(out_dir)
     return art

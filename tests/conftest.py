@@ -18,4 +18,4 @@ def digits_mlp_source() -> str:
 @pytest.fixture(scope="session")
 def digits_mlp(digits_mlp_source):
     from fedc.pipeline import compile_source
-    return compile_source(digits_mlp_source, "digits_mlp.fed")
+    return compile_source(digits_mlp_source, "examples/digits_mlp.fed")

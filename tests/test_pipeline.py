@@ -96,7 +96,7 @@ def test_liveness_plan_gives_correct_results_when_buffers_are_shared(digits_mlp)
 
 
 def test_compile_is_deterministic(digits_mlp_source, digits_mlp):
-    again = compile_source(digits_mlp_source, "digits_mlp.fed")
+    again = compile_source(digits_mlp_source, "examples/digits_mlp.fed")
     assert again.wasm == digits_mlp.wasm
     assert again.manifest == digits_mlp.manifest
 
@@ -108,7 +108,7 @@ def test_module_is_valid_and_trains_in_node(digits_mlp, tmp_path):
     (tmp_path / "model.wasm").write_bytes(digits_mlp.wasm)
     m = digits_mlp.manifest
     script = f"""
-const fs = require('fs');
+import fs from 'fs';
 const bytes = fs.readFileSync({json.dumps(str(tmp_path / 'model.wasm'))});
 if (!WebAssembly.validate(bytes)) {{ console.log('invalid'); process.exit(1); }}
 const {{ instance }} = await WebAssembly.instantiate(bytes, {{}});
