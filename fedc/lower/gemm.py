@@ -1,0 +1,415 @@
+"""Lowering: dense-layer matmuls (nn, nt, tn) → register-blocked <4 x float> llvmlite.ir kernels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from llvmlite import ir
+
+I32 = ir.IntType(32)
+F32 = ir.FloatType()
+PTR = ir.PointerType()
+V4 = ir.VectorType(F32, 4)
+ZERO4 = ir.Constant(V4, [0.0] * 4)
+
+Kind = Literal["nn", "nt", "tn"]
+
+
+# The register tile: MR rows × NR columns of C in MR·NR/4 = 8 <4 x float> accumulators. With
+# the two B vectors, the A vector and a broadcast that is 12 of the 16 XMM registers wasmtime's
+# Cranelift allocates on x86-64; larger tiles (4×12, 4×16, 8×8) spilled and ran slower.
+MR = 4
+NR = 8
+
+
+def _c(x: int) -> ir.Constant:
+    return ir.Constant(I32, x)
+
+
+def _up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def _as(x: ir.Value | int) -> ir.Value:
+    return _c(x) if isinstance(x, int) else x
+
+
+def _at(b: ir.IRBuilder, p: ir.Value, idx: ir.Value | int) -> ir.Value:
+    return b.gep(p, [_as(idx)], inbounds=True, source_etype=F32)
+
+
+def _ld4(b: ir.IRBuilder, p: ir.Value, idx: ir.Value | int, align: int = 4) -> ir.Value:
+    return b.load(_at(b, p, idx), typ=V4, align=align)
+
+
+def _st4(b: ir.IRBuilder, v: ir.Value, p: ir.Value, idx: ir.Value | int, align: int = 4) -> None:
+    b.store(v, _at(b, p, idx), align=align)
+
+
+def _ld_part(b: ir.IRBuilder, p: ir.Value, idx: ir.Value | int, lanes: int) -> ir.Value:
+    """The first `lanes` (1..4) floats at p[idx], zeros in the other lanes; reads no further."""
+    if lanes >= 4:
+        return _ld4(b, p, idx)
+    v: ir.Value = ZERO4
+    for j in range(lanes):
+        x = b.load(_at(b, p, b.add(_as(idx), _c(j))), typ=F32, align=4)
+        v = b.insert_element(v, x, _c(j))
+    return v
+
+
+def _st_part(b: ir.IRBuilder, v: ir.Value, p: ir.Value, idx: ir.Value | int, lanes: int) -> None:
+    """Store the first `lanes` (1..4) lanes of v at p[idx]; writes no further."""
+    if lanes >= 4:
+        _st4(b, v, p, idx)
+        return
+    for j in range(lanes):
+        b.store(b.extract_element(v, _c(j)), _at(b, p, b.add(_as(idx), _c(j))), align=4)
+
+
+def _lane(b: ir.IRBuilder, v: ir.Value, j: int) -> ir.Value:
+    """Lane j of v in every lane, by a shuffle (wasmtime's load32_splat is slow)."""
+    return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 4), [j] * 4))
+
+
+LoopBody = Callable[[ir.Value, list[ir.Value]], list[ir.Value]]
+
+
+def _for(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step: int,
+         carried: Sequence[ir.Value], body: LoopBody, name: str) -> list[ir.Value]:
+    """`for i in range(start, stop, step)` carrying values through phis; returns their finals."""
+    pre = b.block
+    head = b.append_basic_block(f"{name}.head")
+    loop = b.append_basic_block(f"{name}.body")
+    done = b.append_basic_block(f"{name}.done")
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I32, name=name)
+    i.add_incoming(_as(start), pre)
+    phis = [b.phi(v.type) for v in carried]
+    for phi, v in zip(phis, carried, strict=True):
+        phi.add_incoming(v, pre)
+    b.cbranch(b.icmp_signed("<", i, _as(stop)), loop, done)
+    b.position_at_end(loop)
+    new = body(i, list(phis))
+    i.add_incoming(b.add(i, _c(step), flags=["nsw", "nuw"]), b.block)
+    for phi, v in zip(phis, new, strict=True):
+        phi.add_incoming(v, b.block)
+    b.branch(head)
+    b.position_at_end(done)
+    return list(phis)
+
+
+def _for_each(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step: int,
+              body: Callable[[ir.Value], None], name: str) -> None:
+    def wrapped(i: ir.Value, _: list[ir.Value]) -> list[ir.Value]:
+        body(i)
+        return []
+
+    _for(b, start, stop, step, [], wrapped, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Panels: each operand is packed into scratch as consecutive panels of `width` rows of C (A) or
+# columns of C (B), each [depth][width] and 16-byte aligned; padding lanes are zeros (or copies
+# of the last row of A) so the micro-kernel needs no mask and nothing reads past an operand.
+
+
+@dataclass(frozen=True)
+class Group:
+    """`count` consecutive panels of `width` lanes starting at lane `first`; `last_valid` lanes
+    of the final panel are real (the rest is padding)."""
+
+    first: int
+    count: int
+    width: int
+    last_valid: int
+
+
+def _groups(lanes: int, width: int, narrow_edge: bool) -> list[Group]:
+    """Full `width`-lane panels, then one panel for the remainder: 4 lanes wide if that is
+    enough and narrow_edge (a 4×4 tile beats a 4×8 one that is mostly padding), else padded."""
+    groups = [Group(0, lanes // width, width, width)] if lanes // width else []
+    rest = lanes % width
+    if rest:
+        groups.append(Group(lanes - rest, 1, _up(rest, 4) if narrow_edge else width, rest))
+    return groups
+
+
+def _panel_floats(lanes: int, width: int, narrow_edge: bool) -> int:
+    """Lanes of all panels of _groups(…), padding included: the floats per unit of depth."""
+    return sum(g.count * g.width for g in _groups(lanes, width, narrow_edge))
+
+
+def _pack_copy(b: ir.IRBuilder, src: ir.Value, ld: int, depth: ir.Value | int, g: Group,
+               dst: ir.Value, row_sum: ir.Value | None = None, accumulate: bool = False) -> None:
+    """dst[p][d][0:width] = src[d, first + p·width …] (zero past the valid lanes).
+
+    With row_sum, also row_sum[first + …] (+)= Σ_d src[d, …] of the lanes packed.
+    """
+    nv = g.width // 4
+
+    def panel(p: ir.Value) -> None:
+        col = b.add(_c(g.first), b.mul(p, _c(g.width)))
+        out = b.mul(p, b.mul(_as(depth), _c(g.width)))
+        lanes = [min(4, g.last_valid - 4 * v) if g.count == 1 else 4 for v in range(nv)]
+
+        def step(d: ir.Value, sums: list[ir.Value]) -> list[ir.Value]:
+            row = b.add(b.mul(d, _c(ld)), col)
+            o = b.add(out, b.mul(d, _c(g.width)))
+            vs = [_ld_part(b, src, b.add(row, _c(4 * v)), n) if n > 0 else ZERO4
+                  for v, n in enumerate(lanes)]
+            for v, x in enumerate(vs):
+                _st4(b, x, dst, b.add(o, _c(4 * v)), align=16)
+            return [b.fadd(s, x) for s, x in zip(sums, vs, strict=True)] if sums else []
+
+        sums = _for(b, 0, depth, 1, [ZERO4] * nv if row_sum is not None else [], step, "pc")
+        if row_sum is not None:
+            for v, n in enumerate(lanes):
+                if n > 0:
+                    _store_out(b, sums[v], row_sum, b.add(col, _c(4 * v)), n, accumulate)
+
+    _for_each(b, 0, g.count, 1, panel, "pcp")
+
+
+def _transpose4(b: ir.IRBuilder, rows: Sequence[ir.Value]) -> list[ir.Value]:
+    """The columns of a 4×4 block given as four row vectors."""
+    m = ir.VectorType(I32, 4)
+    t0 = b.shuffle_vector(rows[0], rows[1], ir.Constant(m, [0, 4, 1, 5]))
+    t1 = b.shuffle_vector(rows[2], rows[3], ir.Constant(m, [0, 4, 1, 5]))
+    t2 = b.shuffle_vector(rows[0], rows[1], ir.Constant(m, [2, 6, 3, 7]))
+    t3 = b.shuffle_vector(rows[2], rows[3], ir.Constant(m, [2, 6, 3, 7]))
+    return [b.shuffle_vector(t0, t1, ir.Constant(m, [0, 1, 4, 5])),
+            b.shuffle_vector(t0, t1, ir.Constant(m, [2, 3, 6, 7])),
+            b.shuffle_vector(t2, t3, ir.Constant(m, [0, 1, 4, 5])),
+            b.shuffle_vector(t2, t3, ir.Constant(m, [2, 3, 6, 7]))]
+
+
+def _pack_transpose(b: ir.IRBuilder, src: ir.Value, depth: int, rows: ir.Value | int,
+                    g: Group, count: ir.Value | int, dst: ir.Value) -> None:
+    """dst[p][d][r] = src[first + p·width + r, d] for `count` panels; src is [rows, depth].
+
+    Rows at or past `rows` repeat the last row: they only feed rows of C that are never
+    stored, and so the last panel reads no byte outside src.
+    """
+    last = b.sub(_as(rows), _c(1))
+    whole = depth - depth % 4
+
+    def panel(p: ir.Value) -> None:
+        r0 = b.add(_c(g.first), b.mul(p, _c(g.width)))
+        starts = []  # element offset of each source row of the panel
+        for r in range(g.width):
+            ri = b.add(r0, _c(r))
+            starts.append(b.mul(b.select(b.icmp_signed("<", ri, last), ri, last), _c(depth)))
+        out = b.mul(p, _c(depth * g.width))
+
+        def store_cols(d: ir.Value | int, cols: list[list[ir.Value]]) -> None:
+            for j, col in enumerate(cols):  # col[q]: column d + j of rows 4q … 4q + 3
+                o = b.add(out, b.mul(b.add(_as(d), _c(j)), _c(g.width)))
+                for q, v in enumerate(col):
+                    _st4(b, v, dst, b.add(o, _c(4 * q)), align=16)
+
+        def step4(d: ir.Value) -> None:
+            blocks = [_transpose4(b, [_ld4(b, src, b.add(starts[4 * q + r], d)) for r in range(4)])
+                      for q in range(g.width // 4)]
+            store_cols(d, [[blk[j] for blk in blocks] for j in range(4)])
+
+        _for_each(b, 0, whole, 4, step4, "pt")
+        if depth % 4:  # the last 1–3 columns, gathered one float at a time
+            store_cols(whole, [[_gather(b, src, starts[4 * q:4 * q + 4], d)
+                                for q in range(g.width // 4)] for d in range(whole, depth)])
+
+    _for_each(b, 0, count, 1, panel, "ptp")
+
+
+def _gather(b: ir.IRBuilder, src: ir.Value, starts: Sequence[ir.Value], d: int) -> ir.Value:
+    """<src[starts[0] + d], …, src[starts[3] + d]>."""
+    v: ir.Value = ZERO4
+    for r, start in enumerate(starts):
+        x = b.load(_at(b, src, b.add(start, _c(d))), typ=F32, align=4)
+        v = b.insert_element(v, x, _c(r))
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# The micro-kernel: a 4×nr block of C (nr = 8, or 4 at a narrow edge) in nr/4·4 registers.
+
+
+def _tile_product(b: ir.IRBuilder, nr: int, pa: ir.Value, pb: ir.Value,
+                  depth: ir.Value | int) -> list[list[ir.Value]]:
+    """acc[r][v] = Σ_d pa[d][r] · pb[d][4v:4v+4] over packed panels pa [depth][4], pb [depth][nr].
+
+    Per step: one A vector load broadcast to four rows by shuffles, nr/4 B vector loads and
+    4·nr/4 mul+add pairs. Unrolling did not help: LLVM hoisted the second step's loads and
+    Cranelift spilled accumulators.
+    """
+    nv = nr // 4
+
+    def step(d: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+        bv = [_ld4(b, pb, b.add(b.mul(d, _c(nr)), _c(4 * v)), 16) for v in range(nv)]
+        av = _ld4(b, pa, b.mul(d, _c(MR)), 16)
+        rows = [_lane(b, av, r) for r in range(MR)]
+        return [b.fadd(acc[r * nv + v], b.fmul(rows[r], bv[v]))
+                for r in range(MR) for v in range(nv)]
+
+    flat = _for(b, 0, depth, 1, [ZERO4] * (MR * nv), step, "k")
+    return [flat[r * nv:(r + 1) * nv] for r in range(MR)]
+
+
+def _store_out(b: ir.IRBuilder, v: ir.Value, p: ir.Value, idx: ir.Value, lanes: int,
+               accumulate: bool) -> None:
+    if accumulate:
+        v = b.fadd(_ld_part(b, p, idx, lanes), v)
+    _st_part(b, v, p, idx, lanes)
+
+
+def _store_tile(b: ir.IRBuilder, acc: list[list[ir.Value]], c: ir.Value, ldc: int,
+                row0: ir.Value, rows: ir.Value | int, col0: ir.Value, cols: int,
+                bias: ir.Value | None, accumulate: bool) -> None:
+    """C[row0 + r, col0 + j] (+)= acc[r][j] (+ bias[col0 + j]) for row0 + r < rows, j < cols."""
+    lanes = [min(4, cols - 4 * v) for v in range(len(acc[0]))]
+    bias_v = [_ld_part(b, bias, b.add(col0, _c(4 * v)), n) if n > 0 else ZERO4
+              for v, n in enumerate(lanes)] if bias is not None else []
+    valid = b.sub(_as(rows), row0)
+    for r, row in enumerate(acc):
+        def store_row(r: int = r, row: list[ir.Value] = row) -> None:
+            base = b.add(b.mul(b.add(row0, _c(r)), _c(ldc)), col0)
+            for v, n in enumerate(lanes):
+                if n > 0:
+                    x = b.fadd(row[v], bias_v[v]) if bias_v else row[v]
+                    _store_out(b, x, c, b.add(base, _c(4 * v)), n, accumulate)
+
+        if r == 0:  # a tile has at least one valid row
+            store_row()
+        else:
+            with b.if_then(b.icmp_signed(">", valid, _c(r))):
+                store_row()
+
+
+def _tiles(b: ir.IRBuilder, pa: ir.Value, pb: ir.Value, depth: ir.Value | int,
+           rows: ir.Value | int, cols: int, c: ir.Value, bias: ir.Value | None,
+           accumulate: bool) -> None:
+    """C[rows, cols] (+)= packed A · packed B (+ bias), tile by tile.
+
+    B panels outside, A panels inside: one B panel (depth·32 bytes) stays in L1 while the A
+    panels stream; the other order measured the same.
+    """
+    n_row_tiles = _ceil_div(b, rows, MR)
+    for g in _groups(cols, NR, narrow_edge=True):
+        pb_g = _at(b, pb, b.mul(_as(depth), _c(g.first)))
+
+        def col_tiles(jp: ir.Value, g: Group = g, pb_g: ir.Value = pb_g) -> None:
+            pb_j = _at(b, pb_g, b.mul(jp, b.mul(_as(depth), _c(g.width))))
+            col0 = b.add(_c(g.first), b.mul(jp, _c(g.width)))
+
+            def tile(ip: ir.Value) -> None:
+                pa_i = _at(b, pa, b.mul(ip, b.mul(_as(depth), _c(MR))))
+                acc = _tile_product(b, g.width, pa_i, pb_j, depth)
+                _store_tile(b, acc, c, cols, b.mul(ip, _c(MR)), rows, col0, g.last_valid,
+                            bias, accumulate)
+
+            _for_each(b, 0, n_row_tiles, 1, tile, "ip")
+
+        _for_each(b, 0, g.count, 1, col_tiles, "jp")
+
+
+def _ceil_div(b: ir.IRBuilder, x: ir.Value | int, d: int) -> ir.Value | int:
+    return (x + d - 1) // d if isinstance(x, int) else b.udiv(b.add(x, _c(d - 1)), _c(d))
+
+
+# ---------------------------------------------------------------------------------------------
+# Drivers: pack both operands into scratch (B's panels first, then A's), then tile C.
+
+
+def scratch_bytes(kind: Kind, m_max: int, n: int, k: int) -> int:
+    """Bytes of scratch emit_matmul needs for a batch of at most m_max rows."""
+    if kind == "nn":  # packed B: [K][N] in NR-column panels; packed A: [K] × 4-row panels
+        floats = (_panel_floats(n, NR, True) + _up(m_max, MR)) * k
+    elif kind == "nt":
+        floats = (_panel_floats(k, NR, True) + _up(m_max, MR)) * n
+    elif kind == "tn":
+        floats = (_panel_floats(n, NR, True) + _up(k, MR)) * m_max
+    else:
+        raise ValueError(f"unknown matmul kind {kind!r}")
+    return 4 * floats
+
+
+def _body_nn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], fused: bool,
+             accumulate: bool) -> None:
+    m, a, bm, c, bias, scratch = args
+    for g in _groups(n, NR, narrow_edge=True):
+        _pack_copy(b, bm, n, k, g, _at(b, scratch, g.first * k))
+    pa = _at(b, scratch, _panel_floats(n, NR, True) * k)
+    _pack_transpose(b, a, k, m, Group(0, 0, MR, MR), _ceil_div(b, m, MR), pa)
+    _tiles(b, pa, scratch, k, m, n, c, bias if fused else None, accumulate)
+
+
+def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], fused: bool,
+             accumulate: bool) -> None:
+    m, a, bm, c, _, scratch = args
+    for g in _groups(k, NR, narrow_edge=True):
+        _pack_transpose(b, bm, n, k, g, g.count, _at(b, scratch, g.first * n))
+    pa = _at(b, scratch, _panel_floats(k, NR, True) * n)
+    _pack_transpose(b, a, n, m, Group(0, 0, MR, MR), _ceil_div(b, m, MR), pa)
+    _tiles(b, pa, scratch, n, m, k, c, None, accumulate)
+
+
+def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], fused: bool,
+             accumulate: bool) -> None:
+    m, a, g_mat, c, row_sum, scratch = args
+    for g in _groups(n, NR, narrow_edge=True):
+        _pack_copy(b, g_mat, n, m, g, _at(b, scratch, b.mul(m, _c(g.first))),
+                   row_sum if fused else None, accumulate)
+    pa = _at(b, scratch, b.mul(m, _c(_panel_floats(n, NR, True))))
+    for g in _groups(k, MR, narrow_edge=False):
+        _pack_copy(b, a, k, m, g, _at(b, pa, b.mul(m, _c(g.first))))
+    _tiles(b, pa, scratch, m, k, n, c, None, accumulate)
+
+
+_BODIES = {"nn": _body_nn, "nt": _body_nt, "tn": _body_tn}
+
+
+def _kernel(module: ir.Module, kind: Kind, n: int, k: int, fused: bool,
+            accumulate: bool) -> ir.Function:
+    """The internal `void(m, a, b, c, bias_or_row_sum, scratch)` for one kind and shape,
+    defined once per module and shared by every call with the same static parameters."""
+    name = f"fedc.gemm.{kind}.n{n}.k{k}" + (".fused" if fused else "") + (
+        ".acc" if accumulate else "")
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I32, PTR, PTR, PTR, PTR, PTR]), name)
+    fn.linkage = "internal"
+    for arg in fn.args[1:]:
+        arg.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    _BODIES[kind](b, n, k, fn.args, fused, accumulate)
+    b.ret_void()
+    return fn
+
+
+def emit_matmul(b: ir.IRBuilder, *, kind: Kind, m: ir.Value | int, n: int, k: int,
+                a: ir.Value, bmat: ir.Value, c: ir.Value, scratch: ir.Value,
+                bias: ir.Value | None = None, row_sum: ir.Value | None = None,
+                accumulate: bool = False) -> None:
+    """Emit at b's position a call computing, with m a runtime i32 and n, k Python ints:
+
+    - "nn": c[m,n] (+)= a[m,k] · bmat[k,n] (+ bias[n])                  (forward)
+    - "nt": c[m,k] (+)= a[m,n] · bmat[k,n]ᵀ                             (input gradient)
+    - "tn": c[k,n] (+)= a[m,k]ᵀ · bmat[m,n]; row_sum[n] (+)= Σ_m bmat[m,:]  (weight gradient)
+
+    "(+)=" adds to the output when `accumulate`. All operands are opaque pointers into linear
+    memory, row-major, 4-byte aligned; `scratch` is 16-byte aligned, holds
+    scratch_bytes(kind, m_max, n, k) bytes for the largest m used and overlaps nothing else.
+    """
+    if n < 1 or k < 1:
+        raise ValueError(f"matmul needs n, k ≥ 1, got n={n}, k={k}")
+    if bias is not None and kind != "nn":
+        raise ValueError("bias is only fused into the 'nn' (forward) matmul")
+    if row_sum is not None and kind != "tn":
+        raise ValueError("row_sum is only fused into the 'tn' (weight-gradient) matmul")
+    if kind not in _BODIES:
+        raise ValueError(f"unknown matmul kind {kind!r}")
+    extra = bias if bias is not None else row_sum
+    fn = _kernel(b.module, kind, n, k, extra is not None, accumulate)
+    b.call(fn, [_as(m), a, bmat, c, ir.Constant(PTR, None) if extra is None else extra, scratch])

@@ -1,0 +1,214 @@
+"""Tests: fedc.lower.gemm's nn/nt/tn kernels run in wasmtime against numpy float64."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import wasmtime
+from llvmlite import ir
+
+from fedc.emit import emit
+from fedc.link import ARENA_BASE, PAGE, link
+from fedc.lower import gemm
+
+M_MAX = 33
+M_VALUES = (0, 1, 2, 3, 5, 32, 33)
+N_VALUES = (1, 3, 4, 7, 8, 10, 13, 128)
+K_VALUES = (1, 3, 8, 64, 65)
+GUARD = 48  # NaN-filled bytes before and after every buffer
+SHAPES = {"nn": ("mk", "kn", "mn"), "nt": ("mn", "kn", "mk"), "tn": ("mk", "mn", "kn")}
+EPS = float(np.finfo(np.float32).eps)
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: gemm.Kind
+    n: int
+    k: int
+    extra: bool  # nn: bias; tn: row_sum
+    accumulate: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}_n{self.n}_k{self.k}_{int(self.extra)}{int(self.accumulate)}"
+
+    def shapes(self) -> list[tuple[int, int]]:
+        dims = {"m": M_MAX, "n": self.n, "k": self.k}
+        return [(dims[s[0]], dims[s[1]]) for s in SHAPES[self.kind]]
+
+    def sizes(self) -> list[int]:
+        """Bytes of a, b, c, the fused vector (0 if none) and scratch."""
+        mats = [4 * r * c for r, c in self.shapes()]
+        return [*mats, 4 * self.n if self.extra else 0,
+                gemm.scratch_bytes(self.kind, M_MAX, self.n, self.k)]
+
+
+def _cases(ns: tuple[int, ...], ks: tuple[int, ...]) -> list[Case]:
+    """Every kind × n × k, cycling through the fused-bias/row-sum and accumulate flags."""
+    out = []
+    for i, (kind, n, k) in enumerate(itertools.product(("nn", "nt", "tn"), ns, ks)):
+        out.append(Case(kind, n, k, extra=kind != "nt" and i % 2 == 0,  # type: ignore[arg-type]
+                        accumulate=i % 3 == 1))
+    return out
+
+
+def _emit_case(mod: ir.Module, case: Case, addrs: list[int]) -> None:
+    """An export `<case.name>(m: i32)` running the case's matmul on fixed addresses."""
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [gemm.I32]), case.name)
+    b = ir.IRBuilder(fn.append_basic_block())
+    p = [b.inttoptr(ir.Constant(gemm.I32, x), gemm.PTR) for x in addrs]
+    extra = {("bias" if case.kind == "nn" else "row_sum"): p[3]} if case.extra else {}
+    gemm.emit_matmul(b, kind=case.kind, m=fn.args[0], n=case.n, k=case.k, a=p[0], bmat=p[1],
+                     c=p[2], scratch=p[4], accumulate=case.accumulate, **extra)
+    b.ret_void()
+
+
+class Module:
+    """An instantiated module of cases, each with its operands' addresses, and its memory."""
+
+    def __init__(self, cases: list[Case], addrs: list[list[int]], arena_end: int,
+                 variant: str = "simd128") -> None:
+        mod = ir.Module("test_gemm")
+        for case, case_addrs in zip(cases, addrs, strict=True):
+            _emit_case(mod, case, case_addrs)
+        wasm = link(emit(str(mod), variant).object_code, arena_end, [c.name for c in cases])
+        self.cases, self.addrs = cases, addrs
+        engine = wasmtime.Engine()
+        self.store = wasmtime.Store(engine)
+        instance = wasmtime.Instance(self.store, wasmtime.Module(engine, wasm), [])
+        self.exports = instance.exports(self.store)
+        mem = self.exports["memory"]
+        self.mem = np.ctypeslib.as_array(mem.data_ptr(self.store),
+                                         shape=(mem.data_len(self.store),))
+
+    def view(self, addr: int, shape: tuple[int, ...]) -> np.ndarray:
+        return self.mem[addr:addr + 4 * int(np.prod(shape))].view(np.float32).reshape(shape)
+
+
+def _guarded_module(cases: list[Case], variant: str) -> Module:
+    """Cases side by side in the arena, every buffer between NaN-filled guard bytes."""
+    addr, addrs = ARENA_BASE, []
+    for case in cases:
+        addrs.append([])
+        for size in case.sizes():
+            addr = (addr + GUARD + 15) // 16 * 16
+            addrs[-1].append(addr)
+            addr += size
+    mod = Module(cases, addrs, addr + GUARD, variant)
+    mod.mem[ARENA_BASE:addr + GUARD] = 0xFF
+    return mod
+
+
+def _reference(case: Case, m: int, a: np.ndarray, bm: np.ndarray, c0: np.ndarray,
+               x0: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Expected C, the magnitude |A|·|B| (+|C|) scaling the tolerance, and expected row_sum."""
+    a64, b64 = a[:m].astype(np.float64), bm.astype(np.float64)
+    rs = None
+    if case.kind == "nn":
+        ref, mag = a64 @ b64, np.abs(a64) @ np.abs(b64)
+        if x0 is not None:
+            ref, mag = ref + x0, mag + np.abs(x0)
+    elif case.kind == "nt":
+        ref, mag = a64 @ b64.T, np.abs(a64) @ np.abs(b64.T)
+    else:
+        g64 = b64[:m]
+        ref, mag = a64.T @ g64, np.abs(a64.T) @ np.abs(g64)
+        if x0 is not None:
+            rs = g64.sum(0) + (x0 if case.accumulate else 0)
+    if case.accumulate:
+        c = c0[:ref.shape[0]]
+        ref, mag = ref + c, mag + np.abs(c)
+    return ref, mag, rs
+
+
+def _run_and_check(mod: Module, i: int, m: int, rng: np.random.Generator,
+                   check_writes: bool = True) -> None:
+    case, addrs = mod.cases[i], mod.addrs[i]
+    ops = [mod.view(addr, shape) for addr, shape in zip(addrs, case.shapes(), strict=False)]
+    for op in ops:
+        op[...] = rng.uniform(-1, 1, op.shape)
+    x = mod.view(addrs[3], (case.n,)) if case.extra else None
+    x0 = None
+    if x is not None:
+        x[...] = rng.uniform(-1, 1, case.n)
+        x0 = x.copy()
+    start, end = addrs[0] - GUARD, addrs[4] + case.sizes()[4] + GUARD
+    before, c0 = mod.mem[start:end].copy(), ops[2].copy()
+    mod.exports[case.name](mod.store, m)  # traps on any access outside linear memory
+
+    ref, mag, rs = _reference(case, m, ops[0], ops[1], c0, x0)
+    depth = {"nn": case.k, "nt": case.n, "tn": m}[case.kind]
+    err = np.abs(ops[2][:ref.shape[0]] - ref)
+    assert np.all(err <= 2 * (depth + 2) * EPS * mag), f"{case.name} m={m}: error {err.max()}"
+    if rs is not None:
+        bound = 2 * (m + 2) * EPS * (np.abs(ops[1][:m]).sum(0) + np.abs(x0))
+        assert np.all(np.abs(x - rs) <= bound), f"{case.name} m={m}: row_sum"
+    if check_writes:  # only C's first rows (all of C for tn), row_sum and scratch may change
+        allowed = np.zeros(end - start, bool)
+        c_bytes = 4 * ref.shape[0] * ref.shape[1]
+        row_sum = 4 * case.n if case.kind == "tn" else 0
+        for addr, size in ((addrs[2], c_bytes), (addrs[3], row_sum), (addrs[4], case.sizes()[4])):
+            allowed[addr - start:addr - start + size] = True
+        changed = mod.mem[start:end] != before
+        assert not np.any(changed & ~allowed), f"{case.name} m={m}: wrote outside its outputs"
+
+
+@pytest.fixture(scope="module")
+def simd_module() -> Module:
+    return _guarded_module(_cases(N_VALUES, K_VALUES), "simd128")
+
+
+@pytest.mark.parametrize("kind", ["nn", "nt", "tn"])
+def test_matmul_matches_numpy_on_every_remainder_path(simd_module: Module, kind: str) -> None:
+    rng = np.random.default_rng(0)
+    for i, case in enumerate(simd_module.cases):
+        if case.kind == kind:
+            for m in M_VALUES:
+                _run_and_check(simd_module, i, m, rng)
+
+
+def test_scalar_variant_matches_numpy() -> None:
+    mod = _guarded_module(_cases((3, 10), (5, 8)), "scalar")
+    rng = np.random.default_rng(1)
+    for i in range(len(mod.cases)):
+        for m in (1, 5, 33):
+            _run_and_check(mod, i, m, rng)
+
+
+def _flush_module(case: Case, role: int) -> Module:
+    """A module where operand `role` (0 a, 1 b, 2 c, 3 bias/row_sum, 4 scratch) ends exactly
+    at the end of linear memory, so that touching one byte past it traps."""
+    addrs, addr = [], ARENA_BASE
+    for size in case.sizes():
+        addrs.append(addr)
+        addr = (addr + size + 15) // 16 * 16
+    mem_bytes = (addr + PAGE + PAGE - 1) // PAGE * PAGE  # fedc.link's sizing rule
+    addrs[role] = mem_bytes - case.sizes()[role]
+    mod = Module([case], [addrs], addr)
+    assert len(mod.mem) == mem_bytes
+    return mod
+
+
+@pytest.mark.parametrize("kind", ["nn", "nt", "tn"])
+@pytest.mark.parametrize("role", [0, 1, 2, 3, 4])
+def test_matmul_never_touches_bytes_past_its_operands(kind: str, role: int) -> None:
+    case = Case(kind, 10, 7, extra=kind != "nt", accumulate=True)  # type: ignore[arg-type]
+    if role == 3 and not case.extra:
+        pytest.skip("nt fuses no vector")
+    mod = _flush_module(case, role)
+    rng = np.random.default_rng(2)
+    for m in (1, 2, 5, M_MAX):
+        _run_and_check(mod, 0, m, rng, check_writes=False)
+
+
+def test_emit_matmul_rejects_misplaced_fusions() -> None:
+    fn = ir.Function(ir.Module(), ir.FunctionType(ir.VoidType(), []), "f")
+    b = ir.IRBuilder(fn.append_basic_block())
+    p, one = ir.Constant(gemm.PTR, None), ir.Constant(gemm.I32, 1)
+    with pytest.raises(ValueError, match="bias"):
+        gemm.emit_matmul(b, kind="tn", m=one, n=4, k=4, a=p, bmat=p, c=p, scratch=p, bias=p)
+    with pytest.raises(ValueError, match="row_sum"):
+        gemm.emit_matmul(b, kind="nn", m=one, n=4, k=4, a=p, bmat=p, c=p, scratch=p, row_sum=p)
