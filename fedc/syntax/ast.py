@@ -52,7 +52,7 @@ class BinOp:
     span: Span
 
 
-Expr = Union[Name, Num, Str, Call, BinOp]
+Expr = Union[Name, Num, Str, Call, BinOp]  # noqa: UP007 - a runtime alias, kept as written
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class InputDecl:
     name: str
     type: TensorTypeExpr
     span: Span
+    name_span: Span | None = None  # the declared name (span is the whole line)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class TargetDecl:
     name: str
     type: TensorTypeExpr
     span: Span
+    name_span: Span | None = None  # the declared name (span is the whole line)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class Setting:
     name: str
     value: Expr
     span: Span
+    name_span: Span | None = None  # the setting's name (span is the whole line)
 
 
 @dataclass(frozen=True)
