@@ -228,14 +228,12 @@ def _find_loss(c: _Checker, m: ast.ModelDef,
     if loss is None or loss is _POISON:
         return "", None, None
     node = next((n for n in c.g.nodes if n.out == loss), None)
-    if node is None or loss.type.shape != () or node.op not in _LOSS_OPS:
-        c.diag.error(f"`loss` must be one of {', '.join(sorted(_LOSS_OPS))} applied to the "
+    if node is None or loss.type.shape != () or not REGISTRY[node.op].loss:
+        losses = sorted(k for k, op in REGISTRY.items() if op.loss and op.surface)
+        c.diag.error(f"`loss` must be one of {', '.join(losses)} applied to the "
                      f"model's output, but it is {loss.type}", stmt.value.span)
         return "", None, None
     return node.op, node.inputs[0], loss
-
-
-_LOSS_OPS = {"softmax_cross_entropy", "mse"}
 
 
 def _check_optimizer(c: _Checker, opt: ast.OptimizerDef | None,

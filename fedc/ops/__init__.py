@@ -37,6 +37,7 @@ class OpDef:
     surface: how a call in a .fed file builds it (None: internal op, not callable by users)
     sample:  input types (and attrs) the registry-wide tests instantiate the op with; "N" is
              the batch dim. Every op has one, so every op is tested the moment it exists.
+    loss:    the op is a loss: scalar output, first input is the model's prediction
     """
 
     name: str
@@ -47,6 +48,7 @@ class OpDef:
     surface: Surface | None = None
     sample: tuple[tuple[TensorType, ...], dict[str, Any]] = ((), {})
     doc: str = ""
+    loss: bool = False
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -55,10 +57,10 @@ REGISTRY: dict[str, OpDef] = {}
 def register(name: str, *, shape: ShapeRule, ref: Reference, lower: Lowering,
              sample: tuple[tuple[TensorType, ...], dict[str, Any]],
              grad: GradRule | None = None, surface: Surface | None = None,
-             doc: str = "") -> OpDef:
+             doc: str = "", loss: bool = False) -> OpDef:
     if name in REGISTRY:
         raise ValueError(f"op {name!r} registered twice")
-    op = OpDef(name, shape, ref, lower, grad, surface, sample, doc)
+    op = OpDef(name, shape, ref, lower, grad, surface, sample, doc, loss)
     REGISTRY[name] = op
     return op
 
@@ -68,4 +70,14 @@ def surface_ops() -> dict[str, OpDef]:
     return {k: v for k, v in REGISTRY.items() if v.surface is not None}
 
 
-from . import dense, elementwise, losses  # noqa: E402,F401  (registers the ops)
+def _register_all() -> None:
+    """Import every module of this package: each registers its ops when imported."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name != "surface":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_all()

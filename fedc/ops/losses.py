@@ -91,7 +91,7 @@ def _xent_lower(ctx: LowerCtx, node: Node) -> None:
 register("softmax_cross_entropy", sample=((f32(BATCH, 10), i32(BATCH)), {}), shape=_xent_shape, ref=_xent_ref, lower=_xent_lower,
          grad=lambda g, node, dy, needs: (
              g.emit("softmax_cross_entropy_grad", [dy, *node.inputs]), None),
-         surface=_xent_surface,
+         surface=_xent_surface, loss=True,
          doc="softmax_cross_entropy(logits, y): mean over the batch of −log softmax(logits)[y]")
 
 
@@ -168,7 +168,7 @@ def _mse_lower(ctx: LowerCtx, node: Node) -> None:
 register("mse", sample=((f32(BATCH, 3), f32(BATCH, 3)), {}), shape=_mse_shape, ref=lambda xs, _: np.asarray(((xs[0] - xs[1]) ** 2).mean()),
          lower=_mse_lower,
          grad=lambda g, node, dy, needs: (g.emit("mse_grad", [dy, *node.inputs]), None),
-         surface=_mse_surface, doc="mse(prediction, target): mean of squared errors")
+         surface=_mse_surface, loss=True, doc="mse(prediction, target): mean of squared errors")
 
 
 def _mse_grad_shape(ins: tuple[TensorType, ...], attrs: dict[str, Any]) -> TensorType:

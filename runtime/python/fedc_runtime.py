@@ -136,6 +136,9 @@ class Model:
         self.output = self._view(out["offset"], out["dtype"], (b, *out["shape"]))
         region = m["params_region"]
         self.params = self._view(region["offset"], "f32", (region["count"],))
+        grads = m["grads_region"]
+        # the gradients of the last train_step, same layout as params
+        self.grads = self._view(grads["offset"], "f32", (grads["count"],))
         self.param_views = {p["name"]: self._view(p["offset"], "f32", tuple(p["shape"]))
                             for p in m["params"]}
         opt = m["optimizer"]
