@@ -223,6 +223,7 @@ def shape(program: Program) -> object:
 
 @pytest.mark.parametrize("variant", [
     pytest.param(lambda t: t.replace("\n", "\r\n"), id="crlf"),
+    pytest.param(lambda t: t.replace("\n", "\r"), id="old-mac-cr"),
     pytest.param(lambda t: t.rstrip("\n"), id="no-final-newline"),
     pytest.param(lambda t: t.replace("\n", "   \n"), id="trailing-whitespace"),
     pytest.param(lambda t: t.replace("    ", "\t"), id="tabs"),
