@@ -1,0 +1,279 @@
+"""Datasets: a bundled scikit-learn name or a user's .npz file → a seeded train/test `Dataset`.
+
+Built-in names (all offline, shipped inside scikit-learn):
+
+- ``digits``: 1797 8×8 images, 10 classes; pixels scaled from 0..16 to [0, 1] by /16.
+- ``breast_cancer`` (2 classes, 30 features), ``iris`` (3 classes, 4 features), ``wine``
+  (3 classes, 13 features): each feature standardised with the *train* split's mean and std,
+  so nothing about the test split leaks into training.
+
+A ``.npz`` file must hold arrays ``x`` and ``y`` and may hold ``x_test`` and ``y_test``; without
+them it is split like the built-ins. Its features are used as they are (no scaling). Its task is
+the ``task`` argument if given, else an optional ``task`` array in the file (``"classification"``
+or ``"regression"``), else integer ``y`` means classification and floating-point ``y`` regression.
+
+The split is ``sklearn.model_selection.train_test_split(x, y, test_size=test_fraction,
+random_state=seed, stratify=y)``; stratification is dropped only for a regression task or when a
+class has too few samples to appear on both sides. Every ``x`` is stored flat, as float32 of
+shape ``(N, F)``; ``feature_shape`` keeps the natural per-example shape (digits: ``(8, 8)``) for
+``reshape_for``. Class labels are int32 in ``0..K-1``; regression targets float32.
+"""
+
+from __future__ import annotations
+
+import difflib
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .diagnostics import DataError, Diagnostic
+
+TASKS = ("classification", "regression")
+
+
+@dataclass(frozen=True, eq=False)  # holds arrays: compare their fields, not these
+class Dataset:
+    """A train/test split; x arrays are float32 (N, F), y int32 labels or float32 targets."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    name: str
+    num_classes: int | None
+    task: str  # "classification" | "regression"
+    feature_shape: tuple[int, ...]
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+def _fail(message: str) -> DataError:
+    return DataError([Diagnostic(message)], stage="data")
+
+
+# --- built-in datasets ---------------------------------------------------------------------------
+
+
+def _sklearn(loader: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    def load() -> tuple[np.ndarray, np.ndarray]:
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, loader)()
+        return np.asarray(bunch.data), np.asarray(bunch.target)
+
+    return load
+
+
+# name → (loader, per-example shape, scaling: "div16" or "standardise")
+BUILTINS: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray]], tuple[int, ...], str]] = {
+    "digits": (_sklearn("load_digits"), (8, 8), "div16"),
+    "breast_cancer": (_sklearn("load_breast_cancer"), (30,), "standardise"),
+    "iris": (_sklearn("load_iris"), (4,), "standardise"),
+    "wine": (_sklearn("load_wine"), (13,), "standardise"),
+}
+
+
+def _load_builtin(name: str, seed: int, test_fraction: float) -> Dataset:
+    loader, shape, scaling = BUILTINS[name]
+    x, y = loader()
+    x = x.astype(np.float64)
+    y = y.astype(np.int32)
+    x_train, x_test, y_train, y_test = _split(x, y, seed, test_fraction, name, stratify=True)
+    if scaling == "div16":
+        x_train, x_test = x_train / 16.0, x_test / 16.0
+    else:
+        x_train, x_test = _standardise(x_train, x_test)
+    return Dataset(x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test,
+                   name, int(y.max()) + 1, "classification", shape)
+
+
+def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std[std == 0] = 1.0  # a constant feature stays 0 instead of becoming NaN
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+def _split(x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float, what: str,
+           stratify: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    if len(y) < 2:
+        raise _fail(f"{what}: need at least 2 samples to make a train/test split, got {len(y)}")
+    if not 0.0 < test_fraction < 1.0:
+        raise _fail(f"{what}: test fraction must be between 0 and 1, got {test_fraction}")
+    try:
+        if stratify:
+            try:
+                return train_test_split(x, y, test_size=test_fraction, random_state=seed,
+                                        stratify=y)
+            except ValueError:
+                pass  # a class too rare to stratify: fall back to a plain seeded split
+        return train_test_split(x, y, test_size=test_fraction, random_state=seed)
+    except ValueError as exc:
+        raise _fail(f"{what}: cannot split {len(y)} samples with test fraction "
+                    f"{test_fraction}: {exc}") from None
+
+
+# --- .npz files ----------------------------------------------------------------------------------
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if path.is_dir():
+        raise _fail(f"{path} is a directory, not a .npz data file")
+    if not path.is_file():
+        raise _fail(f"no such data file: {path}")
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise _fail(f"cannot read {path}: {exc.strerror or exc}") from None
+    if magic != b"PK\x03\x04":  # every .npz is a zip archive
+        raise _fail(f"{path}: not a .npz file (expected arrays saved with numpy.savez)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except ValueError as exc:  # object arrays need pickle, which we never enable
+        raise _fail(f"{path}: cannot read arrays without pickle ({exc})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise _fail(f"{path}: not a readable .npz file ({exc})") from None
+
+
+def _features(arr: np.ndarray, where: str) -> np.ndarray:
+    if arr.dtype.kind not in "biuf":
+        raise _fail(f"{where}: features must be numbers, got dtype {arr.dtype}")
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise _fail(f"{where}: no examples (shape {list(arr.shape)})")
+    x = arr.astype(np.float64).reshape(arr.shape[0], -1) if arr.ndim > 1 else \
+        arr.astype(np.float64)[:, None]
+    if x.shape[1] == 0:
+        raise _fail(f"{where}: examples have no features (shape {list(arr.shape)})")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise _fail(f"{where}: contains NaN or Inf ({int(bad.sum())} values, first in row {row})")
+    return x
+
+
+def _labels(arr: np.ndarray, task: str, where: str) -> np.ndarray:
+    if arr.dtype.kind not in "biuf":
+        raise _fail(f"{where}: targets must be numbers, got dtype {arr.dtype}")
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise _fail(f"{where}: no targets (shape {list(arr.shape)})")
+    if task == "regression":
+        y = arr.astype(np.float64)
+        if not np.isfinite(y).all():
+            raise _fail(f"{where}: regression targets contain NaN or Inf")
+        return y.astype(np.float32)
+    y = arr.reshape(-1) if arr.ndim == 2 and arr.shape[1] == 1 else arr
+    if y.ndim != 1:
+        raise _fail(f"{where}: class labels must be one per example (shape [N]), "
+                    f"got shape {list(arr.shape)}")
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise _fail(f"{where}: class labels must be whole numbers 0..K-1, found "
+                    f"{_first(y[~(np.isfinite(y) & (y == np.round(y)))])}")
+    if (y < 0).any():
+        raise _fail(f"{where}: class labels must be 0..K-1, found negative label "
+                    f"{_first(y[y < 0])}")
+    if y.max() > np.iinfo(np.int32).max:
+        raise _fail(f"{where}: class label {_first(y[y > np.iinfo(np.int32).max])} is too large")
+    return y.astype(np.int32)
+
+
+def _first(values: np.ndarray) -> str:
+    v = values.reshape(-1)[0].item()
+    return repr(v)
+
+
+def _infer_task(arrays: dict[str, np.ndarray], task: str | None, where: str) -> str:
+    if task is None and "task" in arrays:
+        task = str(arrays["task"].reshape(-1)[0]) if arrays["task"].size else ""
+    if task is None:
+        return "classification" if arrays["y"].dtype.kind in "biu" else "regression"
+    if task not in TASKS:
+        raise _fail(f"{where}: task must be 'classification' or 'regression', got {task!r}")
+    return task
+
+
+def _pair(arrays: dict[str, np.ndarray], xk: str, yk: str, task: str,
+          where: str) -> tuple[np.ndarray, np.ndarray]:
+    x = _features(arrays[xk], f"{where}: array '{xk}'")
+    y = _labels(arrays[yk], task, f"{where}: array '{yk}'")
+    if len(x) != len(y):
+        raise _fail(f"{where}: '{xk}' has {len(x)} examples but '{yk}' has {len(y)}")
+    return x, y
+
+
+def _check_keys(arrays: dict[str, np.ndarray], where: str) -> None:
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        have = ", ".join(sorted(arrays)) or "none"
+        raise _fail(f"{where}: missing array {' and '.join(map(repr, missing))} "
+                    f"(a data file needs 'x' and 'y'; it has: {have})")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise _fail(f"{where}: has only one of 'x_test' and 'y_test'; give both or neither")
+
+
+def _load_npz(path: Path, seed: int, test_fraction: float, task: str | None) -> Dataset:
+    where = str(path)
+    arrays = _read_npz(path)
+    _check_keys(arrays, where)
+    task = _infer_task(arrays, task, where)
+    x, y = _pair(arrays, "x", "y", task, where)
+    feature_shape = tuple(int(d) for d in arrays["x"].shape[1:]) or (1,)
+    if "x_test" in arrays:
+        x_test, y_test = _pair(arrays, "x_test", "y_test", task, where)
+        if x_test.shape[1] != x.shape[1]:
+            raise _fail(f"{where}: 'x' has {x.shape[1]} features per example but 'x_test' has "
+                        f"{x_test.shape[1]}")
+        x_train, y_train = x, y
+    else:
+        x_train, x_test, y_train, y_test = _split(x, y, seed, test_fraction, where,
+                                                  stratify=task == "classification")
+    classes = None
+    if task == "classification":
+        classes = int(max(y_train.max(), y_test.max())) + 1
+    return Dataset(x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test,
+                   path.stem, classes, task, feature_shape)
+
+
+# --- public API ----------------------------------------------------------------------------------
+
+
+def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.2,
+                 task: str | None = None) -> Dataset:
+    """Load a built-in dataset by name or a user's .npz file; raises DataError on bad input."""
+    name = spec.strip()
+    if name in BUILTINS:
+        if task not in (None, "classification"):
+            raise _fail(f"dataset {name!r} is a classification task, not {task}")
+        return _load_builtin(name, seed, test_fraction)
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".npz" or path.exists():
+        return _load_npz(path, seed, test_fraction, task)
+    close = difflib.get_close_matches(name, list(BUILTINS), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise _fail(f"unknown dataset {spec!r}{hint} (expected one of "
+                f"{', '.join(BUILTINS)}, or a path to a .npz file)")
+
+
+def reshape_for(x: np.ndarray, feature_shape: tuple[int, ...] | list[int] | Any) -> np.ndarray:
+    """Reshape (N, ...) examples to (N, *feature_shape), e.g. digits (N, 64) → (N, 1, 8, 8)."""
+    shape = tuple(int(d) for d in feature_shape)
+    if any(d <= 0 for d in shape):
+        raise _fail(f"input shape {list(shape)} must have positive sizes")
+    arr = np.asarray(x)
+    if arr.ndim == 0:
+        raise _fail("expected an array of examples, got a scalar")
+    want = int(np.prod(shape, dtype=np.int64))
+    have = int(np.prod(arr.shape[1:], dtype=np.int64))
+    if want != have:
+        raise _fail(f"examples have {have} values each (shape {list(arr.shape[1:])}) but the "
+                    f"model's input is {list(shape)} ({want} values)")
+    return arr.reshape((arr.shape[0], *shape))
