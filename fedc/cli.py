@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import __version__
 from .diagnostics import FedcError, InternalError, UsageError
 
@@ -134,14 +136,16 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from .data import load_dataset
     from .pipeline import compile_source
     from .runtime import Model
-    from .train import EpochResult, train
+    from .train import EpochResult, check_fits, train
 
     if not 0 < args.test_fraction < 1:
         raise UsageError.at(f"--test-fraction must be between 0 and 1, got {args.test_fraction}")
     start = time.perf_counter()
     art = compile_source(_read(args.file), args.file, _options(args))
     compile_s = time.perf_counter() - start
-    data = load_dataset(args.data, seed=args.seed, test_fraction=args.test_fraction)
+    data = load_dataset(args.data, seed=args.seed, test_fraction=args.test_fraction,
+                        task=art.model.task)
+    check_fits(art.manifest, data)
     model = Model(art.wasm, art.manifest)
     batch = args.batch_size or int(art.manifest["federated"]["batch_size"])
     if batch > model.max_batch:
@@ -149,7 +153,6 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                             f"{model.max_batch} (compile with --max-batch)")
     if args.lr is not None:
         model.set_hparam("lr", args.lr)
-    _check_data_fits(art.manifest, data)
 
     def report(e: EpochResult) -> None:
         if not args.json:
@@ -162,31 +165,10 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                    on_epoch=report)
     if args.save:
         out = art.write(args.save)
-        import numpy as np
         np.save(out / "weights.npy", model.get_weights())
     return {"model": art.model.name, "data": data.name, "train_samples": len(data.y_train),
             "test_samples": len(data.y_test), "batch_size": batch, "seed": args.seed,
             "compile_seconds": compile_s, "wasm_bytes": len(art.wasm), **result.summary()}
-
-
-def _check_data_fits(manifest: dict[str, Any], data: Any) -> None:
-    from .data import reshape_for  # noqa: F401  (validates shapes with a DataError)
-    import numpy as np
-
-    decl = manifest["inputs"][0]
-    want = int(np.prod(decl["shape"], dtype=np.int64)) if decl["shape"] else 1
-    got = int(np.prod(data.x_train.shape[1:], dtype=np.int64))
-    if want != got:
-        from .diagnostics import DataError, Diagnostic
-        raise DataError([Diagnostic(
-            f"dataset {data.name!r} has {got} features per example but input "
-            f"{decl['name']!r} is f32{decl['shape']} ({want} values)")])
-    classes = manifest["targets"][0].get("classes")
-    if classes is not None and data.num_classes is not None and data.num_classes > classes:
-        from .diagnostics import DataError, Diagnostic
-        raise DataError([Diagnostic(
-            f"dataset {data.name!r} has {data.num_classes} classes but target "
-            f"{manifest['targets'][0]['name']!r} is class[{classes}]")])
 
 
 def _read(path: str) -> str:
@@ -214,6 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InternalError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_INTERNAL
+    except ValueError as exc:
+        runtime = sys.modules.get("fedc_runtime")
+        if runtime is None or not isinstance(exc, runtime.RuntimeDataError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "exit_code": EXIT_ERROR,
+                              "diagnostics": [{"severity": "error", "message": str(exc)}]}))
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .data import Dataset
+from .diagnostics import DataError, Diagnostic
 
 
 @dataclass
@@ -61,3 +62,26 @@ def train(model: Any, data: Dataset, *, epochs: int, batch_size: int, seed: int 
         if on_epoch is not None:
             on_epoch(er)
     return result
+
+
+def check_fits(manifest: dict[str, Any], data: Dataset) -> None:
+    """The dataset's features and labels fit the model's input and target, or a DataError."""
+    decl = manifest["inputs"][0]
+    want = int(np.prod(decl["shape"], dtype=np.int64))
+    if len(manifest["inputs"]) != 1:
+        raise DataError([Diagnostic(f"the model has {len(manifest['inputs'])} inputs; built-in "
+                                    "datasets and .npz files provide one (x)")])
+    if want != data.num_features:
+        raise DataError([Diagnostic(
+            f"dataset {data.name!r} has {data.num_features} features per example but input "
+            f"{decl['name']!r} is {decl['dtype']}{decl['shape']} ({want} values)")])
+    target = manifest["targets"][0]
+    classes = target.get("classes")
+    if classes is not None and data.num_classes is not None and data.num_classes > classes:
+        raise DataError([Diagnostic(
+            f"dataset {data.name!r} has {data.num_classes} classes but target "
+            f"{target['name']!r} is class[{classes}]")])
+    if classes is None and data.task != "regression":
+        raise DataError([Diagnostic(
+            f"dataset {data.name!r} holds class labels but target {target['name']!r} is "
+            f"real-valued ({target['dtype']}{target['shape']})")])

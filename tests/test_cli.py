@@ -1,0 +1,111 @@
+"""The `fedc` command as a build pipeline sees it: exit codes, JSON on stdout, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = str(ROOT / "examples" / "digits_mlp.fed")
+
+
+def fedc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fedc", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def test_train_digits_json_reaches_95_percent_in_wasm():
+    out = fedc("train", EXAMPLE, "--data", "digits", "--epochs", "20", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["ok"] is True
+    assert result["test_accuracy"] >= 0.95
+    assert result["epochs"] == 20 and len(result["history"]) == 20
+    assert result["samples_per_second"] > 0 and result["train_loss"] > 0
+
+
+def test_check_reports_file_line_col_with_a_caret_and_exit_1(tmp_path):
+    bad = tmp_path / "bad.fed"
+    bad.write_text("model M:\n    input x: f32[4]\n    target y: class[2]\n"
+                   "    loss = softmax_cross_entropy(dense(x, 3), y)\noptimizer sgd(lr=0.1)\n")
+    out = fedc("check", str(bad))
+    assert out.returncode == 1
+    assert f"{bad}:4:34: error: softmax_cross_entropy expects logits f32[N, 2]" in out.stderr
+    assert "^^^" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_syntax_error_exit_1_and_json_diagnostics(tmp_path):
+    bad = tmp_path / "syntax.fed"
+    bad.write_text("model M\n    input x: f32[4]\n")
+    out = fedc("check", str(bad), "--json")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    payload = json.loads(out.stdout)
+    assert payload["ok"] is False
+    assert payload["diagnostics"][0]["line"] == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["compile"],
+    ["compile", EXAMPLE, "--max-batch", "0"],
+    ["compile", EXAMPLE, "--features", "avx"],
+    ["train", EXAMPLE],
+    ["train", EXAMPLE, "--data", "digits", "--epochs", "-3"],
+    ["frobnicate"],
+])
+def test_bad_usage_exits_2_without_traceback(args):
+    out = fedc(*args)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and "usage:" in out.stderr
+
+
+def test_missing_file_is_a_usage_error():
+    out = fedc("check", "no/such/model.fed")
+    assert out.returncode == 2 and "no such file: no/such/model.fed" in out.stderr
+
+
+def test_compile_writes_module_and_manifest(tmp_path):
+    out = fedc("compile", EXAMPLE, "-o", str(tmp_path / "build"), "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    manifest = json.loads((tmp_path / "build" / "manifest.json").read_text())
+    assert info["sha256"] == manifest["wasm"]["sha256"]
+    assert (tmp_path / "build" / "model.wasm").stat().st_size == info["wasm_bytes"]
+
+
+def test_emit_ir_prints_the_training_graph():
+    out = fedc("compile", EXAMPLE, "--emit", "ir")
+    assert out.returncode == 0
+    assert "= matmul_tn" in out.stdout and "softmax_cross_entropy_grad" in out.stdout
+
+
+def test_emit_llvm_prints_vector_code():
+    out = fedc("compile", EXAMPLE, "--emit", "llvm-opt")
+    assert out.returncode == 0 and "<4 x float>" in out.stdout
+
+
+def test_dataset_that_does_not_fit_the_model_is_a_clear_error():
+    out = fedc("train", EXAMPLE, "--data", "iris", "--json")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "has 4 features per example but input 'x' is f32[64]" in out.stderr
+
+
+def test_npz_with_labels_beyond_the_target_classes_is_a_clear_error(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((50, 64)).astype(np.float32),
+             y=np.arange(50) % 12)
+    out = fedc("train", EXAMPLE, "--data", str(tmp_path / "d.npz"), "--epochs", "1")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "12 classes" in out.stderr
+
+
+def test_train_save_writes_weights(tmp_path):
+    out = fedc("train", EXAMPLE, "--data", "digits", "--epochs", "1", "--save",
+               str(tmp_path / "s"), "--json")
+    assert out.returncode == 0, out.stderr
+    w = np.load(tmp_path / "s" / "weights.npy")
+    assert w.shape == (9610,) and w.dtype == np.float32
