@@ -19,3 +19,10 @@ def digits_mlp_source() -> str:
 def digits_mlp(digits_mlp_source):
     from fedc.pipeline import compile_source
     return compile_source(digits_mlp_source, "examples/digits_mlp.fed")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # free wasmtime objects while the interpreter is intact (avoids noisy __del__ at shutdown)
+    import gc
+
+    gc.collect()
