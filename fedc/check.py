@@ -89,15 +89,16 @@ class _Checker:
                                 t.span)
                 return None
             if len(t.dims) != 1 or t.dims[0] < 2:
-                self.diag.error(f"class[K] needs one class count K ≥ 2 but got class{list(t.dims)}",
-                                t.span)
+                self.diag.error(
+                    f"class[K] needs one class count K ≥ 2 but got class{list(t.dims)}", t.span)
                 return None
             v = self.g.add_input(TensorType("i32", (BATCH,)), decl.name)
             self.classes[v.id] = t.dims[0]
             out = TensorDecl(decl.name, "i32", (), t.dims[0], decl.span)
         elif t.dtype in ("f32", "i32"):
             if any(d <= 0 for d in t.dims):
-                self.diag.error(f"{what} dimensions must be positive but got {list(t.dims)}", t.span)
+                self.diag.error(f"{what} dimensions must be positive but got {list(t.dims)}",
+                                t.span)
                 return None
             v = self.g.add_input(TensorType(t.dtype, (BATCH, *t.dims)), decl.name)
             out = TensorDecl(decl.name, t.dtype, tuple(t.dims), None, decl.span)

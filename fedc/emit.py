@@ -1,4 +1,4 @@
-"""Emission: LLVM IR text → optimised module → wasm32 (+simd128) object bytes, via llvmlite.binding."""
+"""Emission: LLVM IR text → optimised module → wasm32 (+simd128) object, via llvmlite.binding."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The compiler driver: parse → check → autodiff → verify → plan → lower → emit → link → manifest."""
+"""The compiler driver: parse → check → autodiff → verify → plan → lower → emit → link."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from . import __version__
 from .autodiff import grad
 from .check import CheckedModel, check
-from .diagnostics import UsageError, Diagnostic
+from .diagnostics import Diagnostic, UsageError
 from .emit import FEATURES, emit
 from .ir import Graph, format_graph, verify
 from .link import ARENA_BASE, link, memory_size
@@ -57,7 +57,8 @@ def check_source(text: str, filename: str = "<input>") -> CheckedModel:
     return check(parse(text, filename))
 
 
-def compile_source(text: str, filename: str = "<input>", options: Options | None = None) -> Artifacts:
+def compile_source(text: str, filename: str = "<input>",
+                   options: Options | None = None) -> Artifacts:
     opts = options or Options()
     if opts.variant not in FEATURES:
         raise UsageError([Diagnostic(f"unknown target variant {opts.variant!r} "

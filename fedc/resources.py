@@ -8,7 +8,7 @@ _PKG = Path(__file__).resolve().parent
 
 
 def resource_dir(name: str) -> Path:
-    """The folder `name` (grammar, runtime, templates): inside the wheel, or at the checkout root."""
+    """The folder `name` (grammar, runtime, templates): in the wheel, or at the checkout root."""
     for candidate in (_PKG / "_data" / name, _PKG.parent / name):
         if candidate.is_dir():
             return candidate

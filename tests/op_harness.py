@@ -58,7 +58,8 @@ class WasmKernel:
         inst = wasmtime.Instance(self.store, wasmtime.Module(engine, self.wasm), [])
         self.run_fn: Any = inst.exports(self.store)["run"]
         mem: Any = inst.exports(self.store)["memory"]
-        self.mem = np.ctypeslib.as_array(mem.data_ptr(self.store), shape=(mem.data_len(self.store),))
+        size = mem.data_len(self.store)
+        self.mem = np.ctypeslib.as_array(mem.data_ptr(self.store), shape=(size,))
 
     def _view(self, value: Any, batch: int) -> np.ndarray:
         t = value.type

@@ -72,8 +72,8 @@ def test_buffers_never_overlap_while_live(digits_mlp):
     bufs = digits_mlp.manifest["buffers"]
     fixed = [b for b in bufs if b["kind"] != "activation"]
     spans = sorted((b["offset"], b["offset"] + b["bytes"], b["name"]) for b in fixed)
-    for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
-        assert a1 <= b0, f"{an} overlaps {bn}"
+    for (_, a_end, a_name), (b_start, _, b_name) in zip(spans, spans[1:], strict=False):
+        assert a_end <= b_start, f"{a_name} overlaps {b_name}"
     mem = digits_mlp.manifest["memory"]
     assert mem["activation_bytes"] < mem["activation_bytes_without_reuse"]
     assert max(b["offset"] + b["bytes"] for b in bufs) <= mem["arena_base"] + mem["arena_bytes"]

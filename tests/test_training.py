@@ -40,7 +40,7 @@ def numpy_mlp_sgd(params, batches, act, lr, momentum, wd, nesterov):
         dz1 = dh * {"relu": z1 > 0, "tanh": 1 - h**2, "sigmoid": h * (1 - h)}[act]
         dw1, db1 = x.T @ dz1, dz1.sum(0)
         new = []
-        for i, (w, g) in enumerate(zip((w1, b1, w2, b2), (dw1, db1, dw2, db2))):
+        for i, (w, g) in enumerate(zip((w1, b1, w2, b2), (dw1, db1, dw2, db2), strict=True)):
             d = g + wd * w
             if momentum:
                 vel[i] = momentum * vel[i] + d
@@ -66,7 +66,7 @@ def test_training_steps_match_handwritten_numpy_sgd(act, momentum, wd, nesterov)
     losses = [model.train_step(x, y) for x, y in batches]
     want_params, want_losses = numpy_mlp_sgd(start, batches, act, 0.1, momentum, wd, nesterov)
     np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
-    for got, want in zip(model.param_views.values(), want_params):
+    for got, want in zip(model.param_views.values(), want_params, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 

@@ -27,7 +27,8 @@ def splat(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     if isinstance(x, ir.Constant):
         return ir.Constant(V4, [x.constant] * LANES)
     v = b.insert_element(ir.Constant(V4, ir.Undefined), x, i32c(0))
-    return b.shuffle_vector(v, ir.Constant(V4, ir.Undefined), ir.Constant(ir.VectorType(I32, 4), [0] * 4))
+    zeros = ir.Constant(ir.VectorType(I32, 4), [0] * 4)
+    return b.shuffle_vector(v, ir.Constant(V4, ir.Undefined), zeros)
 
 
 def const_like(x: ir.Value, value: float) -> ir.Constant:

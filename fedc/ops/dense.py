@@ -74,7 +74,8 @@ def _dense_surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> 
     return ctx.emit("dense", ins)
 
 
-register("dense", sample=((f32(BATCH, 13), f32(13, 10), f32(10)), {}), shape=_dense_shape, ref=_dense_ref, grad=_dense_grad, lower=_dense_lower,
+register("dense", sample=((f32(BATCH, 13), f32(13, 10), f32(10)), {}),
+         shape=_dense_shape, ref=_dense_ref, grad=_dense_grad, lower=_dense_lower,
          surface=_dense_surface,
          doc="dense(x, units, bias=true): x · W + b, W: [features, units], PyTorch init")
 
@@ -94,7 +95,8 @@ def _nt_lower(ctx: LowerCtx, node: Node) -> None:
     matmul.nt(ctx, m=ctx.n, n=k, k=u, a=ctx.ptr(a), b=ctx.ptr(w), c=ctx.ptr(node.out))
 
 
-register("matmul_nt", sample=((f32(BATCH, 10), f32(13, 10)), {}), shape=_nt_shape, ref=lambda xs, _: xs[0] @ xs[1].T, lower=_nt_lower,
+register("matmul_nt", sample=((f32(BATCH, 10), f32(13, 10)), {}),
+         shape=_nt_shape, ref=lambda xs, _: xs[0] @ xs[1].T, lower=_nt_lower,
          doc="a · wᵀ with w stored [K, U]")
 
 
@@ -112,7 +114,8 @@ def _tn_lower(ctx: LowerCtx, node: Node) -> None:
     matmul.tn(ctx, m=ctx.n, n=u, k=k, a=ctx.ptr(a), b=ctx.ptr(g), c=ctx.ptr(node.out))
 
 
-register("matmul_tn", sample=((f32(BATCH, 13), f32(BATCH, 10)), {}), shape=_tn_shape, ref=lambda xs, _: xs[0].T @ xs[1], lower=_tn_lower,
+register("matmul_tn", sample=((f32(BATCH, 13), f32(BATCH, 10)), {}),
+         shape=_tn_shape, ref=lambda xs, _: xs[0].T @ xs[1], lower=_tn_lower,
          doc="aᵀ · g over the batch")
 
 
@@ -129,5 +132,6 @@ def _sum_rows_lower(ctx: LowerCtx, node: Node) -> None:
                     c=ctx.ptr(node.out))
 
 
-register("sum_rows", sample=((f32(BATCH, 10),), {}), shape=_sum_rows_shape, ref=lambda xs, _: xs[0].sum(axis=0),
+register("sum_rows", sample=((f32(BATCH, 10),), {}), shape=_sum_rows_shape,
+         ref=lambda xs, _: xs[0].sum(axis=0),
          lower=_sum_rows_lower, doc="Σ over the batch dimension")

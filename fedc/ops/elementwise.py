@@ -14,8 +14,8 @@ from ..lower.kernels import const_like, emit_map
 from . import ShapeError, register
 from .surface import REQUIRED, TENSOR, SurfaceCtx, bind
 
-_UNARY = ((f32(BATCH, 7),), {})
-_BINARY = ((f32(BATCH, 7), f32(BATCH, 7)), {})
+_UNARY: tuple[tuple[TensorType, ...], dict[str, Any]] = ((f32(BATCH, 7),), {})
+_BINARY: tuple[tuple[TensorType, ...], dict[str, Any]] = ((f32(BATCH, 7), f32(BATCH, 7)), {})
 
 VecFn = Callable[[ir.IRBuilder, Sequence[ir.Value]], ir.Value]
 
@@ -70,7 +70,8 @@ register("relu_grad", sample=_BINARY, shape=_same_f32("relu_grad"),
 
 # --- sigmoid -------------------------------------------------------------------------------
 
-register("sigmoid", sample=_UNARY, shape=_same_f32("sigmoid"), ref=lambda xs, _: 1 / (1 + np.exp(-xs[0])),
+register("sigmoid", sample=_UNARY,
+         shape=_same_f32("sigmoid"), ref=lambda xs, _: 1 / (1 + np.exp(-xs[0])),
          lower=_map_lowering(lambda b, v: _mathfn().sigmoid(b, v[0])),
          grad=lambda g, node, dy, needs: (g.emit("sigmoid_grad", [dy, node.out]),),
          surface=_unary_surface("sigmoid"), doc="sigmoid(x) = 1 / (1 + e^-x)")
@@ -98,7 +99,8 @@ def _tanh_grad(b: ir.IRBuilder, v: Sequence[ir.Value]) -> ir.Value:
     return b.fmul(dy, b.fsub(const_like(y, 1.0), b.fmul(y, y)))
 
 
-register("tanh_grad", sample=_BINARY, shape=_same_f32("tanh_grad"), ref=lambda xs, _: xs[0] * (1 - xs[1] ** 2),
+register("tanh_grad", sample=_BINARY,
+         shape=_same_f32("tanh_grad"), ref=lambda xs, _: xs[0] * (1 - xs[1] ** 2),
          lower=_map_lowering(_tanh_grad), doc="dy · (1 − y²), y = tanh(x)")
 
 # --- add -----------------------------------------------------------------------------------
@@ -140,6 +142,7 @@ register("copy", sample=_UNARY, shape=_same_f32("copy"), ref=lambda xs, _: xs[0]
 
 # --- scale_zero: zeros like x (the gradient of a parameter the loss ignores) ---------------
 
-register("scale_zero", sample=_UNARY, shape=_same_f32("scale_zero"), ref=lambda xs, _: np.zeros_like(xs[0]),
+register("scale_zero", sample=_UNARY,
+         shape=_same_f32("scale_zero"), ref=lambda xs, _: np.zeros_like(xs[0]),
          lower=_map_lowering(lambda b, v: const_like(v[0], 0.0)),
          doc="zeros shaped like x")

@@ -88,7 +88,8 @@ def _xent_lower(ctx: LowerCtx, node: Node) -> None:
     store(b, b.fdiv(total, ctx.n_float()), ctx.ptr(node.out), 0)
 
 
-register("softmax_cross_entropy", sample=((f32(BATCH, 10), i32(BATCH)), {}), shape=_xent_shape, ref=_xent_ref, lower=_xent_lower,
+register("softmax_cross_entropy", sample=((f32(BATCH, 10), i32(BATCH)), {}),
+         shape=_xent_shape, ref=_xent_ref, lower=_xent_lower,
          grad=lambda g, node, dy, needs: (
              g.emit("softmax_cross_entropy_grad", [dy, *node.inputs]), None),
          surface=_xent_surface, loss=True,
@@ -127,7 +128,8 @@ def _xent_grad_lower(ctx: LowerCtx, node: Node) -> None:
         store(b, b.fsub(load(b, orow, yi), scale), orow, yi)
 
 
-register("softmax_cross_entropy_grad", sample=((f32(), f32(BATCH, 10), i32(BATCH)), {}), shape=_xent_grad_shape, ref=_xent_grad_ref,
+register("softmax_cross_entropy_grad", sample=((f32(), f32(BATCH, 10), i32(BATCH)), {}),
+         shape=_xent_grad_shape, ref=_xent_grad_ref,
          lower=_xent_grad_lower, doc="g/N · (softmax(logits) − onehot(y))")
 
 # --- mean squared error --------------------------------------------------------------------
@@ -165,7 +167,8 @@ def _mse_lower(ctx: LowerCtx, node: Node) -> None:
     store(b, b.fdiv(total, b.sitofp(count, F32)), ctx.ptr(node.out), 0)
 
 
-register("mse", sample=((f32(BATCH, 3), f32(BATCH, 3)), {}), shape=_mse_shape, ref=lambda xs, _: np.asarray(((xs[0] - xs[1]) ** 2).mean()),
+register("mse", sample=((f32(BATCH, 3), f32(BATCH, 3)), {}),
+         shape=_mse_shape, ref=lambda xs, _: np.asarray(((xs[0] - xs[1]) ** 2).mean()),
          lower=_mse_lower,
          grad=lambda g, node, dy, needs: (g.emit("mse_grad", [dy, *node.inputs]), None),
          surface=_mse_surface, loss=True, doc="mse(prediction, target): mean of squared errors")

@@ -35,6 +35,7 @@ def bind(op: str, args: list[Any], kwargs: dict[str, Any],
             raise SurfaceError(f"{op} has no argument {k!r} (expected {', '.join(names)})", k)
     out = []
     for i, (name, kind, default) in enumerate(spec):
+        where: int | str
         if i < len(args):
             if name in kwargs:
                 raise SurfaceError(f"{op} got argument {name!r} twice", name)

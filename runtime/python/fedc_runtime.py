@@ -19,7 +19,7 @@ import wasmtime
 
 __all__ = ["Model", "RuntimeDataError", "load"]
 
-Arrays = Union[np.ndarray, Mapping[str, np.ndarray]]
+Arrays = Union[np.ndarray, Mapping[str, np.ndarray]]  # noqa: UP007 - runtime alias, py3.9 hosts
 _WASM_TYPES = {"i32": wasmtime.ValType.i32(), "f32": wasmtime.ValType.f32()}
 
 
