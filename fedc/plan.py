@@ -55,9 +55,22 @@ def _nbytes(t: TensorType, max_batch: int) -> int:
     return t.numel(max_batch) * 4
 
 
+def scratch_need(graph: Graph, max_batch: int) -> int:
+    """Bytes of kernel scratch the graph's ops ask for: kernels run one at a time, so the
+    largest single request is enough."""
+    from .ops import REGISTRY
+
+    sizes = [op.scratch(n, max_batch) for n in graph.nodes if (op := REGISTRY[n.op]).scratch]
+    return max(sizes, default=0)
+
+
 def plan(graph: Graph, *, max_batch: int, state_slots: int, n_hparams: int,
          scratch_bytes: int = 0) -> MemoryPlan:
-    """Lay out the training graph's buffers from ARENA_BASE upward."""
+    """Lay out the training graph's buffers from ARENA_BASE upward.
+
+    The scratch area holds max(scratch_bytes, what the graph's ops ask for).
+    """
+    scratch_bytes = _align(max(scratch_bytes, scratch_need(graph, max_batch)))
     p = MemoryPlan(max_batch)
     cursor = ARENA_BASE
 

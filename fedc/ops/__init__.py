@@ -23,6 +23,7 @@ Reference = Callable[[list[np.ndarray], dict[str, Any]], np.ndarray]
 GradRule = Callable[["GradBuilder", "Node", "Value", tuple[bool, ...]], tuple["Value | None", ...]]
 Lowering = Callable[["LowerCtx", "Node"], None]
 Surface = Callable[["SurfaceCtx", list[Any], dict[str, Any]], "Value"]
+Scratch = Callable[["Node", int], int]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class OpDef:
     sample:  input types (and attrs) the registry-wide tests instantiate the op with; "N" is
              the batch dim. Every op has one, so every op is tested the moment it exists.
     loss:    the op is a loss: scalar output, first input is the model's prediction
+    scratch: (node, max_batch) → bytes of kernel scratch its lowering uses at ctx.scratch
+             (16-byte aligned, shared by all nodes: the plan reserves the largest request)
     """
 
     name: str
@@ -49,6 +52,7 @@ class OpDef:
     sample: tuple[tuple[TensorType, ...], dict[str, Any]] = ((), {})
     doc: str = ""
     loss: bool = False
+    scratch: Scratch | None = None
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -57,10 +61,10 @@ REGISTRY: dict[str, OpDef] = {}
 def register(name: str, *, shape: ShapeRule, ref: Reference, lower: Lowering,
              sample: tuple[tuple[TensorType, ...], dict[str, Any]],
              grad: GradRule | None = None, surface: Surface | None = None,
-             doc: str = "", loss: bool = False) -> OpDef:
+             doc: str = "", loss: bool = False, scratch: Scratch | None = None) -> OpDef:
     if name in REGISTRY:
         raise ValueError(f"op {name!r} registered twice")
-    op = OpDef(name, shape, ref, lower, grad, surface, sample, doc, loss)
+    op = OpDef(name, shape, ref, lower, grad, surface, sample, doc, loss, scratch)
     REGISTRY[name] = op
     return op
 
