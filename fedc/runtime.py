@@ -24,5 +24,6 @@ _rt = _load()
 Model = _rt.Model  # type: ignore[attr-defined]
 RuntimeDataError = _rt.RuntimeDataError  # type: ignore[attr-defined]
 load = _rt.load  # type: ignore[attr-defined]
+Shuffle = _rt.Shuffle  # type: ignore[attr-defined]
 
-__all__ = ["Model", "RuntimeDataError", "load"]
+__all__ = ["Model", "RuntimeDataError", "Shuffle", "load"]

@@ -17,7 +17,7 @@ from typing import Any, Union
 import numpy as np
 import wasmtime
 
-__all__ = ["Model", "RuntimeDataError", "load"]
+__all__ = ["Model", "RuntimeDataError", "Shuffle", "load"]
 
 Arrays = Union[np.ndarray, Mapping[str, np.ndarray]]  # noqa: UP007 - runtime alias, py3.9 hosts
 _WASM_TYPES = {"i32": wasmtime.ValType.i32(), "f32": wasmtime.ValType.f32()}
@@ -232,15 +232,19 @@ class Model:
         return float(self._calls["train_step"](n))  # type: ignore[arg-type]
 
     def train_epoch(self, x: Arrays, y: np.ndarray, batch_size: int = 32,
-                    seed: int | np.random.Generator | None = 0) -> float:
-        """One pass over (x, y) in shuffled batches; returns the mean of the batch losses."""
+                    seed: int | Shuffle | np.random.Generator | None = 0) -> float:
+        """One pass over (x, y) in shuffled batches; returns the mean of the batch losses.
+
+        An integer seed (or a Shuffle, to continue one stream over several epochs) orders the
+        rows with fedc-shuffle/1, which the JS runtime implements bit for bit; a numpy
+        Generator orders them with ``rng.permutation``.
+        """
         xs = self._inputs(x)
         rows = _rows(xs)
         yy = self._target(y, rows)
         if not 1 <= batch_size <= self.max_batch:
             raise RuntimeDataError(f"batch_size must be in 1..{self.max_batch}, got {batch_size}")
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        order = rng.permutation(rows)
+        order = _order(seed, rows)
         step = self._calls["train_step"]
         total = 0.0
         batches = 0
@@ -315,6 +319,79 @@ def _conform(a: Any, decl: Mapping[str, Any], what: str) -> np.ndarray:
         else:
             raise RuntimeDataError(f"{what} {name!r} must hold integers, got {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _fmix32(h: int) -> int:
+    """MurmurHash3's 32-bit finaliser: spreads every input bit over the output."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _M32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _M32
+    return h ^ (h >> 16)
+
+
+class Shuffle:
+    """fedc-shuffle/1: a seeded xoshiro128** stream and Fisher–Yates permutations.
+
+    Defined on 32-bit unsigned integers only, so runtime/js/fedc-runtime.js reproduces it bit
+    for bit (docs/protocol.md states the algorithm). Seeds are integers in 0..2**53-1.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or \
+                not 0 <= int(seed) < 2**53:
+            raise RuntimeDataError(f"a shuffle seed is an integer in 0..2**53-1, got {seed!r}")
+        lo, hi = int(seed) & _M32, int(seed) >> 32
+        k = _fmix32(hi ^ 0x243F6A88)
+        s, x = [], lo
+        for _ in range(4):
+            x = (x + 0x9E3779B9) & _M32
+            s.append(_fmix32(x ^ k))
+        if not any(s):  # xoshiro's one forbidden state
+            s[0] = 1
+        self.s = s
+
+    def next_u32(self) -> int:
+        s0, s1, s2, s3 = self.s
+        r = (s1 * 5) & _M32
+        r = (((r << 7) | (r >> 25)) & _M32) * 9 & _M32
+        t = (s1 << 9) & _M32
+        s2 ^= s0
+        s3 ^= s1
+        s1 ^= s2
+        s0 ^= s3
+        s2 ^= t
+        s3 = ((s3 << 11) | (s3 >> 21)) & _M32
+        self.s = [s0, s1, s2, s3]
+        return r
+
+    def below(self, bound: int) -> int:
+        """Uniform in 0..bound-1 (1 ≤ bound ≤ 2**32), unbiased by rejection."""
+        threshold = (2**32 - bound) % bound
+        while True:
+            r = self.next_u32()
+            if r >= threshold:
+                return r % bound
+
+    def permutation(self, n: int) -> np.ndarray:
+        """Fisher–Yates from the top: for i = n-1 … 1 swap order[i] with order[below(i+1)]."""
+        order = list(range(n))
+        for i in range(n - 1, 0, -1):
+            j = self.below(i + 1)
+            order[i], order[j] = order[j], order[i]
+        return np.array(order, dtype=np.int64)
+
+
+def _order(seed: int | Shuffle | np.random.Generator | None, rows: int) -> np.ndarray:
+    if isinstance(seed, np.random.Generator):
+        return seed.permutation(rows)
+    if seed is None:  # no seed: a fresh, unreproducible order
+        return np.random.default_rng().permutation(rows)
+    stream = seed if isinstance(seed, Shuffle) else Shuffle(seed)
+    return stream.permutation(rows)
 
 
 def _draw(rng: np.random.Generator, init: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:

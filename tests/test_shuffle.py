@@ -1,0 +1,60 @@
+"""fedc-shuffle/1: the seeded permutation both runtimes use → fixed values and properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedc.runtime import RuntimeDataError, Shuffle
+
+# Pinned outputs: the JS runtime is checked against the same numbers (tests/test_js_runtime.py),
+# and changing them changes every client's batch order.
+FIRST_U32_SEED0 = [3187719157, 707048947, 1554920386, 1551114672]
+PERM_10_SEED42 = [5, 8, 6, 9, 4, 3, 2, 7, 0, 1]
+PERM_8_SEED_2_40_PLUS_7 = [6, 3, 2, 5, 1, 0, 7, 4]
+
+
+def test_shuffle_stream_matches_pinned_values():
+    s = Shuffle(0)
+    assert [s.next_u32() for _ in range(4)] == FIRST_U32_SEED0
+    assert Shuffle(42).permutation(10).tolist() == PERM_10_SEED42
+    assert Shuffle(2**40 + 7).permutation(8).tolist() == PERM_8_SEED_2_40_PLUS_7
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 257])
+def test_permutation_is_a_permutation(n):
+    assert sorted(Shuffle(n).permutation(n).tolist()) == list(range(n))
+
+
+def test_below_is_roughly_uniform():
+    s = Shuffle(7)
+    counts = np.bincount([s.below(6) for _ in range(60_000)], minlength=6)
+    assert counts.min() > 9_500 and counts.max() < 10_500
+
+
+def test_high_seed_bits_change_the_stream():
+    assert Shuffle(5).permutation(50).tolist() != Shuffle(5 + 2**32).permutation(50).tolist()
+
+
+@pytest.mark.parametrize("bad", [-1, 2**53, 1.5, True, "3"])
+def test_bad_seed_is_a_runtime_data_error(bad):
+    with pytest.raises(RuntimeDataError, match="shuffle seed"):
+        Shuffle(bad)
+
+
+def test_train_epoch_with_int_seed_is_reproducible_and_continues_a_stream(digits_mlp):
+    from fedc.runtime import Model
+    rng = np.random.default_rng(0)
+    x = rng.random((70, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 70)
+    runs = []
+    for seed in (3, 3, Shuffle(3)):
+        m = Model(digits_mlp.wasm, digits_mlp.manifest)
+        m.init_weights(0)
+        m.train_epoch(x, y, 16, seed)
+        runs.append(m.get_weights())
+    assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
+    m = Model(digits_mlp.wasm, digits_mlp.manifest)
+    m.init_weights(0)
+    m.train_epoch(x, y, 16, 4)
+    assert not np.array_equal(runs[0], m.get_weights())
