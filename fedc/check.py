@@ -54,7 +54,7 @@ class CheckedModel:
     optimizer: OptimizerSpec
     federated: dict[str, Any]
     loss_op: str
-    task: str  # classification | regression
+    task: str  # classification | regression | a loss's own task (OpDef.task, e.g. binary)
     file: str
     source: str = field(repr=False, default="")
 
@@ -214,7 +214,8 @@ def check(program: ast.Program) -> CheckedModel:
     assert loss is not None and prediction is not None
     graph = c.g.build([("loss", loss), ("prediction", prediction)])
     verify(graph)
-    task = "classification" if targets[0].classes is not None else "regression"
+    task = REGISTRY[loss_op].task or (
+        "classification" if targets[0].classes is not None else "regression")
     return CheckedModel(m.name, graph, tuple(inputs), tuple(targets), optimizer, federated,
                         loss_op, task, program.file, program.source)
 

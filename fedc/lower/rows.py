@@ -42,16 +42,24 @@ def row_ptr(b: ir.IRBuilder, base: ir.Value, row: ir.Value, width: int) -> ir.Va
     return b.gep(base, [b.mul(row, i32c(width))], source_etype=F32)
 
 
-def hsum(b: ir.IRBuilder, count: int, term: Term, name: str = "hs") -> ir.Value:
-    """Σ_{j < count} term(j): one <4 x float> accumulator, fixed-order reduction, scalar tail."""
-    vec_end = count // LANES * LANES
+def hsum(b: ir.IRBuilder, count: int | ir.Value, term: Term, name: str = "hs") -> ir.Value:
+    """Σ_{j < count} term(j): one <4 x float> accumulator, fixed-order reduction, scalar tail.
+
+    `count` may be a Python int (the vector/tail split is then static) or an i32 value.
+    """
+    if isinstance(count, int):
+        vec_end: ir.Value = i32c(count // LANES * LANES)
+        has_vec, has_tail = count >= LANES, count % LANES != 0
+        stop: ir.Value = i32c(count)
+    else:
+        vec_end, has_vec, has_tail, stop = b.and_(count, i32c(~(LANES - 1))), True, True, count
     total: ir.Value = f32c(0.0)
-    if vec_end:
-        acc = accumulate(b, i32c(vec_end), lambda j, a: b.fadd(a, term(j, True)), zero_w(True),
+    if has_vec:
+        acc = accumulate(b, vec_end, lambda j, a: b.fadd(a, term(j, True)), zero_w(True),
                          LANES, f"{name}v")
         total = reduce_add4(b, acc)
-    if vec_end < count:
-        total = accumulate(b, i32c(count), lambda j, a: b.fadd(a, term(j, False)), total, 1,
+    if has_tail:
+        total = accumulate(b, stop, lambda j, a: b.fadd(a, term(j, False)), total, 1,
                            f"{name}t", start=vec_end)
     return total
 

@@ -41,6 +41,8 @@ class OpDef:
     loss:    the op is a loss: scalar output, first input is the model's prediction
     scratch: (node, max_batch) → bytes of kernel scratch its lowering uses at ctx.scratch
              (16-byte aligned, shared by all nodes: the plan reserves the largest request)
+    task:    for a loss, the manifest's `task` when it is neither "classification" (class
+             targets) nor "regression", e.g. "binary" for bce_with_logits (0/1 targets, logits)
     """
 
     name: str
@@ -53,6 +55,7 @@ class OpDef:
     doc: str = ""
     loss: bool = False
     scratch: Scratch | None = None
+    task: str | None = None
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -61,10 +64,11 @@ REGISTRY: dict[str, OpDef] = {}
 def register(name: str, *, shape: ShapeRule, ref: Reference, lower: Lowering,
              sample: tuple[tuple[TensorType, ...], dict[str, Any]],
              grad: GradRule | None = None, surface: Surface | None = None,
-             doc: str = "", loss: bool = False, scratch: Scratch | None = None) -> OpDef:
+             doc: str = "", loss: bool = False, scratch: Scratch | None = None,
+             task: str | None = None) -> OpDef:
     if name in REGISTRY:
         raise ValueError(f"op {name!r} registered twice")
-    op = OpDef(name, shape, ref, lower, grad, surface, sample, doc, loss, scratch)
+    op = OpDef(name, shape, ref, lower, grad, surface, sample, doc, loss, scratch, task)
     REGISTRY[name] = op
     return op
 
