@@ -18,6 +18,7 @@ class SurfaceError(Exception):
 
 
 TENSOR, POS_INT, NUMBER, BOOL = "tensor", "positive integer", "number", "bool"
+NONNEG_INT = "non-negative integer"  # e.g. a convolution's padding
 
 
 def bind(op: str, args: list[Any], kwargs: dict[str, Any],
@@ -71,6 +72,11 @@ def _coerce(op: str, name: str, kind: str, value: Any, where: int | str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise SurfaceError(f"{op} expects a positive integer for {name!r} but got {value!r}",
                                where)
+        return value
+    if kind == NONNEG_INT:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise SurfaceError(f"{op} expects a non-negative integer for {name!r} but got "
+                               f"{value!r}", where)
         return value
     if kind == NUMBER:
         if isinstance(value, bool) or not isinstance(value, int | float):
