@@ -248,7 +248,19 @@ def _load_npz(path: Path, seed: int, test_fraction: float, task: str | None) -> 
 
 def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.2,
                  task: str | None = None) -> Dataset:
-    """Load a built-in dataset by name or a user's .npz file; raises DataError on bad input."""
+    """Load a built-in dataset by name or a user's .npz file; raises DataError on bad input.
+
+    task "binary" (a bce_with_logits model) loads a classification dataset that must have
+    exactly 2 classes; its 0/1 labels stay int32 (the runtime reads them as float targets).
+    """
+    data = _load(spec, seed, test_fraction, "classification" if task == "binary" else task)
+    if task == "binary" and data.num_classes != 2:
+        raise _fail(f"dataset {data.name!r} has {data.num_classes} classes; a binary "
+                    "(bce_with_logits) model needs labels 0 and 1")
+    return data
+
+
+def _load(spec: str, seed: int, test_fraction: float, task: str | None) -> Dataset:
     name = spec.strip()
     if name in BUILTINS:
         if task not in (None, "classification"):

@@ -81,7 +81,7 @@ def check_fits(manifest: dict[str, Any], data: Dataset) -> None:
         raise DataError([Diagnostic(
             f"dataset {data.name!r} has {data.num_classes} classes but target "
             f"{target['name']!r} is class[{classes}]")])
-    if classes is None and data.task != "regression":
+    if classes is None and data.task != "regression" and manifest["task"] != "binary":
         raise DataError([Diagnostic(
             f"dataset {data.name!r} holds class labels but target {target['name']!r} is "
             f"real-valued ({target['dtype']}{target['shape']})")])

@@ -256,18 +256,20 @@ class Model:
         return total / max(batches, 1)
 
     def evaluate(self, x: Arrays, y: np.ndarray) -> dict[str, float]:
-        """Mean loss (and accuracy for classification) over all rows, in max_batch chunks."""
+        """Mean loss (and accuracy for classification and binary tasks) over all rows, in
+        max_batch chunks. See `_hits` for what accuracy counts."""
         xs = self._inputs(x)
         rows = _rows(xs)
         yy = self._target(y, rows)
-        loss_sum, correct = 0.0, 0
-        classify = self.manifest["task"] == "classification"
+        loss_sum, correct = 0.0, 0.0
+        task = self.manifest["task"]
+        classify = task in ("classification", "binary")
         for start in range(0, rows, self.max_batch):
             n = min(self.max_batch, rows - start)
             self._write(xs, yy, slice(start, start + n), n)
             loss_sum += self._calls["eval_step"](n) * n  # type: ignore[operator]
             if classify:
-                correct += int((self.output[:n].argmax(axis=1) == yy[start:start + n]).sum())
+                correct += _hits(task, self.output[:n], yy[start:start + n])
         out = {"loss": loss_sum / max(rows, 1)}
         if classify:
             out["accuracy"] = correct / max(rows, 1)
@@ -284,6 +286,16 @@ class Model:
             self._calls["predict"](n)
             out[start:start + n] = self.output[:n]
         return out
+
+
+def _hits(task: str, out: np.ndarray, y: np.ndarray) -> float:
+    """Correct rows in a chunk. classification: argmax of the logits equals the label.
+    binary (bce_with_logits): a logit > 0 predicts 1, matched against target > 0.5; a row with
+    several outputs (multi-label) counts the fraction of its outputs that are right."""
+    if task == "classification":
+        return float((out.argmax(axis=1) == y).sum())
+    right = (out > 0) == (y.reshape(out.shape) > 0.5)
+    return float(right.reshape(len(out), -1).mean(axis=1).sum())
 
 
 def _rows(xs: dict[str, np.ndarray]) -> int:
