@@ -11,7 +11,7 @@ from ..ir import BATCH, Node, TensorType, Value, f32, i32
 from ..lower.context import LowerCtx
 from ..lower.kernels import F32, I32, accumulate, emit_map, f32c, i32c, load, loop, splat, store
 from . import ShapeError, register
-from .surface import REQUIRED, TENSOR, SurfaceCtx, SurfaceError, bind
+from .surface import NUMBER, REQUIRED, TENSOR, SurfaceCtx, SurfaceError, bind
 
 
 def _mathfn() -> Any:
@@ -39,12 +39,18 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 def _xent_ref(xs: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     logits, y = xs
     lp = _log_softmax(logits)
-    return np.asarray(-lp[np.arange(len(y)), y].mean(), dtype=logits.dtype)
+    eps = attrs.get("label_smoothing", 0.0)
+    per_row = (1 - eps) * lp[np.arange(len(y)), y] + eps * lp.mean(axis=1)
+    return np.asarray(-per_row.mean(), dtype=logits.dtype)
 
 
 def _xent_surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> Value:
-    logits, y = bind("softmax_cross_entropy", args, kwargs,
-                     [("logits", TENSOR, REQUIRED), ("target", TENSOR, REQUIRED)])
+    logits, y, eps = bind("softmax_cross_entropy", args, kwargs,
+                          [("logits", TENSOR, REQUIRED), ("target", TENSOR, REQUIRED),
+                           ("label_smoothing", NUMBER, 0.0)])
+    if not 0.0 <= eps <= 1.0:
+        raise SurfaceError(f"softmax_cross_entropy expects label_smoothing in [0, 1] but got "
+                           f"{eps}", "label_smoothing")
     classes = ctx.classes_of(y)
     if classes is None:
         raise SurfaceError(f"softmax_cross_entropy expects a `class[K]` target but got {y.type}",
@@ -52,7 +58,9 @@ def _xent_surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> V
     if len(logits.type.shape) == 2 and logits.type.shape[1] != classes:
         raise SurfaceError(f"softmax_cross_entropy expects logits f32[N, {classes}] for a "
                            f"class[{classes}] target but got {logits.type}", 0)
-    return ctx.emit("softmax_cross_entropy", [logits, y])
+    # the attribute only when smoothing, so plain models keep their IR text
+    return ctx.emit("softmax_cross_entropy", [logits, y],
+                    {"label_smoothing": eps} if eps else None)
 
 
 def _row_stats(ctx: LowerCtx, row: ir.Value, c: int) -> tuple[ir.Value, ir.Value]:
@@ -77,23 +85,33 @@ def _xent_lower(ctx: LowerCtx, node: Node) -> None:
     logits, y = node.inputs
     c = int(logits.type.shape[1])
     lp, yp = ctx.ptr(logits), ctx.ptr(y)
+    eps = float(node.attr("label_smoothing", 0.0))
 
     def row_loss(i: ir.Value, acc: ir.Value) -> ir.Value:
+        # −Σ_j q_j·log p_j with q = (1−ε)·onehot(y) + ε/C:  lse − (1−ε)·z_y − (ε/C)·Σ_j z_j
         row = b.gep(lp, [b.mul(i, i32c(c))], source_etype=F32)
         mx, s = _row_stats(ctx, row, c)
         zy = load(b, row, load(b, yp, i, I32))
-        return b.fadd(acc, b.fsub(b.fadd(_mathfn().log(b, s), mx), zy))
+        loss = b.fsub(b.fadd(_mathfn().log(b, s), mx), b.fmul(f32c(1.0 - eps), zy) if eps else zy)
+        if eps:
+            total = accumulate(b, i32c(c), lambda j, a: b.fadd(a, load(b, row, j)), f32c(0.0),
+                               1, "zs")
+            loss = b.fsub(loss, b.fmul(f32c(eps / c), total))
+        return b.fadd(acc, loss)
 
     total = accumulate(b, ctx.n, row_loss, f32c(0.0), 1, "xr")
     store(b, b.fdiv(total, ctx.n_float()), ctx.ptr(node.out), 0)
 
 
-register("softmax_cross_entropy", sample=((f32(BATCH, 10), i32(BATCH)), {}),
+register("softmax_cross_entropy",
+         sample=((f32(BATCH, 10), i32(BATCH)), {"label_smoothing": 0.1}),
          shape=_xent_shape, ref=_xent_ref, lower=_xent_lower,
          grad=lambda g, node, dy, needs: (
-             g.emit("softmax_cross_entropy_grad", [dy, *node.inputs]), None),
+             g.emit("softmax_cross_entropy_grad", [dy, *node.inputs], dict(node.attrs)), None),
          surface=_xent_surface, loss=True,
-         doc="softmax_cross_entropy(logits, y): mean over the batch of −log softmax(logits)[y]")
+         doc="softmax_cross_entropy(logits, y, label_smoothing=0): mean over the batch of "
+             "−Σ_j q_j·log softmax(logits)_j, q = (1−ε)·onehot(y) + ε/classes (PyTorch "
+             "F.cross_entropy)")
 
 
 def _xent_grad_shape(ins: tuple[TensorType, ...], attrs: dict[str, Any]) -> TensorType:
@@ -105,8 +123,9 @@ def _xent_grad_shape(ins: tuple[TensorType, ...], attrs: dict[str, Any]) -> Tens
 
 def _xent_grad_ref(xs: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     g, logits, y = xs
-    p = np.exp(_log_softmax(logits))
-    p[np.arange(len(y)), y] -= 1
+    eps = attrs.get("label_smoothing", 0.0)
+    p = np.exp(_log_softmax(logits)) - eps / logits.shape[1]
+    p[np.arange(len(y)), y] -= 1 - eps
     return p * (g / len(y))
 
 
@@ -116,6 +135,9 @@ def _xent_grad_lower(ctx: LowerCtx, node: Node) -> None:
     c = int(logits.type.shape[1])
     lp, yp, out = ctx.ptr(logits), ctx.ptr(y), ctx.ptr(node.out)
     scale = b.fdiv(load(b, ctx.ptr(g), 0), ctx.n_float())
+    eps = float(node.attr("label_smoothing", 0.0))
+    smooth = b.fmul(scale, f32c(eps / c))  # g/N · ε/C off every class, g/N · (1−ε) off y
+    hit = b.fmul(scale, f32c(1.0 - eps)) if eps else scale
     with loop(b, 0, ctx.n, 1, "gr") as i:
         base = b.mul(i, i32c(c))
         row = b.gep(lp, [base], source_etype=F32)
@@ -123,14 +145,16 @@ def _xent_grad_lower(ctx: LowerCtx, node: Node) -> None:
         k = b.fdiv(scale, s)
         orow = b.gep(out, [base], source_etype=F32)
         with loop(b, 0, c, 1, "gc") as j:
-            store(b, b.fmul(k, _mathfn().exp(b, b.fsub(load(b, row, j), mx))), orow, j)
+            p = b.fmul(k, _mathfn().exp(b, b.fsub(load(b, row, j), mx)))
+            store(b, b.fsub(p, smooth) if eps else p, orow, j)
         yi = load(b, yp, i, I32)
-        store(b, b.fsub(load(b, orow, yi), scale), orow, yi)
+        store(b, b.fsub(load(b, orow, yi), hit), orow, yi)
 
 
-register("softmax_cross_entropy_grad", sample=((f32(), f32(BATCH, 10), i32(BATCH)), {}),
+register("softmax_cross_entropy_grad",
+         sample=((f32(), f32(BATCH, 10), i32(BATCH)), {"label_smoothing": 0.1}),
          shape=_xent_grad_shape, ref=_xent_grad_ref,
-         lower=_xent_grad_lower, doc="g/N · (softmax(logits) − onehot(y))")
+         lower=_xent_grad_lower, doc="g/N · (softmax(logits) − q), q the smoothed one-hot of y")
 
 # --- mean squared error --------------------------------------------------------------------
 
