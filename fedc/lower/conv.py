@@ -1,0 +1,234 @@
+"""Lowering: convolution (forward, input and weight gradients) as im2col + register-tiled GEMM.
+
+Per example and group, the window rows of the input are copied into a column matrix
+col[K = C/g·kh·kw, P = Ho·Wo] in scratch (zeros where the window overhangs the padding), and
+the convolution is one GEMM from fedc.lower.gemm on contiguous NCHW slices:
+
+    out_g[O/g, P]  = W_g[O/g, K] · col[K, P]        (+ bias, prefilled)    "nn"
+    dcol[K, P]     = W_gᵀ · dy_g[O/g, P]            then col2im into dx    "tn"
+    dW_g[O/g, K]  += dy_g[O/g, P] · colᵀ            summed over examples   "nt"
+
+The window offsets (i, j) are unrolled at compile time, so every bound of the copy loops is a
+constant and the interior copies are plain (vectorised when the stride is 1) runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from ..ops.window import Window
+from . import gemm
+from .context import LowerCtx
+from .kernels import (
+    LANES,
+    accumulate,
+    const_like,
+    emit_cols,
+    emit_map,
+    fsum,
+    gep,
+    i32c,
+    load,
+    load_w,
+    loop,
+    splat,
+    store,
+    store_w,
+    zero_w,
+)
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """A grouped convolution's static sizes."""
+
+    win: Window
+    channels: int  # input channels C
+    out_channels: int  # O
+    groups: int
+
+    @property
+    def cg(self) -> int:
+        return self.channels // self.groups
+
+    @property
+    def og(self) -> int:
+        return self.out_channels // self.groups
+
+    @property
+    def k(self) -> int:
+        """Rows of the column matrix: the reduction depth of the GEMM."""
+        return self.cg * self.win.taps
+
+    @property
+    def p(self) -> int:
+        return self.win.out_plane
+
+    def col_bytes(self) -> int:
+        return (self.k * self.p + LANES - 1) // LANES * LANES * 4
+
+
+def scratch_bytes(s: ConvShape, kind: gemm.Kind) -> int:
+    """Scratch for one of the three kernels: the column matrix, then the GEMM's packing."""
+    return s.col_bytes() + gemm.scratch_bytes(kind, s.og, s.p, s.k)
+
+
+def _inside(o_count: int, i: int, pad: int, stride: int, size: int) -> tuple[int, int]:
+    """[lo, hi): the outputs o whose tap o·stride + i − pad falls inside [0, size)."""
+    lo = max(0, -(-(pad - i) // stride))
+    last = size - 1 + pad - i
+    hi = last // stride + 1 if last >= 0 else 0
+    lo = min(lo, o_count)
+    return lo, max(lo, min(hi, o_count))
+
+
+Run = Callable[[ir.Value, ir.Value, int, int], None]  # (dst, src, count, src_stride)
+
+
+def _zero_run(b: ir.IRBuilder, dst: ir.Value, count: int) -> None:
+    emit_cols(b, count, lambda j, vec: store_w(b, zero_w(vec), dst, j, vec), "z")
+
+
+def _copy_run(b: ir.IRBuilder, dst: ir.Value, src: ir.Value, count: int, stride: int) -> None:
+    """dst[t] = src[t·stride] for t < count."""
+    if stride == 1:
+        emit_cols(b, count, lambda j, vec: store_w(b, load_w(b, src, j, vec), dst, j, vec), "cp")
+        return
+    with loop(b, 0, count, 1, "cs") as t:
+        store(b, load(b, src, b.mul(t, i32c(stride))), dst, t)
+
+
+def _add_run(b: ir.IRBuilder, dst: ir.Value, src: ir.Value, count: int, stride: int) -> None:
+    """dst[t·stride] += src[t] for t < count."""
+    if stride == 1:
+        def body(j: ir.Value, vec: bool) -> None:
+            store_w(b, b.fadd(load_w(b, dst, j, vec), load_w(b, src, j, vec)), dst, j, vec)
+        emit_cols(b, count, body, "ad")
+        return
+    with loop(b, 0, count, 1, "as") as t:
+        at = b.mul(t, i32c(stride))
+        store(b, b.fadd(load(b, dst, at), load(b, src, t)), dst, at)
+
+
+def _each_tap(b: ir.IRBuilder, s: ConvShape, image: ir.Value, col: ir.Value,
+              gather: bool) -> None:
+    """im2col (gather: col ← image) or its adjoint col2im (image += col) for one example and
+    group; `image` points at the group's first channel [C/g, H, W], col is [K, P]."""
+    win = s.win
+    (h, w), (kh, kw), (sh, sw), (ph, pw) = win.size, win.kernel, win.stride, win.padding
+    ho, wo = win.out
+    for i in range(kh):
+        oh_lo, oh_hi = _inside(ho, i, ph, sh, h)
+        for j in range(kw):
+            ow_lo, ow_hi = _inside(wo, j, pw, sw, w)
+            with loop(b, 0, s.cg, 1, "c") as c:
+                row = gep(b, col, b.mul(b.add(b.mul(c, i32c(kh * kw)), i32c(i * kw + j)),
+                                        i32c(s.p)))
+                plane = gep(b, image, b.mul(c, i32c(h * w)))
+                if gather and oh_lo > 0:
+                    _zero_run(b, row, oh_lo * wo)
+                if gather and oh_hi < ho:
+                    _zero_run(b, gep(b, row, oh_hi * wo), (ho - oh_hi) * wo)
+                if oh_lo == oh_hi:
+                    continue
+                with loop(b, oh_lo, oh_hi, 1, "oh") as oh:
+                    ih = b.add(b.mul(oh, i32c(sh)), i32c(i - ph))
+                    seg = gep(b, row, b.mul(oh, i32c(wo)))
+                    first = b.add(b.mul(ih, i32c(w)), i32c(ow_lo * sw + j - pw))
+                    src, dst = gep(b, plane, first), gep(b, seg, ow_lo)
+                    if gather:
+                        _zero_run(b, seg, ow_lo)
+                        _zero_run(b, gep(b, seg, ow_hi), wo - ow_hi)
+                        _copy_run(b, dst, src, ow_hi - ow_lo, sw)
+                    else:
+                        _add_run(b, src, dst, ow_hi - ow_lo, sw)
+
+
+def _zero(b: ir.IRBuilder, dst: ir.Value, count: ir.Value) -> None:
+    emit_map(b, count, lambda bb, v: const_like(v[0], 0.0), [dst], dst)
+
+
+def _each_group(ctx: LowerCtx, s: ConvShape,
+                body: Callable[[ir.Value, ir.Value], None]) -> None:
+    """body(n, g) for every example n < ctx.n and group g."""
+    b = ctx.b
+    with loop(b, 0, ctx.n, 1, "n") as n:
+        with loop(b, 0, s.groups, 1, "g") as g:
+            body(n, g)
+
+
+def _slice(b: ir.IRBuilder, base: ir.Value, n: ir.Value, per_n: int, g: ir.Value,
+           per_g: int) -> ir.Value:
+    return gep(b, base, b.add(b.mul(n, i32c(per_n)), b.mul(g, i32c(per_g))))
+
+
+def forward(ctx: LowerCtx, s: ConvShape, x: ir.Value, w: ir.Value, bias: ir.Value | None,
+            out: ir.Value) -> None:
+    """out[N, O, Ho, Wo] = conv(x[N, C, H, W], w[O, C/g, kh, kw]) (+ bias[O])."""
+    b = ctx.b
+    col = ctx.addr_ptr(ctx.scratch)
+    pack = ctx.addr_ptr(ctx.scratch + s.col_bytes())
+
+    def body(n: ir.Value, g: ir.Value) -> None:
+        _each_tap(b, s, _slice(b, x, n, s.channels * s.win.plane, g, s.cg * s.win.plane), col,
+                  gather=True)
+        dst = _slice(b, out, n, s.out_channels * s.p, g, s.og * s.p)
+        if bias is not None:
+            with loop(b, 0, s.og, 1, "o") as o:
+                v = load(b, bias, b.add(b.mul(g, i32c(s.og)), o))
+                row = gep(b, dst, b.mul(o, i32c(s.p)))
+                emit_cols(b, s.p, lambda j, vec: store_w(b, splat(b, v) if vec else v, row, j,
+                                                         vec), "bf")
+        gemm.emit_matmul(b, kind="nn", m=s.og, n=s.p, k=s.k,
+                         a=gep(b, w, b.mul(g, i32c(s.og * s.k))), bmat=col, c=dst, scratch=pack,
+                         accumulate=bias is not None)
+
+    _each_group(ctx, s, body)
+
+
+def grad_input(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value, dx: ir.Value) -> None:
+    """dx[N, C, H, W] = the adjoint of the convolution applied to dy[N, O, Ho, Wo]."""
+    b = ctx.b
+    dcol = ctx.addr_ptr(ctx.scratch)
+    pack = ctx.addr_ptr(ctx.scratch + s.col_bytes())
+    _zero(b, dx, b.mul(ctx.n, i32c(s.channels * s.win.plane)))
+
+    def body(n: ir.Value, g: ir.Value) -> None:
+        src = _slice(b, dy, n, s.out_channels * s.p, g, s.og * s.p)
+        gemm.emit_matmul(b, kind="tn", m=s.og, n=s.p, k=s.k,
+                         a=gep(b, w, b.mul(g, i32c(s.og * s.k))), bmat=src, c=dcol, scratch=pack)
+        _each_tap(b, s, _slice(b, dx, n, s.channels * s.win.plane, g, s.cg * s.win.plane), dcol,
+                  gather=False)
+
+    _each_group(ctx, s, body)
+
+
+def grad_weight(ctx: LowerCtx, s: ConvShape, x: ir.Value, dy: ir.Value, dw: ir.Value) -> None:
+    """dw[O, C/g, kh, kw] = Σ over examples of dy_g · im2col(x)ᵀ."""
+    b = ctx.b
+    col = ctx.addr_ptr(ctx.scratch)
+    pack = ctx.addr_ptr(ctx.scratch + s.col_bytes())
+    _zero(b, dw, i32c(s.out_channels * s.k))
+
+    def body(n: ir.Value, g: ir.Value) -> None:
+        _each_tap(b, s, _slice(b, x, n, s.channels * s.win.plane, g, s.cg * s.win.plane), col,
+                  gather=True)
+        gemm.emit_matmul(b, kind="nt", m=s.og, n=s.p, k=s.k,
+                         a=_slice(b, dy, n, s.out_channels * s.p, g, s.og * s.p), bmat=col,
+                         c=gep(b, dw, b.mul(g, i32c(s.og * s.k))), scratch=pack, accumulate=True)
+
+    _each_group(ctx, s, body)
+
+
+def channel_sum(ctx: LowerCtx, *, channels: int, plane: int, src: ir.Value,
+                dst: ir.Value) -> None:
+    """dst[c] = Σ_n Σ_p src[n, c, p]: a convolution's bias gradient."""
+    b = ctx.b
+    with loop(b, 0, channels, 1, "c") as c:
+        def step(n: ir.Value, acc: ir.Value) -> ir.Value:
+            at = b.mul(b.add(b.mul(n, i32c(channels)), c), i32c(plane))
+            return b.fadd(acc, fsum(b, gep(b, src, at), plane))
+        store(b, accumulate(b, ctx.n, step, zero_w(False), 1, "cn"), dst, c)
