@@ -23,7 +23,16 @@ from .surface import (
     SurfaceError,
     bind,
 )
-from .window import Window, as2d, from2d, spatial_of, unwindow, windows
+from .window import (
+    Window,
+    as2d,
+    from2d,
+    spatial_of,
+    unwindow,
+    window_args,
+    window_spec,
+    windows,
+)
 
 # --- geometry ------------------------------------------------------------------------------
 
@@ -136,41 +145,18 @@ def _scratch(kind: lconv.gemm.Kind) -> Callable[[Node, int], int]:
 
 # --- surface: conv1d(x, out_channels, kernel_size, …) ---------------------------------------
 
-_PER_DIM = (("kernel", "kernel_size", POS_INT), ("stride", "stride", POS_INT),
-            ("padding", "padding", NONNEG_INT))
-
-
-def _spec(rank: int) -> list[tuple[str, str, Any]]:
-    spec = [("x", TENSOR, REQUIRED), ("out_channels", POS_INT, REQUIRED),
-            ("kernel_size", POS_INT, None), ("stride", POS_INT, 1), ("padding", NONNEG_INT, 0),
-            ("groups", POS_INT, 1), ("bias", BOOL, True)]
-    if rank == 2:  # asymmetric windows: kernel_h=, kernel_w=, stride_h=, …
-        spec += [(f"{key}_{d}", kind, None) for key, _, kind in _PER_DIM for d in "hw"]
-    return spec
-
-
-def _per_dim(op: str, rank: int, vals: dict[str, Any], key: str, shared: str) -> tuple[int, ...]:
-    if rank == 1:
-        dims = (vals[shared],)
-    else:
-        dims = tuple(vals[f"{key}_{d}"] if vals[f"{key}_{d}"] is not None else vals[shared]
-                     for d in "hw")
-    if any(d is None for d in dims):
-        extra = f" (or {key}_h and {key}_w)" if rank == 2 else ""
-        raise SurfaceError(f"{op} is missing its argument {shared!r}{extra}")
-    return tuple(int(d) for d in dims)
-
-
 def _conv_surface(rank: int) -> Callable[[SurfaceCtx, list[Any], dict[str, Any]], Value]:
     op = f"conv{rank}d"
 
     def surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> Value:
-        spec = _spec(rank)
+        spec = [("x", TENSOR, REQUIRED), ("out_channels", POS_INT, REQUIRED),
+                ("kernel_size", POS_INT, None), ("stride", POS_INT, 1),
+                ("padding", NONNEG_INT, 0), ("groups", POS_INT, 1), ("bias", BOOL, True),
+                *window_spec(rank)]
         vals = dict(zip((s[0] for s in spec), bind(op, args, kwargs, spec), strict=True))
         x: Value = vals["x"]
         shape = _batched(op, x.type, rank, "an input")
-        kernel, stride, padding = (_per_dim(op, rank, vals, key, shared)
-                                   for key, shared, _ in _PER_DIM)
+        kernel, stride, padding = window_args(op, rank, vals)
         groups, out_ch = vals["groups"], vals["out_channels"]
         if shape[0] % groups or out_ch % groups:
             raise SurfaceError(f"{op}: groups={groups} must divide both the input channels "

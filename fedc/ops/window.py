@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import ShapeError
+from .surface import NONNEG_INT, POS_INT, SurfaceError
 
 Pair = tuple[int, int]
 
@@ -89,6 +91,40 @@ def spatial_of(op: str, shape: tuple[int, ...], rank: int, what: str = "input") 
     if len(shape) != rank + 1:
         raise ShapeError(f"{op} expects {what} of type {want} but got f32[N,"
                          f"{','.join(map(str, shape))}]")
+
+
+# --- surface arguments: kernel_size=3 or kernel_h=3, kernel_w=1, … ---------------------------
+
+_PER_DIM = (("kernel", "kernel_size", POS_INT), ("stride", "stride", POS_INT),
+            ("padding", "padding", NONNEG_INT))
+
+
+def window_spec(rank: int) -> list[tuple[str, str, Any]]:
+    """bind() triples for the per-dimension window keywords of a 2-D op (none for 1-D)."""
+    if rank == 1:
+        return []
+    return [(f"{key}_{d}", kind, None) for key, _, kind in _PER_DIM for d in "hw"]
+
+
+def window_args(op: str, rank: int, vals: dict[str, Any],
+                stride_is_kernel: bool = False) -> tuple[tuple[int, ...], ...]:
+    """(kernel, stride, padding) per spatial dim from bound arguments: a per-dimension keyword
+    (kernel_h) overrides the shared one (kernel_size); a missing stride is 1, or the kernel
+    size with stride_is_kernel (pooling)."""
+    out: list[tuple[int, ...]] = []
+    for key, shared, _ in _PER_DIM:
+        dims = []
+        for axis, d in enumerate("hw"[2 - rank:]):
+            v = vals.get(f"{key}_{d}") if rank == 2 else None
+            v = vals.get(shared) if v is None else v
+            if v is None and key == "stride":
+                v = out[0][axis] if stride_is_kernel else 1
+            if v is None:
+                extra = f" (or {key}_h and {key}_w)" if rank == 2 else ""
+                raise SurfaceError(f"{op} is missing its argument {shared!r}{extra}")
+            dims.append(int(v))
+        out.append(tuple(dims))
+    return tuple(out)
 
 
 # --- numpy: windows of a (padded) batch and their adjoint ------------------------------------
