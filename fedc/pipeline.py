@@ -16,6 +16,7 @@ from .emit import FEATURES, emit
 from .ir import Graph, format_graph, verify
 from .link import ARENA_BASE, link, memory_size
 from .lower.module import EXPORTS, lower_module
+from .ops.embedding import token_vocab
 from .optim import OPTIMIZERS
 from .plan import MemoryPlan, plan
 from .syntax import parse
@@ -100,6 +101,7 @@ def manifest(art: Artifacts, hparam_order: list[str], variant: str) -> dict[str,
     m, pl = art.model, art.plan
     offsets = {b.name: b.offset for b in pl.buffers}
     pred = art.train_graph.output("prediction")
+    vocab = token_vocab(art.train_graph)
     return {
         "format": "fedc-manifest/1",
         "fedc_version": __version__,
@@ -119,7 +121,7 @@ def manifest(art: Artifacts, hparam_order: list[str], variant: str) -> dict[str,
             "eval_step": {"params": ["i32"], "results": ["f32"]},
             "predict": {"params": ["i32"], "results": []},
         },
-        "inputs": [_decl(d, offsets[d.name]) for d in m.inputs],
+        "inputs": [_decl(d, offsets[d.name], vocab.get(d.name)) for d in m.inputs],
         "targets": [_decl(d, offsets[d.name]) for d in m.targets],
         "outputs": [{"name": "prediction", "dtype": "f32", "shape": list(pred.type.row_shape),
                      "offset": pl.addr(pred)}],
@@ -137,11 +139,13 @@ def manifest(art: Artifacts, hparam_order: list[str], variant: str) -> dict[str,
     }
 
 
-def _decl(d: Any, offset: int) -> dict[str, Any]:
+def _decl(d: Any, offset: int, vocab: int | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"name": d.name, "dtype": d.dtype, "shape": list(d.shape),
                            "offset": offset}
     if d.classes is not None:
         out["classes"] = d.classes
+    if vocab is not None:  # token ids for an embedding: the host checks 0 ≤ id < vocab
+        out["vocab"] = vocab
     return out
 
 

@@ -200,7 +200,8 @@ class Model:
             arrays = {decls[0]["name"]: x}
         else:
             raise RuntimeDataError(f"the model has {len(decls)} inputs: pass a dict by name")
-        return {d["name"]: _conform(arrays[d["name"]], d, "input") for d in decls}
+        return {d["name"]: _check_ids(_conform(arrays[d["name"]], d, "input"), d)
+                for d in decls}
 
     def _target(self, y: np.ndarray, rows: int) -> np.ndarray:
         d = self.manifest["targets"][0]
@@ -404,6 +405,17 @@ def _order(seed: int | Shuffle | np.random.Generator | None, rows: int) -> np.nd
         return np.random.default_rng().permutation(rows)
     stream = seed if isinstance(seed, Shuffle) else Shuffle(seed)
     return stream.permutation(rows)
+
+
+def _check_ids(arr: np.ndarray, decl: Mapping[str, Any]) -> np.ndarray:
+    """Token ids of an input with a manifest `vocab` (it feeds an embedding) lie in 0..vocab-1.
+    The module itself reads zeros for an id outside that range; here it is a data error."""
+    vocab = decl.get("vocab")
+    if vocab is not None and arr.size and (arr.min() < 0 or arr.max() >= vocab):
+        bad = arr[(arr < 0) | (arr >= vocab)].reshape(-1)[0]
+        raise RuntimeDataError(f"input {decl['name']!r} holds token id {bad}, outside the "
+                               f"embedding's vocabulary 0..{vocab - 1}")
+    return arr
 
 
 def _draw(rng: np.random.Generator, init: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
