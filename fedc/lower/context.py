@@ -18,6 +18,8 @@ class LowerCtx:
     addr_of: Callable[[Value], int]
     scratch: int  # address of the shared kernel scratch area
     features: frozenset[str] = frozenset()
+    # false in eval_step/predict: only ops registered with modal=True (dropout) may read it
+    training: bool = True
 
     def ptr(self, v: Value) -> ir.Value:
         return self.b.inttoptr(i32c(self.addr_of(v)), PTR)

@@ -16,6 +16,7 @@ from .kernels import F32, I32, PTR, i32c, load
 
 TRIPLE = "wasm32-unknown-unknown"
 EXPORTS = ("train_step", "eval_step", "predict")
+EVAL_EXPORTS = frozenset({"eval_step", "predict"})  # lowered with ctx.training false
 
 
 def needed(graph: Graph, roots: Iterable[Value]) -> list[Node]:
@@ -42,13 +43,18 @@ def lower_exports(graph: Graph, plan: MemoryPlan,
     """
     mod = ir.Module(name="fedc")
     mod.triple = TRIPLE
-    kernels = {node.out.id: _node_function(mod, node, plan, features) for node in graph.nodes}
+    kernels: dict[tuple[int, bool], ir.Function] = {}
+    for node in graph.nodes:  # a modal op (OpDef.modal, e.g. dropout) also gets an eval kernel
+        for training in (True, False) if REGISTRY[node.op].modal else (True,):
+            kernels[node.out.id, training] = _node_function(mod, node, plan, features, training)
     for name, (nodes, ret, update) in exports.items():
         fn = ir.Function(mod, ir.FunctionType(F32 if ret is not None else ir.VoidType(), [I32]),
                          name)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
+        training = name not in EVAL_EXPORTS
         for node in nodes:
-            b.call(kernels[node.out.id], [fn.args[0]])
+            modal = REGISTRY[node.op].modal
+            b.call(kernels[node.out.id, training or not modal], [fn.args[0]])
         if update is not None:
             update(b)
         if ret is None:
@@ -74,11 +80,13 @@ def lower_module(train: Graph, plan: MemoryPlan, optimizer: str, hparams: dict[s
 
 
 def _node_function(mod: ir.Module, node: Node, plan: MemoryPlan,
-                   features: frozenset[str]) -> ir.Function:
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I32]), f"k{node.out.id}_{node.op}")
+                   features: frozenset[str], training: bool = True) -> ir.Function:
+    suffix = "" if training else "_eval"
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I32]),
+                     f"k{node.out.id}_{node.op}{suffix}")
     fn.linkage = "internal"
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    ctx = LowerCtx(b, fn.args[0], plan.addr, plan.scratch_offset, features)
+    ctx = LowerCtx(b, fn.args[0], plan.addr, plan.scratch_offset, features, training)
     try:
         REGISTRY[node.op].lower(ctx, node)
     except (KeyError, ValueError, TypeError, AssertionError) as exc:

@@ -43,6 +43,8 @@ class OpDef:
              (16-byte aligned, shared by all nodes: the plan reserves the largest request)
     task:    for a loss, the manifest's `task` when it is neither "classification" (class
              targets) nor "regression", e.g. "binary" for bce_with_logits (0/1 targets, logits)
+    modal:   the lowering reads ctx.training (dropout: a copy outside training), so the op is
+             lowered twice: for train_step, and for eval_step/predict
     """
 
     name: str
@@ -56,6 +58,7 @@ class OpDef:
     loss: bool = False
     scratch: Scratch | None = None
     task: str | None = None
+    modal: bool = False
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -65,10 +68,11 @@ def register(name: str, *, shape: ShapeRule, ref: Reference, lower: Lowering,
              sample: tuple[tuple[TensorType, ...], dict[str, Any]],
              grad: GradRule | None = None, surface: Surface | None = None,
              doc: str = "", loss: bool = False, scratch: Scratch | None = None,
-             task: str | None = None) -> OpDef:
+             task: str | None = None, modal: bool = False) -> OpDef:
     if name in REGISTRY:
         raise ValueError(f"op {name!r} registered twice")
-    op = OpDef(name, shape, ref, lower, grad, surface, sample, doc, loss, scratch, task)
+    op = OpDef(name, shape, ref, lower, grad, surface, sample, doc, loss, scratch, task,
+               modal)
     REGISTRY[name] = op
     return op
 
