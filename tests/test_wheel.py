@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_wheel_installs_into_a_fresh_venv_and_compiles_an_example(tmp_path):
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-w", str(dist), str(ROOT)], check=True, capture_output=True)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-w", str(dist), str(ROOT)],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = dist.glob("fedc-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for required in ("fedc/_data/grammar/fed.lark", "fedc/_data/runtime/python/fedc_runtime.py"):
@@ -25,8 +27,9 @@ def test_wheel_installs_into_a_fresh_venv_and_compiles_an_example(tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], check=True,
-                   capture_output=True, timeout=900)
+    installed = subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)],
+                               capture_output=True, text=True, timeout=900)
+    assert installed.returncode == 0, installed.stderr
     work = tmp_path / "elsewhere"
     work.mkdir()
     out = subprocess.run([str(env_dir / "bin" / "fedc"), "compile",
