@@ -16,6 +16,7 @@ from .emit import FEATURES, emit
 from .ir import Graph, format_graph, verify
 from .link import ARENA_BASE, link, memory_size
 from .lower.module import EXPORTS, lower_module
+from .ops.dropout import DROPOUT_KEY
 from .ops.embedding import token_vocab
 from .optim import OPTIMIZERS
 from .plan import MemoryPlan, plan
@@ -134,6 +135,10 @@ def manifest(art: Artifacts, hparam_order: list[str], variant: str) -> dict[str,
                       "hparams_offset": pl.hparams_offset, "hparams_order": hparam_order,
                       "state_region": {"offset": pl.state_offset,
                                        "count": pl.state_slots * pl.param_count}},
+        # dropout's key: the host writes [seed, step] (u32) before every train_step
+        "rng": (None if DROPOUT_KEY not in offsets else
+                {"name": DROPOUT_KEY, "offset": offsets[DROPOUT_KEY], "dtype": "u32",
+                 "shape": [2]}),
         "federated": m.federated,
         "buffers": [b.to_json() for b in pl.buffers],
     }

@@ -146,6 +146,10 @@ class Model:
         state = opt["state_region"]
         self._state = self._view(state["offset"], "f32", (state["count"],))
         self.hparams[:] = [opt["hparams"][k] for k in opt["hparams_order"]]
+        rng = m.get("rng")
+        # dropout's key [seed, step], written before every train_step (None without dropout)
+        self._dropout_key = None if rng is None else self._view(rng["offset"], "i32", (2,))
+        self.dropout_seed, self.dropout_step = 0, 0
 
     # --- parameters -----------------------------------------------------------------------
     @property
@@ -158,6 +162,7 @@ class Model:
         for p in self.manifest["params"]:
             self.param_views[p["name"]][...] = _draw(rng, p["init"], tuple(p["shape"]))
         self.reset_optimizer()
+        self.dropout_seed, self.dropout_step = seed & 0xFFFFFFFF, 0
 
     def get_weights(self) -> np.ndarray:
         """A copy of all parameters as one flat float32 vector (manifest order)."""
@@ -230,7 +235,15 @@ class Model:
             raise RuntimeDataError(f"a batch has 1..{self.max_batch} rows, got {n}")
         yy = self._target(y, n)
         self._write(xs, yy, slice(0, n), n)
+        self._next_dropout_key()
         return float(self._calls["train_step"](n))  # type: ignore[arg-type]
+
+    def _next_dropout_key(self) -> None:
+        """Dropout masks hash (dropout_seed, dropout_step): a fresh key for every step."""
+        if self._dropout_key is not None:
+            self._dropout_key.view(np.uint32)[:] = (self.dropout_seed & 0xFFFFFFFF,
+                                                    self.dropout_step & 0xFFFFFFFF)
+            self.dropout_step += 1
 
     def train_epoch(self, x: Arrays, y: np.ndarray, batch_size: int = 32,
                     seed: int | Shuffle | np.random.Generator | None = 0) -> float:
@@ -246,12 +259,17 @@ class Model:
         if not 1 <= batch_size <= self.max_batch:
             raise RuntimeDataError(f"batch_size must be in 1..{self.max_batch}, got {batch_size}")
         order = _order(seed, rows)
+        if self._dropout_key is not None and isinstance(seed, (int, np.integer, np.random.Generator)):
+            # a new epoch seed gives new dropout masks (clients of one round differ)
+            self.dropout_seed = (int(seed) if isinstance(seed, (int, np.integer))
+                                 else int(seed.integers(1 << 32))) & 0xFFFFFFFF
         step = self._calls["train_step"]
         total = 0.0
         batches = 0
         for start in range(0, rows, batch_size):
             idx = order[start:start + batch_size]
             self._write(xs, yy, idx, len(idx))
+            self._next_dropout_key()
             total += step(len(idx))  # type: ignore[operator]
             batches += 1
         return total / max(batches, 1)
