@@ -1,11 +1,15 @@
 """Datasets: a bundled scikit-learn name or a user's .npz file → a seeded train/test `Dataset`.
 
-Built-in names (all offline, shipped inside scikit-learn):
+Built-in names (all offline: shipped inside scikit-learn, or generated here):
 
 - ``digits``: 1797 8×8 images, 10 classes; pixels scaled from 0..16 to [0, 1] by /16.
 - ``breast_cancer`` (2 classes, 30 features), ``iris`` (3 classes, 4 features), ``wine``
   (3 classes, 13 features): each feature standardised with the *train* split's mean and std,
   so nothing about the test split leaks into training.
+- ``waveforms``: 3000 generated 1×128 time series, 6 classes (sine, square, triangle, rising
+  sawtooth, pulse train, falling sawtooth) with random frequency (2–6 cycles), phase,
+  amplitude, offset and Gaussian noise; the same arrays on every machine (a fixed generator
+  seed; ``seed`` only changes the split), used as generated (no scaling).
 
 A ``.npz`` file must hold arrays ``x`` and ``y`` and may hold ``x_test`` and ``y_test``; without
 them it is split like the built-ins. Its features are used as they are (no scaling). Its task is
@@ -70,12 +74,36 @@ def _sklearn(loader: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
     return load
 
 
-# name → (loader, per-example shape, scaling: "div16" or "standardise")
+WAVEFORMS = ("sine", "square", "triangle", "sawtooth", "pulse", "falling_sawtooth")
+
+
+def _waveforms(per_class: int = 500, length: int = 128,
+               seed: int = 20240611) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy periodic signals whose class is the wave's shape, not its frequency or level:
+    a model must recognise local form anywhere in the window (a convolution's job)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length) / length
+    xs, ys = [], []
+    for k, kind in enumerate(WAVEFORMS):
+        cycles = rng.uniform(2.0, 6.0, (per_class, 1))
+        u = (cycles * t + rng.uniform(0.0, 1.0, (per_class, 1))) % 1.0  # phase in [0, 1)
+        wave = {"sine": np.sin(2 * np.pi * u), "square": np.where(u < 0.5, 1.0, -1.0),
+                "triangle": 4 * np.abs(u - 0.5) - 1, "sawtooth": 2 * u - 1,
+                "pulse": np.where(u < 0.2, 1.0, -0.25), "falling_sawtooth": 1 - 2 * u}[kind]
+        amplitude = rng.uniform(0.6, 1.4, (per_class, 1))
+        offset = rng.normal(0.0, 0.2, (per_class, 1))
+        xs.append(amplitude * wave + offset + rng.normal(0.0, 0.2, (per_class, length)))
+        ys.append(np.full(per_class, k))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+# name → (loader, per-example shape, scaling: "div16", "standardise" or "none")
 BUILTINS: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray]], tuple[int, ...], str]] = {
     "digits": (_sklearn("load_digits"), (8, 8), "div16"),
     "breast_cancer": (_sklearn("load_breast_cancer"), (30,), "standardise"),
     "iris": (_sklearn("load_iris"), (4,), "standardise"),
     "wine": (_sklearn("load_wine"), (13,), "standardise"),
+    "waveforms": (_waveforms, (1, 128), "none"),
 }
 
 
@@ -87,7 +115,7 @@ def _load_builtin(name: str, seed: int, test_fraction: float) -> Dataset:
     x_train, x_test, y_train, y_test = _split(x, y, seed, test_fraction, name, stratify=True)
     if scaling == "div16":
         x_train, x_test = x_train / 16.0, x_test / 16.0
-    else:
+    elif scaling == "standardise":
         x_train, x_test = _standardise(x_train, x_test)
     return Dataset(x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test,
                    name, int(y.max()) + 1, "classification", shape)

@@ -9,7 +9,7 @@ from fedc.data import BUILTINS, load_dataset, reshape_for
 from fedc.diagnostics import DataError, FedcError
 
 SIZES = {"digits": (1797, 64, 10), "breast_cancer": (569, 30, 2), "iris": (150, 4, 3),
-         "wine": (178, 13, 3)}
+         "wine": (178, 13, 3), "waveforms": (3000, 128, 6)}
 
 
 @pytest.mark.parametrize("name", list(BUILTINS))
