@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .diagnostics import Collector, Span
 from .ir import BATCH, Graph, GraphBuilder, TensorType, Value, format_graph, verify
 from .ops import REGISTRY, ShapeError, surface_ops
 from .ops.surface import SurfaceCtx, SurfaceError
-from .optim import OPTIMIZERS
+from .optim import OptimizerSpec
+from .optim.settings import check_optimizer
 from .syntax import ast
 
 STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "median",
@@ -25,6 +26,7 @@ FEDERATED_SETTINGS: dict[str, tuple[Any, str]] = {
     "strategy": ("fedavg", "strategy"),
     "proximal_mu": (0.0, "nonneg"),
 }
+FEDPROX_DEFAULT_MU = 0.01  # proximal_mu when `strategy = fedprox` leaves it unset
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,6 @@ class TensorDecl:
     shape: tuple[int, ...]  # per example
     classes: int | None
     span: Span
-
-
-@dataclass(frozen=True)
-class OptimizerSpec:
-    name: str
-    hparams: dict[str, float]
-    span: Span | None
 
 
 @dataclass(frozen=True)
@@ -208,8 +203,9 @@ def check(program: ast.Program) -> CheckedModel:
                          stmt.value.span)
         c.env[stmt.name] = _POISON  # later uses stay silent: the error is already reported
     loss_op, prediction, loss = _find_loss(c, m, loss_stmt)
-    optimizer = _check_optimizer(c, program.optimizer, program)
     federated = _check_federated(c, program.federated)
+    optimizer = replace(check_optimizer(c.diag, program.optimizer, program),
+                        proximal_mu=float(federated["proximal_mu"]))
     c.diag.raise_if_any()
     assert loss is not None and prediction is not None
     graph = c.g.build([("loss", loss), ("prediction", prediction)])
@@ -238,42 +234,6 @@ def _find_loss(c: _Checker, m: ast.ModelDef,
     return node.op, node.inputs[0], loss
 
 
-def _check_optimizer(c: _Checker, opt: ast.OptimizerDef | None,
-                     program: ast.Program) -> OptimizerSpec:
-    if opt is None:
-        end = Span(program.file, max(program.source.count("\n"), 1), 1)
-        c.diag.error("no optimizer declared (add e.g. `optimizer sgd(lr=0.05, momentum=0.9)`)",
-                     end)
-        return OptimizerSpec("sgd", {}, None)
-    spec = OPTIMIZERS.get(opt.name)
-    if spec is None:
-        c.unknown(opt.name, "optimizer", list(OPTIMIZERS), opt.span)
-        return OptimizerSpec(opt.name, {}, opt.span)
-    values: dict[str, float] = {}
-    for kw in opt.kwargs:
-        hp = spec.hparams.get(kw.name)
-        if hp is None:
-            c.diag.error(f"{opt.name} has no hyper-parameter {kw.name!r} "
-                         f"(expected {', '.join(spec.hparams)})", kw.span)
-            continue
-        raw = c.expr(kw.value)
-        if isinstance(raw, bool):
-            raw = float(raw)
-        if not isinstance(raw, int | float) or not hp.check(float(raw)):
-            c.diag.error(f"{opt.name}: {kw.name} must be {hp.rule} but got {raw!r}",
-                         kw.value.span)
-            continue
-        values[kw.name] = float(raw)
-    for name, hp in spec.hparams.items():
-        if name not in values:
-            if hp.default is None:
-                c.diag.error(f"{opt.name} needs the hyper-parameter {name!r} "
-                             f"(e.g. {opt.name}({name}=0.01))", opt.span)
-            else:
-                values[name] = hp.default
-    return OptimizerSpec(opt.name, values, opt.span)
-
-
 def _check_federated(c: _Checker, fed: ast.FederatedDef | None) -> dict[str, Any]:
     out = {k: d for k, (d, _) in FEDERATED_SETTINGS.items()}
     for s in fed.settings if fed else ():
@@ -294,4 +254,7 @@ def _check_federated(c: _Checker, fed: ast.FederatedDef | None) -> dict[str, Any
                          s.value.span)
         else:
             out[s.name] = float(v) if kind == "nonneg" else v
+    given = {s.name for s in fed.settings} if fed else set()
+    if out["strategy"] == "fedprox" and "proximal_mu" not in given:
+        out["proximal_mu"] = FEDPROX_DEFAULT_MU
     return out

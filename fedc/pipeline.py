@@ -18,7 +18,6 @@ from .link import ARENA_BASE, link, memory_size
 from .lower.module import EXPORTS, lower_module
 from .ops.dropout import DROPOUT_KEY
 from .ops.embedding import token_vocab
-from .optim import OPTIMIZERS
 from .plan import MemoryPlan, plan
 from .syntax import parse
 
@@ -71,17 +70,15 @@ def compile_source(text: str, filename: str = "<input>",
     max_batch = opts.max_batch or max(DEFAULT_MAX_BATCH, int(model.federated["batch_size"]))
     if max_batch < 1:
         raise UsageError([Diagnostic(f"--max-batch must be ≥ 1 but got {max_batch}")])
-    opt = OPTIMIZERS[model.optimizer.name]
-    order = [k for k, hp in opt.hparams.items() if not hp.structural]
-    mplan = plan(train, max_batch=max_batch, state_slots=opt.state_slots(model.optimizer.hparams),
-                 n_hparams=len(order))
-    module = lower_module(train, mplan, model.optimizer.name, model.optimizer.hparams, order,
-                          frozenset({opts.variant}))
+    opt = model.optimizer
+    mplan = plan(train, max_batch=max_batch, state_slots=len(opt.slots()),
+                 n_hparams=len(opt.runtime_hparams()), anchor=opt.proximal)
+    module = lower_module(train, mplan, opt, frozenset({opts.variant}))
     llvm_ir = str(module)
     emitted = emit(llvm_ir, opts.variant)
     wasm = link(emitted.object_code, mplan.end, list(EXPORTS))
     art = Artifacts(model, train, mplan, llvm_ir, emitted.optimized_ir, wasm)
-    art.manifest = manifest(art, order, opts.variant)
+    art.manifest = manifest(art, opts.variant)
     return art
 
 
@@ -98,7 +95,7 @@ def compile_file(path: str | Path, out_dir: str | Path | None = None,
     return art
 
 
-def manifest(art: Artifacts, hparam_order: list[str], variant: str) -> dict[str, Any]:
+def manifest(art: Artifacts, variant: str) -> dict[str, Any]:
     m, pl = art.model, art.plan
     offsets = {b.name: b.offset for b in pl.buffers}
     pred = art.train_graph.output("prediction")
@@ -131,10 +128,13 @@ def manifest(art: Artifacts, hparam_order: list[str], variant: str) -> dict[str,
         "params": [{"name": p.value.name, "dtype": "f32", "shape": list(p.value.type.row_shape),
                     "offset": pl.addr(p.value), "size": p.value.type.numel(1),
                     "init": dict(p.init)} for p in art.train_graph.params],
-        "optimizer": {"name": m.optimizer.name, "hparams": m.optimizer.hparams,
-                      "hparams_offset": pl.hparams_offset, "hparams_order": hparam_order,
-                      "state_region": {"offset": pl.state_offset,
-                                       "count": pl.state_slots * pl.param_count}},
+        "optimizer": {**m.optimizer.to_json(), "hparams_offset": pl.hparams_offset,
+                      "state_region": {"offset": pl.state_offset, "count": pl.state_count,
+                                       "slots": list(m.optimizer.slots()),
+                                       "slot_stride": pl.slot_stride},
+                      "step_counter": {"offset": pl.step_offset, "dtype": "i32"}},
+        "anchor_region": (None if pl.anchor_offset is None else
+                          {"offset": pl.anchor_offset, "count": pl.param_count}),
         # dropout's key: the host writes [seed, step] (u32) before every train_step
         "rng": (None if DROPOUT_KEY not in offsets else
                 {"name": DROPOUT_KEY, "offset": offsets[DROPOUT_KEY], "dtype": "u32",

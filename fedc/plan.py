@@ -17,7 +17,8 @@ def _align(x: int, a: int = ALIGN) -> int:
 @dataclass(frozen=True)
 class Buffer:
     name: str
-    kind: str  # input | target | param | grad | state | hparams | output | activation | scratch
+    # input | target | param | grad | state | hparams | output | anchor | activation | scratch
+    kind: str
     dtype: str
     shape: tuple[int, ...]
     offset: int
@@ -38,6 +39,9 @@ class MemoryPlan:
     grads_offset: int = 0
     state_offset: int = 0
     state_slots: int = 0
+    slot_stride: int = 0  # floats from one optimizer state slot to the next
+    step_offset: int = 0  # the optimizer's i32 step counter, right after the slots
+    anchor_offset: int | None = None  # FedProx anchor weights (params layout), if any
     hparams_offset: int = 0
     scratch_offset: int = 0
     end: int = ARENA_BASE
@@ -46,6 +50,11 @@ class MemoryPlan:
 
     def addr(self, v: Value) -> int:
         return self.value_offsets[v.id]
+
+    @property
+    def state_count(self) -> int:
+        """Floats from state_offset through the step counter: zeroing them resets the optimizer."""
+        return (self.step_offset + 4 - self.state_offset) // 4
 
     def find(self, kind: str) -> list[Buffer]:
         return [b for b in self.buffers if b.kind == kind]
@@ -65,7 +74,7 @@ def scratch_need(graph: Graph, max_batch: int) -> int:
 
 
 def plan(graph: Graph, *, max_batch: int, state_slots: int, n_hparams: int,
-         scratch_bytes: int = 0) -> MemoryPlan:
+         scratch_bytes: int = 0, anchor: bool = False) -> MemoryPlan:
     """Lay out the training graph's buffers from ARENA_BASE upward.
 
     The scratch area holds max(scratch_bytes, what the graph's ops ask for).
@@ -100,11 +109,7 @@ def plan(graph: Graph, *, max_batch: int, state_slots: int, n_hparams: int,
         put(v.name, "param", v.type, v, p.params_offset + off)
         put(f"grad:{v.name}", "grad", v.type, grads.get(v.name), p.grads_offset + off)
         off += v.type.numel(1) * 4
-    cursor = p.state_offset + state_slots * region
-    if state_slots:
-        p.buffers.append(Buffer("optimizer_state", "state", "f32",
-                                (state_slots, p.param_count), p.state_offset,
-                                state_slots * p.param_count * 4))
+    cursor = _place_optimizer(p, region, anchor)
     p.hparams_offset = cursor
     p.buffers.append(Buffer("hparams", "hparams", "f32", (n_hparams,), cursor, n_hparams * 4))
     cursor = _align(cursor + n_hparams * 4)
@@ -120,6 +125,28 @@ def plan(graph: Graph, *, max_batch: int, state_slots: int, n_hparams: int,
                                 scratch_bytes))
     p.end = _align(cursor + scratch_bytes)
     return p
+
+
+def _place_optimizer(p: MemoryPlan, region: int, anchor: bool) -> int:
+    """State slots (region apart), the i32 step counter, then the FedProx anchor if asked.
+
+    The counter sits inside the state so that zeroing the state also restarts schedules and
+    bias corrections.
+    """
+    p.slot_stride = region // 4
+    if p.state_slots:
+        p.buffers.append(Buffer("optimizer_state", "state", "f32",
+                                (p.state_slots, p.slot_stride), p.state_offset,
+                                p.state_slots * region))
+    p.step_offset = p.state_offset + p.state_slots * region
+    p.buffers.append(Buffer("optimizer_step", "state", "i32", (), p.step_offset, 4))
+    cursor = _align(p.step_offset + 4)
+    if anchor:
+        p.anchor_offset = cursor
+        p.buffers.append(Buffer("anchor", "anchor", "f32", (p.param_count,), cursor,
+                                p.param_count * 4))
+        cursor += region
+    return cursor
 
 
 def _assign_activations(graph: Graph, p: MemoryPlan, base: int) -> int:

@@ -9,10 +9,11 @@ from llvmlite import ir
 from ..diagnostics import InternalError
 from ..ir import Graph, Node, Value
 from ..ops import REGISTRY
-from ..optim import OPTIMIZERS
+from ..optim import OptimizerSpec
 from ..plan import MemoryPlan
 from .context import LowerCtx
 from .kernels import F32, I32, PTR, i32c, load
+from .update import emit_update
 
 TRIPLE = "wasm32-unknown-unknown"
 EXPORTS = ("train_step", "eval_step", "predict")
@@ -64,13 +65,13 @@ def lower_exports(graph: Graph, plan: MemoryPlan,
     return mod
 
 
-def lower_module(train: Graph, plan: MemoryPlan, optimizer: str, hparams: dict[str, float],
-                 hparam_order: list[str], features: frozenset[str] = frozenset()) -> ir.Module:
+def lower_module(train: Graph, plan: MemoryPlan, optimizer: OptimizerSpec,
+                 features: frozenset[str] = frozenset()) -> ir.Module:
     """The training module: train_step (forward, backward, update), eval_step and predict."""
     loss, prediction = train.output("loss"), train.output("prediction")
 
     def update(b: ir.IRBuilder) -> None:
-        _emit_update(b, plan, optimizer, hparams, hparam_order)
+        emit_update(b, plan, optimizer)
 
     return lower_exports(train, plan, {
         "train_step": (list(train.nodes), loss, update),
@@ -93,18 +94,3 @@ def _node_function(mod: ir.Module, node: Node, plan: MemoryPlan,
         raise InternalError(f"lowering {node.op} failed: {exc!r}", node.span) from exc
     b.ret_void()
     return fn
-
-
-def _emit_update(b: ir.IRBuilder, plan: MemoryPlan, optimizer: str, hparams: dict[str, float],
-                 order: list[str]) -> None:
-    opt = OPTIMIZERS[optimizer]
-    hp_ptr = b.inttoptr(i32c(plan.hparams_offset), PTR)
-    runtime = {k: load(b, hp_ptr, i) for i, k in enumerate(order)}
-    static = {k: v for k, v in hparams.items() if opt.hparams[k].structural}
-
-    def region(offset: int) -> ir.Value:
-        return b.inttoptr(i32c(offset), PTR)
-
-    state = [region(plan.state_offset + s * plan.param_count * 4) for s in range(plan.state_slots)]
-    opt.lower(b, runtime, static, region(plan.params_offset), region(plan.grads_offset), state,
-              i32c(plan.param_count))

@@ -145,6 +145,12 @@ class Model:
         self.hparams = self._view(opt["hparams_offset"], "f32", (len(opt["hparams_order"]),))
         state = opt["state_region"]
         self._state = self._view(state["offset"], "f32", (state["count"],))
+        counter = opt.get("step_counter")
+        self._steps = None if counter is None else self._view(counter["offset"], "i32", (1,))
+        anchor = m.get("anchor_region")
+        # FedProx's anchor weights, same layout as params (None without FedProx)
+        self.anchor = None if anchor is None else self._view(anchor["offset"], "f32",
+                                                             (anchor["count"],))
         self.hparams[:] = [opt["hparams"][k] for k in opt["hparams_order"]]
         rng = m.get("rng")
         # dropout's key [seed, step], written before every train_step (None without dropout)
@@ -163,28 +169,63 @@ class Model:
             self.param_views[p["name"]][...] = _draw(rng, p["init"], tuple(p["shape"]))
         self.reset_optimizer()
         self.dropout_seed, self.dropout_step = seed & 0xFFFFFFFF, 0
+        if self.anchor is not None:  # FedProx pulls towards the starting point until set_anchor
+            self.anchor[:] = self.params
 
     def get_weights(self) -> np.ndarray:
         """A copy of all parameters as one flat float32 vector (manifest order)."""
         return self.params.copy()
 
-    def set_weights(self, weights: np.ndarray | list[np.ndarray]) -> None:
+    def set_weights(self, weights: np.ndarray | list[np.ndarray], *,
+                    anchor: bool | None = None) -> None:
+        """Write all parameters (flat, manifest order). With a FedProx anchor (the manifest's
+        anchor_region), the anchor is set to the same weights too unless anchor=False: a client
+        receiving the global model starts the round anchored at it."""
+        flat = self._flat_weights(weights, "set_weights")
+        self.params[:] = flat
+        if self.anchor is not None and anchor is not False:
+            self.anchor[:] = flat
+        elif anchor:
+            raise RuntimeDataError("this model has no FedProx anchor (compile it with "
+                                   "proximal_mu > 0 or strategy = fedprox)")
+
+    def set_anchor(self, weights: np.ndarray | list[np.ndarray]) -> None:
+        """Set FedProx's anchor w₀: train_step adds μ(w − w₀) to the gradient."""
+        flat = self._flat_weights(weights, "set_anchor")
+        if self.anchor is None:
+            raise RuntimeDataError("this model has no FedProx anchor (compile it with "
+                                   "proximal_mu > 0 or strategy = fedprox)")
+        self.anchor[:] = flat
+
+    def _flat_weights(self, weights: np.ndarray | list[np.ndarray], what: str) -> np.ndarray:
         flat = (np.concatenate([np.asarray(w, np.float32).ravel() for w in weights])
                 if isinstance(weights, list) else np.asarray(weights))
         if flat.shape != (self.num_params,):
-            raise RuntimeDataError(f"set_weights expects {self.num_params} float32 values but got "
+            raise RuntimeDataError(f"{what} expects {self.num_params} float32 values but got "
                                    f"shape {flat.shape}")
         if flat.dtype != np.float32:
             flat = flat.astype(np.float32)
         if not np.all(np.isfinite(flat)):
-            raise RuntimeDataError("set_weights: weights contain NaN or Inf")
-        self.params[:] = flat
+            raise RuntimeDataError(f"{what}: weights contain NaN or Inf")
+        return flat
 
     def weights_by_name(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self.param_views.items()}
 
     def reset_optimizer(self) -> None:
+        """Zero the optimizer state, step counter included (restarts schedules and warm-up)."""
         self._state[:] = 0
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps since the last reset: drives schedules and bias corrections."""
+        return int(self._steps[0]) if self._steps is not None else 0
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        if self._steps is None or value < 0:
+            raise RuntimeDataError("steps must be ≥ 0 and the module must have a step counter")
+        self._steps[0] = value
 
     def set_hparam(self, name: str, value: float) -> None:
         order = self.manifest["optimizer"]["hparams_order"]

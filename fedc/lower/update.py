@@ -1,0 +1,101 @@
+"""Lowering of train_step's update: schedule, clip, FedProx, fused optimizer pass, step count."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from llvmlite import ir
+
+from ..optim.schedules import lower_scheduled_lr
+from ..optim.spec import CLIP_EPS, OptimizerSpec
+from ..plan import MemoryPlan
+from .kernels import (
+    I32,
+    LANES,
+    PTR,
+    V4,
+    accumulate,
+    emit_zip,
+    f32c,
+    i32c,
+    load,
+    load_w,
+    reduce_add4,
+    splat,
+    store,
+)
+from .scalarmath import fmin, sqrt
+
+# the gradient the optimizer sees, element-wise: g (+ μ(p − anchor)) (· clip coefficient)
+GradFn = Callable[[ir.IRBuilder, dict[str, ir.Value], Sequence[ir.Value]], ir.Value]
+
+
+def emit_update(b: ir.IRBuilder, plan: MemoryPlan, spec: OptimizerSpec) -> None:
+    """Everything after the backward pass, once per train_step.
+
+    The step counter k (i32, zeroed with the state) gives the scheduled lr and the optimizer's
+    step number t = k + 1; clipping adds one pass over the gradients; then one fused pass
+    updates parameters and state; finally k ← t.
+    """
+    def ptr(offset: int) -> ir.Value:
+        return b.inttoptr(i32c(offset), PTR)
+
+    hp_ptr = ptr(plan.hparams_offset)
+    scalars = {k: load(b, hp_ptr, i) for i, k in enumerate(spec.runtime_hparams())}
+    k = load(b, ptr(plan.step_offset), 0, I32)
+    t = b.add(k, i32c(1))
+    scalars["lr"] = lower_scheduled_lr(b, spec.schedule.kind, spec.schedule.args, spec.warmup,
+                                       scalars["lr"], k, scalars)
+    opt = spec.definition
+    if opt.prepare is not None:
+        scalars.update(opt.prepare(b, scalars, t))
+    regions = [ptr(plan.params_offset), ptr(plan.grads_offset)]
+    if spec.proximal:
+        assert plan.anchor_offset is not None
+        regions.append(ptr(plan.anchor_offset))
+    count = i32c(plan.param_count)
+    if spec.clip_norm is not None:
+        scalars["clip_coef"] = _clip_coefficient(b, scalars, regions, count, _grad_fn(spec, False))
+    grad = _grad_fn(spec, spec.clip_norm is not None)
+    state = [ptr(plan.state_offset + s * plan.slot_stride * 4) for s in range(plan.state_slots)]
+    static = spec.static_hparams()
+    fixed = len(regions)
+
+    def body(bb: ir.IRBuilder, vals: Sequence[ir.Value]) -> list[ir.Value]:
+        vec = isinstance(vals[0].type, ir.VectorType)
+        h = {name: splat(bb, v) if vec else v for name, v in scalars.items()}
+        p, new_state = opt.update(bb, h, static, vals[0], grad(bb, h, vals), vals[fixed:])
+        return [p, *new_state]
+
+    emit_zip(b, count, body, [*regions, *state], [regions[0], *state])
+    store(b, t, ptr(plan.step_offset), 0)
+
+
+def _grad_fn(spec: OptimizerSpec, clipped: bool) -> GradFn:
+    """g, plus FedProx's μ(p − anchor) (the gradient of μ/2‖p − anchor‖²), times the clip."""
+    def grad(bb: ir.IRBuilder, h: dict[str, ir.Value], vals: Sequence[ir.Value]) -> ir.Value:
+        g = vals[1]
+        if spec.proximal:
+            g = bb.fadd(g, bb.fmul(h["proximal_mu"], bb.fsub(vals[0], vals[2])))
+        return bb.fmul(g, h["clip_coef"]) if clipped else g
+
+    return grad
+
+
+def _clip_coefficient(b: ir.IRBuilder, scalars: dict[str, ir.Value], regions: list[ir.Value],
+                      count: ir.Value, grad: GradFn) -> ir.Value:
+    """torch.nn.utils.clip_grad_norm_: min(1, max_norm / (‖g‖₂ + 1e-6)) over every gradient."""
+    def square_sum(vec: bool) -> Callable[[ir.Value, ir.Value], ir.Value]:
+        h = {name: splat(b, v) if vec else v for name, v in scalars.items()}
+
+        def step(i: ir.Value, acc: ir.Value) -> ir.Value:
+            g = grad(b, h, [load_w(b, r, i, vec) for r in regions])
+            return b.fadd(acc, b.fmul(g, g))
+
+        return step
+
+    vec_end = b.and_(count, i32c(~(LANES - 1)))
+    acc = accumulate(b, vec_end, square_sum(True), ir.Constant(V4, [0.0] * LANES), LANES, "n")
+    total = accumulate(b, count, square_sum(False), reduce_add4(b, acc), 1, "nt", start=vec_end)
+    coef = b.fdiv(scalars["clip_norm"], b.fadd(sqrt(b, total), f32c(CLIP_EPS)))
+    return fmin(b, coef, f32c(1.0))

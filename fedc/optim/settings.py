@@ -1,0 +1,168 @@
+"""Checking the `optimizer` line: AST keyword arguments → OptimizerSpec, each error at its span."""
+
+from __future__ import annotations
+
+import difflib
+
+from ..diagnostics import Collector, Span
+from ..syntax import ast
+from .base import OPTIMIZERS, OptimizerDef
+from .schedules import MAX_STEPS, SCHEDULES
+from .spec import OptimizerSpec, ScheduleSpec
+
+# settings every optimizer accepts besides its own hyper-parameters
+GENERAL = ("clip_norm", "schedule", "warmup")
+# PyTorch spellings the language writes differently → (advice, the hyper-parameter it needs)
+_TORCH_SPELLINGS = {"betas": ("write beta1=…, beta2=… (PyTorch's betas=(beta1, beta2))", "beta1")}
+_EXAMPLES = {"step": "step(step_size=100, gamma=0.5)", "cosine": "cosine(t_max=1000)"}
+
+
+def _number(e: ast.Expr) -> float | None:
+    """A literal number (true/false count as 1/0), or None."""
+    if isinstance(e, ast.Num):
+        return float(e.value)
+    if isinstance(e, ast.Name) and e.id in ("true", "false"):
+        return float(e.id == "true")
+    return None
+
+
+def _show(e: ast.Expr) -> str:
+    if isinstance(e, ast.Num):
+        return repr(e.value)
+    if isinstance(e, ast.Name):
+        return e.id
+    if isinstance(e, ast.Str):
+        return repr(e.value)
+    if isinstance(e, ast.Call):
+        return f"{e.func}(…)"
+    return "an expression"
+
+
+def _hint(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_optimizer(diag: Collector, opt: ast.OptimizerDef | None,
+                    program: ast.Program) -> OptimizerSpec:
+    """Validate the optimizer line; every problem goes to `diag` (the result is then unusable)."""
+    if opt is None:
+        end = Span(program.file, max(program.source.count("\n"), 1), 1)
+        diag.error("no optimizer declared (add e.g. `optimizer sgd(lr=0.05, momentum=0.9)`)", end)
+        return OptimizerSpec("sgd", {})
+    d = OPTIMIZERS.get(opt.name)
+    if d is None:
+        diag.error(f"unknown optimizer {opt.name!r}{_hint(opt.name, list(OPTIMIZERS))} "
+                   f"(expected one of {', '.join(OPTIMIZERS)})", opt.span)
+        return OptimizerSpec(opt.name, {}, opt.span)
+    values: dict[str, float] = {}
+    spans: dict[str, Span] = {}
+    general: dict[str, object] = {}
+    for kw in opt.kwargs:
+        spans[kw.name] = kw.span  # the parser already rejects a repeated keyword
+        if kw.name in d.hparams:
+            v = _number(kw.value)
+            hp = d.hparams[kw.name]
+            if v is None or not hp.check(v):
+                diag.error(f"{opt.name}: {kw.name} must be {hp.rule} but got {_show(kw.value)}",
+                           kw.value.span)
+            else:
+                values[kw.name] = v
+        elif kw.name in GENERAL:
+            general[kw.name] = _general(diag, opt.name, kw)
+        else:
+            known = [*d.hparams, *GENERAL]
+            hint = (_TORCH_SPELLINGS.get(kw.name) if kw.name in _TORCH_SPELLINGS
+                    and _TORCH_SPELLINGS[kw.name][1] in d.hparams else None)
+            diag.error(f"{opt.name} has no hyper-parameter {kw.name!r}" + (
+                f"; {hint[0]}" if hint else
+                f"{_hint(kw.name, known)} (expected {', '.join(known)})"), kw.span)
+    _fill_defaults(diag, d, opt, values, spans)
+    schedule = general.get("schedule")
+    warmup, clip = general.get("warmup"), general.get("clip_norm")
+    return OptimizerSpec(
+        opt.name, values, opt.span,
+        schedule=schedule if isinstance(schedule, ScheduleSpec) else ScheduleSpec(),
+        warmup=warmup if isinstance(warmup, int) else 0,
+        clip_norm=clip if isinstance(clip, float) else None)
+
+
+def _fill_defaults(diag: Collector, d: OptimizerDef, opt: ast.OptimizerDef,
+                   values: dict[str, float], spans: dict[str, Span]) -> None:
+    bad = {k for k in spans if k in d.hparams and k not in values}
+    for name, hp in d.hparams.items():
+        if name in values or name in bad:
+            continue
+        if hp.default is None:
+            diag.error(f"{opt.name} needs the hyper-parameter {name!r} "
+                       f"(e.g. {opt.name}({name}=0.01))", opt.span)
+            bad.add(name)
+        else:
+            values[name] = hp.default
+    if not bad and d.validate is not None:
+        for name, message in d.validate(values):
+            diag.error(f"{opt.name}: {message}", spans.get(name, opt.span))
+
+
+def _general(diag: Collector, opt: str, kw: ast.Keyword) -> object:
+    """clip_norm → float, warmup → int, schedule → ScheduleSpec; None after an error."""
+    if kw.name == "schedule":
+        return _schedule(diag, kw.value)
+    v = _number(kw.value)
+    if kw.name == "clip_norm":
+        if v is None or isinstance(kw.value, ast.Name) or not v > 0:
+            diag.error(f"{opt}: clip_norm must be a number > 0 but got {_show(kw.value)}",
+                       kw.value.span)
+            return None
+        return v
+    if v is None or isinstance(kw.value, ast.Name) or v != int(v) or not 0 <= v <= MAX_STEPS:
+        diag.error(f"{opt}: warmup must be a whole number of steps in 0..{MAX_STEPS} but got "
+                   f"{_show(kw.value)}", kw.value.span)
+        return None
+    return int(v)
+
+
+def _schedule(diag: Collector, e: ast.Expr) -> ScheduleSpec | None:
+    known = list(SCHEDULES)
+    kwargs: tuple[ast.Keyword, ...] = ()
+    args: tuple[ast.Expr, ...] = ()
+    if isinstance(e, ast.Name):
+        name, name_span = e.id, e.span
+    elif isinstance(e, ast.Call):
+        name, name_span, kwargs, args = e.func, e.func_span, e.kwargs, e.args
+    else:
+        diag.error(f"schedule must be one of constant, {', '.join(_EXAMPLES.values())} but got "
+                   f"{_show(e)}", e.span)
+        return None
+    sd = SCHEDULES.get(name)
+    if sd is None:
+        diag.error(f"unknown schedule {name!r}{_hint(name, known)} (expected one of "
+                   f"{', '.join(known)})", name_span)
+        return None
+    if args:
+        diag.error(f"schedule arguments are keyword arguments, e.g. "
+                   f"{_EXAMPLES.get(name, name)}", args[0].span)
+        return None
+    out: dict[str, float] = {}
+    ok = True
+    for kw in kwargs:
+        p = sd.params.get(kw.name)
+        v = _number(kw.value)
+        if p is None:
+            expected = f"expected {', '.join(sd.params)}" if sd.params else "it takes none"
+            diag.error(f"schedule {name} has no parameter {kw.name!r} ({expected})", kw.span)
+        elif v is None or isinstance(kw.value, ast.Name) or not p.check(v):
+            diag.error(f"{name}: {kw.name} must be {p.rule} but got {_show(kw.value)}",
+                       kw.value.span)
+        else:
+            out[kw.name] = v
+            continue
+        ok = False
+    given = {kw.name for kw in kwargs}
+    for pname, p in sd.params.items():
+        if pname not in given and p.default is None:
+            diag.error(f"schedule {name} needs {pname!r} (e.g. {_EXAMPLES.get(name, name)})",
+                       e.span)
+            ok = False
+        out.setdefault(pname, p.default if p.default is not None else 0.0)
+    return ScheduleSpec(name, out) if ok else None
