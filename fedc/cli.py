@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     _compile_flags(c)
     c.add_argument("--json", action="store_true", help="one JSON object on stdout")
     c.set_defaults(run=cmd_train)
+
+    c = sub.add_parser("simulate", help="federated training on one machine, clients in Wasm")
+    _simulate_flags(c)
+    c.set_defaults(run=cmd_simulate)
     return p
 
 
@@ -169,6 +173,188 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": art.model.name, "data": data.name, "train_samples": len(data.y_train),
             "test_samples": len(data.y_test), "batch_size": batch, "seed": args.seed,
             "compile_seconds": compile_s, "wasm_bytes": len(art.wasm), **result.summary()}
+
+
+# --- fedc simulate -------------------------------------------------------------------------------
+
+
+def _per_round(text: str) -> int | float:
+    """A client count ("10") or a fraction of the clients ("0.5", "1.0")."""
+    try:
+        v: int | float = int(text)
+    except ValueError:
+        try:
+            v = float(text)
+        except ValueError:
+            v = float("nan")
+        if not 0 < v <= 1:
+            raise argparse.ArgumentTypeError(f"expected a count ≥ 1 or a fraction in (0, 1], "
+                                             f"got {text!r}") from None
+        return v
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a count ≥ 1 or a fraction in (0, 1], "
+                                         f"got {text!r}")
+    return v
+
+
+def _probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction, got {text!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}")
+    return v
+
+
+def _checked(parse: Callable[[str], Any]) -> Callable[[str], str]:
+    """An argparse type that runs a fedc parser and turns its UsageError into exit 2."""
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+        return text
+    return check
+
+
+def _strategy_name(text: str) -> str:
+    from .fl.strategies import make_strategy
+    make_strategy(text)  # an unknown name raises, listing the valid ones
+    return text.strip().lower()
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _simulate_flags(c: argparse.ArgumentParser) -> None:
+    from .fl.faults import parse_attack
+    from .fl.partition import parse_scheme
+
+    c.add_argument("file")
+    c.add_argument("--data", required=True, help="digits | breast_cancer | iris | wine | FILE.npz")
+    c.add_argument("--clients", type=_positive, help="simulated clients (default: the clients "
+                   "per round, so all take part)")
+    c.add_argument("--rounds", type=_positive, help="default: the federated block's")
+    c.add_argument("--clients-per-round", type=_per_round, metavar="M",
+                   help="a count, or a fraction of --clients (default: the federated block's)")
+    c.add_argument("--local-epochs", type=_positive, help="default: the federated block's")
+    c.add_argument("--batch-size", type=_positive, help="default: the federated block's")
+    c.add_argument("--lr", type=_positive_float, help="override the optimizer's learning rate")
+    c.add_argument("--strategy", type=_checked(_strategy_name), help="default: the federated "
+                   "block's")
+    c.add_argument("--strategy-opt", type=_key_value, action="append", default=[],
+                   metavar="KEY=VALUE", help="a strategy option, e.g. mu=0.01, f=2, beta=0.2")
+    c.add_argument("--partition", type=_checked(parse_scheme), default="iid",
+                   help="iid | dirichlet:ALPHA | shards:K | quantity:ALPHA (default iid)")
+    c.add_argument("--show-partition", action="store_true",
+                   help="print each client's sample count and label histogram")
+    c.add_argument("--seed", type=_nonneg, default=0)
+    c.add_argument("--test-fraction", type=_fraction, default=0.2,
+                   help="held-out test split for the centralised evaluation")
+    c.add_argument("--dropout", type=_probability, default=0.0,
+                   help="probability that a sampled client fails in a round")
+    c.add_argument("--deadline", type=_positive_float, metavar="SECONDS",
+                   help="refuse updates that take longer (simulated client speeds)")
+    c.add_argument("--speed-median", type=_positive_float, default=1000.0,
+                   help="median client speed in samples/s (lognormal; default 1000)")
+    c.add_argument("--speed-sigma", type=_nonneg_float, default=1.0,
+                   help="log-std of client speeds (default 1.0)")
+    c.add_argument("--byzantine", type=_nonneg, default=0, metavar="K",
+                   help="K clients (chosen by the seed) send forged models")
+    c.add_argument("--attack", type=_checked(parse_attack), default="scale:-10",
+                   help="scale:F — send global + F·(honest − global) (default scale:-10)")
+    c.add_argument("--federated-eval", action="store_true",
+                   help="also evaluate on each client's local test split (20%% of its data)")
+    c.add_argument("--workers", type=_positive, default=1,
+                   help="processes training clients (results are identical for any number)")
+    c.add_argument("--out", help="results folder (default: runs/NAME or runs/<model>-<time>)")
+    c.add_argument("--name", help="name of the run's folder under runs/")
+    c.add_argument("--plot", metavar="FILE.png", help="plot accuracy and loss per round")
+    _compile_flags(c)
+    c.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+
+def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import load_dataset
+    from .fl import report
+    from .fl.simulate import Simulation, config_from
+    from .pipeline import compile_source
+    from .train import check_fits
+
+    art = compile_source(_read(args.file), args.file, _options(args))
+    config = config_from(
+        art.manifest["federated"], clients=args.clients, rounds=args.rounds,
+        clients_per_round=args.clients_per_round, local_epochs=args.local_epochs,
+        batch_size=args.batch_size, strategy=args.strategy, lr=args.lr,
+        strategy_options=dict(args.strategy_opt) or None, partition=args.partition,
+        seed=args.seed, test_fraction=args.test_fraction, dropout=args.dropout,
+        deadline=args.deadline, speed_median=args.speed_median, speed_sigma=args.speed_sigma,
+        byzantine=args.byzantine, attack=args.attack, federated_eval=args.federated_eval,
+        workers=args.workers)
+    config.validate()  # before the data is loaded: a bad flag fails fast
+    data = load_dataset(args.data, seed=config.seed, test_fraction=config.test_fraction,
+                        task=art.model.task)
+    check_fits(art.manifest, data)
+    sim = Simulation(art.wasm, art.manifest, data, config)
+    _show_start(args, sim)
+    with report.RoundProgress(config.rounds, enabled=not args.json) as bar:
+        result = sim.run(bar.update)
+    payload: dict[str, Any] = {"model": art.model.name, "data": data.name,
+                               "train_samples": len(data.y_train),
+                               "test_samples": len(data.y_test), **result.summary()}
+    out = Path(args.out) if args.out else report.default_out_dir(args.name, art.model.name)
+    payload["out"] = str(out)
+    if args.plot:
+        report.plot(Path(args.plot), {config.strategy: result.rounds},
+                    f"{art.model.name} on {data.name}: {config.clients} clients, "
+                    f"{config.partition}")
+        payload["plot"] = args.plot
+    partition = report.partition_json(result.partition)
+    payload["files"] = report.write_run(out, {**payload, "partition": partition}, result)
+    if args.show_partition:
+        payload["partition"] = partition
+    if not args.json:
+        acc = result.final.test_accuracy
+        print(f"{len(result.rounds)} rounds, {payload['client_updates']} client updates in "
+              f"{result.seconds:.2f} s: test loss {result.final.test_loss:.4f}"
+              + (f", test accuracy {acc:.4f}" if acc is not None else "")
+              + (" (diverged)" if result.diverged else "") + f"; results in {out}")
+    return payload
+
+
+def _show_start(args: argparse.Namespace, sim: Any) -> None:
+    for warning in sim.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.show_partition and not args.json:
+        from rich.console import Console
+
+        from .fl.report import partition_table
+        Console(stderr=True).print(partition_table(sim.rows))
 
 
 def _read(path: str) -> str:

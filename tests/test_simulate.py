@@ -178,6 +178,10 @@ def test_config_from_the_federated_block_and_overrides(digits_mlp):
     assert (cfg.rounds, cfg.clients_per_round, cfg.local_epochs, cfg.batch_size, cfg.strategy) \
         == (30, 10, 1, 32, "fedavg")
     assert cfg.clients == 10
+    assert config_from(fed, clients_per_round=15).clients == 15
+    assert config_from(fed, clients_per_round=0.5).per_round == 5
+    assert config_from(fed, clients=4).per_round == 4  # the block's 10, capped at the clients
+    assert config_from(fed, clients=4, clients_per_round=6).per_round == 6  # explicit: an error
     cfg = config_from(fed, rounds=4, clients=50, strategy="fedprox", lr=None)
     assert (cfg.rounds, cfg.clients, cfg.lr) == (4, 50, None)
     assert cfg.strategy_options == {"mu": 0.0}  # the block's proximal_mu

@@ -111,8 +111,14 @@ def config_from(federated: Mapping[str, Any], **overrides: Any) -> SimConfig:
     base: dict[str, Any] = {k: federated[k] for k in
                             ("rounds", "clients_per_round", "local_epochs", "batch_size",
                              "strategy") if k in federated}
-    base["clients"] = max(int(base.get("clients_per_round", 10)), 1)
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    base.update(given)
+    per_round = base.get("clients_per_round", 10)
+    if "clients" not in base:  # every client takes part in every round
+        base["clients"] = per_round if isinstance(per_round, int) else \
+            int(federated.get("clients_per_round", 10))
+    elif "clients_per_round" not in given and isinstance(per_round, int):
+        base["clients_per_round"] = min(per_round, base["clients"])  # the file's, capped
     options = dict(base.get("strategy_options") or {})
     if base.get("strategy") == "fedprox" and not {"mu", "proximal_mu"} & set(options):
         options["mu"] = float(federated.get("proximal_mu", 0.0))
@@ -161,6 +167,7 @@ class SimResult:
     seconds: float
     startup_seconds: float
     diverged: bool
+    strategy_options: dict[str, Any] = field(default_factory=dict)  # every option, as used
 
     @property
     def final(self) -> RoundResult:
@@ -172,6 +179,7 @@ class SimResult:
         train_s = sum(r.seconds for r in self.rounds)
         return {
             "config": self.config.to_json(),
+            "strategy": {"name": self.config.strategy, "options": self.strategy_options},
             "rounds": [r.to_json() for r in self.rounds],
             "final_test_accuracy": self.final.test_accuracy,
             "final_test_loss": _finite(self.final.test_loss),
@@ -250,7 +258,7 @@ class Simulation:
             self.runner.close()
         return SimResult(self.config, rounds, self.weights, self.rows, sorted(self.byzantine),
                          self.warnings, time.perf_counter() - start, self.startup_seconds,
-                         diverged)
+                         diverged, _plain(self.strategy.options()))
 
     def play_round(self, rnd: int) -> tuple[RoundResult, bool]:
         """Sample, fail, train, forge, aggregate, evaluate; (result, diverged)."""
@@ -332,6 +340,10 @@ class Simulation:
         if accs[0] is not None:
             result.federated_accuracy = float(np.average(accs, weights=counts))
             result.federated_accuracy_min = float(min(accs))
+
+
+def _plain(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in options.items()}
 
 
 def _proximal_warnings(strategy: Strategy, model: Any) -> list[str]:

@@ -1,0 +1,161 @@
+"""`fedc simulate` as a user runs it: JSON on stdout, the run's files, plots, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedc.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = str(ROOT / "examples" / "digits_mlp.fed")
+
+
+def fedc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command in a fresh process (exit status and stderr as a shell sees them)."""
+    return subprocess.run([sys.executable, "-m", "fedc", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """fedc.cli.main in this process (no interpreter start-up): (exit status, stdout, stderr)."""
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def simulate_json(*args: str, cwd: Path | None = None) -> dict:
+    out = fedc("simulate", EXAMPLE, "--data", "digits", *args, "--json", cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    return json.loads(out.stdout)
+
+
+def simulate_here(capsys, *args: str) -> dict:
+    code, out, err = cli(capsys, "simulate", EXAMPLE, "--data", "digits", *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_json_run_writes_results_csv_weights_and_plot(tmp_path, capsys):
+    payload = simulate_here(capsys, "--clients", "8", "--clients-per-round", "0.5", "--rounds", "3",
+                            "--partition", "shards:2", "--show-partition", "--federated-eval",
+                            "--out", str(tmp_path / "run"), "--plot", str(tmp_path / "p.png"))
+    assert payload["ok"] is True and payload["config"]["clients_per_round"] == 4
+    rounds = payload["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(0 <= r["test_accuracy"] <= 1 and r["test_loss"] > 0 for r in rounds)
+    assert all(r["federated_accuracy"] is not None for r in rounds)
+    assert payload["final_test_accuracy"] == rounds[-1]["test_accuracy"]
+    assert [p["samples"] for p in payload["partition"]] and \
+        sum(p["samples"] for p in payload["partition"]) == payload["train_samples"]
+    assert all(sum(1 for n in p["labels"] if n) <= 2 for p in payload["partition"])  # shards:2
+
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["rounds"] == rounds and saved["weights_sha256"] == payload["weights_sha256"]
+    with (tmp_path / "run" / "rounds.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["test_accuracy"]) for r in rows] == [r["test_accuracy"] for r in rounds]
+    weights = np.load(tmp_path / "run" / "weights.npy")
+    assert weights.dtype == np.float32 and weights.shape == (9610,)
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_same_bits_through_the_cli(tmp_path, capsys):
+    args = ("--clients", "6", "--rounds", "2", "--partition", "dirichlet:0.3", "--seed", "7")
+    a = simulate_here(capsys, *args, "--out", str(tmp_path / "a"))
+    b = simulate_here(capsys, *args, "--out", str(tmp_path / "b"), "--workers", "2")
+    assert a["weights_sha256"] == b["weights_sha256"]
+    assert (tmp_path / "a" / "weights.npy").read_bytes() == \
+        (tmp_path / "b" / "weights.npy").read_bytes()
+
+
+def test_human_output_shows_progress_and_default_run_folder(tmp_path):
+    out = fedc("simulate", EXAMPLE, "--data", "digits", "--rounds", "2", "--name", "smoke",
+               "--dropout", "0.3", "--show-partition", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "round" in out.stderr and "2/2" in out.stderr and "partition" in out.stderr
+    assert "test accuracy" in out.stdout and "runs/smoke" in out.stdout
+    assert (tmp_path / "runs" / "smoke" / "results.json").is_file()
+
+
+def test_strategy_options_and_fedprox_default_mu(tmp_path, capsys):
+    payload = simulate_here(capsys, "--rounds", "1", "--strategy", "trimmed_mean",
+                            "--strategy-opt", "beta=0.1", "--out", str(tmp_path / "t"))
+    assert payload["strategy"] == {"name": "trimmed_mean", "options": {"beta": 0.1}}
+    payload = simulate_here(capsys, "--rounds", "1", "--strategy", "fedprox", "--out",
+                            str(tmp_path / "p"))
+    assert payload["strategy"] == {"name": "fedprox", "options": {"mu": 0.0}}  # the .fed's
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--strategy", "fedavgg"], "unknown strategy 'fedavgg'; did you mean 'fedavg'?"),
+    (["--partition", "dirichlet"], "needs a parameter: dirichlet:ALPHA"),
+    (["--partition", "zipf:1"], "unknown partition scheme 'zipf:1'"),
+    (["--partition", "dirichlet:-1"], "ALPHA must be a positive number"),
+    (["--dropout", "-0.2"], "expected a probability in [0, 1)"),
+    (["--dropout", "1"], "expected a probability in [0, 1)"),
+    (["--lr", "-0.1"], "expected a number > 0"),
+    (["--deadline", "0"], "expected a number > 0"),
+    (["--clients-per-round", "0"], "a count ≥ 1 or a fraction in (0, 1]"),
+    (["--clients-per-round", "1.5"], "a count ≥ 1 or a fraction in (0, 1]"),
+    (["--clients", "-3"], "expected a positive integer"),
+    (["--byzantine", "-1"], "expected an integer ≥ 0"),
+    (["--attack", "noise:1"], "unknown attack 'noise:1'"),
+    (["--strategy-opt", "beta"], "expected KEY=VALUE"),
+    (["--clients", "5", "--clients-per-round", "8"],
+     "clients per round (8) is more than the number of clients (5)"),
+    (["--byzantine", "11"], "byzantine clients must be in 0..10"),
+    (["--strategy", "krum", "--strategy-opt", "g=1"], "krum: unknown option 'g'"),
+    (["--batch-size", "1000"], "exceeds the module's max batch 256"),
+])
+def test_bad_flags_exit_2_with_a_clear_message(args, message, tmp_path, capsys):
+    code, _, err = cli(capsys, "simulate", EXAMPLE, "--data", "digits", "--rounds", "1",
+                       "--out", str(tmp_path / "r"), *args)
+    assert code == 2, err
+    assert message in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_npz_that_does_not_fit_the_model_exits_1(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((60, 30)).astype(np.float32), y=np.arange(60) % 3)
+    out = fedc("simulate", EXAMPLE, "--data", str(tmp_path / "d.npz"), "--json")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "has 30 features per example but input 'x' is f32[64]" in out.stderr
+    assert json.loads(out.stdout)["ok"] is False
+
+
+def test_more_clients_than_samples_is_a_clear_error(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((20, 64)).astype(np.float32), y=np.arange(20) % 10)
+    code, _, err = cli(capsys, "simulate", EXAMPLE, "--data", str(tmp_path / "d.npz"),
+                       "--clients", "50", "--clients-per-round", "5")
+    assert code == 2
+    assert "cannot give 50 clients at least one sample each from 16 samples" in err
+
+
+def test_unwritable_out_folder_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    code, _, err = cli(capsys, "simulate", EXAMPLE, "--data", "digits", "--rounds", "1",
+                       "--out", str(tmp_path / "file" / "run"))
+    assert code == 2 and "cannot write the run's results" in err
+
+
+@pytest.mark.slow
+def test_digits_20_clients_dirichlet_reaches_93_percent(tmp_path):
+    payload = simulate_json("--clients", "20", "--partition", "dirichlet:0.5",
+                            "--clients-per-round", "10", "--rounds", "30", "--local-epochs", "5",
+                            "--out", str(tmp_path / "run"))
+    assert len(payload["rounds"]) == 30 and payload["client_updates"] == 300
+    assert payload["final_test_accuracy"] >= 0.93
+    assert payload["rounds"][0]["test_accuracy"] < 0.8  # it learned federatedly, from scratch
