@@ -1,8 +1,9 @@
-"""Per-step scalar math as inline llvmlite.ir (no libm): cos(πx), sqrt and integer powers.
+"""Per-step scalar math as inline llvmlite.ir (no libm): cos(π·r/d), sqrt and integer powers.
 
 Learning-rate schedules and bias corrections need a cosine and β^t once per train_step; Wasm
-has no libm, so cos is a range-reduced Cephes polynomial and β^t binary exponentiation (the
-same float32 rounding in every engine, which is what keeps JS and Python hosts identical).
+has no libm, so cos is an integer-range-reduced Cephes polynomial and β^t binary
+exponentiation (IEEE operations only: the same bits in every engine, so JS and Python hosts
+train identically).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .kernels import F32, I32, f32c, i32c
+
+F64 = ir.DoubleType()
 
 # Cephes sinf / cosf minimax polynomials on [-π/4, π/4] (about 1 ulp in float32).
 _SIN_P = (-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1)
@@ -19,7 +22,8 @@ _PI = 3.14159265358979323846
 
 def _intrinsic(module: ir.Module, name: str, ty: ir.Type) -> ir.Function:
     """Declare (once) an overloaded float intrinsic such as llvm.sqrt.v4f32."""
-    suffix = f"v{ty.count}f32" if isinstance(ty, ir.VectorType) else "f32"
+    suffix = (f"v{ty.count}f32" if isinstance(ty, ir.VectorType)
+              else "f64" if isinstance(ty, ir.DoubleType) else "f32")
     full = f"{name}.{suffix}"
     existing = module.globals.get(full)
     if isinstance(existing, ir.Function):
@@ -28,7 +32,7 @@ def _intrinsic(module: ir.Module, name: str, ty: ir.Type) -> ir.Function:
 
 
 def sqrt(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
-    """√x for float or <4 x float>: llvm.sqrt is one f32.sqrt / f32x4.sqrt (IEEE, no call)."""
+    """√x for float, double or <4 x float>: one f32.sqrt / f64.sqrt / f32x4.sqrt (IEEE, no call)."""
     return b.call(_intrinsic(b.module, "llvm.sqrt", x.type), [x])
 
 
@@ -39,36 +43,43 @@ def _poly(b: ir.IRBuilder, z: ir.Value, coeffs: tuple[float, ...]) -> ir.Value:
     return acc
 
 
-def cos_pi(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
-    """cos(π·x) for a float x in [0, 1], by symmetry reduced to an angle in [0, π/4].
+def cos_pi_ratio(b: ir.IRBuilder, r: ir.Value, d: int) -> ir.Value:
+    """cos(π·r/d) as float32 for an i32 0 ≤ r ≤ d (d ≤ 2^28), reduced in integers.
 
-    cos(πx) = −cos(π(1−x)) folds x into [0, 1/2]; above 1/4 it is sin(π(1/2−x)). Both
-    subtractions are exact in float32 (Sterbenz), so the only rounding is π·x and the
-    polynomial's own.
+    cos(πr/d) = −cos(π(d−r)/d) folds r into [0, d/2]; above d/4 it is sin(π(d−2r)/2d).
+    Either way the angle is π·m/2d with 0 ≤ m ≤ d/2 computed exactly, so the result carries
+    one rounding of m/2d, one of π·(…) and the polynomial's: about 1 ulp of the angle, even
+    where the cosine itself is near 0.
     """
-    upper = b.fcmp_ordered(">", x, f32c(0.5))
-    x = b.select(upper, b.fsub(f32c(1.0), x), x)
-    sign = b.select(upper, f32c(-1.0), f32c(1.0))
-    use_sin = b.fcmp_ordered(">", x, f32c(0.25))
-    a = b.fmul(b.select(use_sin, b.fsub(f32c(0.5), x), x), f32c(_PI))
+    upper = b.icmp_unsigned(">", b.shl(r, i32c(1)), i32c(d))
+    r = b.select(upper, b.sub(i32c(d), r), r)
+    use_sin = b.icmp_unsigned(">", b.shl(r, i32c(2)), i32c(d))
+    m = b.select(use_sin, b.sub(i32c(d), b.shl(r, i32c(1))), b.shl(r, i32c(1)))
+    a = b.fmul(b.fdiv(b.uitofp(m, F32), f32c(float(2 * d))), f32c(_PI))
     z = b.fmul(a, a)
     s = b.fadd(a, b.fmul(b.fmul(a, z), _poly(b, z, _SIN_P)))
     c = b.fadd(b.fsub(f32c(1.0), b.fmul(z, f32c(0.5))), b.fmul(b.fmul(z, z), _poly(b, z, _COS_P)))
-    return b.fmul(sign, b.select(use_sin, s, c))
+    v = b.select(use_sin, s, c)
+    return b.select(upper, b.fneg(v), v)
 
 
 def powi(b: ir.IRBuilder, base: ir.Value, n: ir.Value) -> ir.Value:
-    """base^n for a float base and an i32 n ≥ 0 by binary exponentiation (≤ 31 squarings)."""
+    """base^n for an i32 n ≥ 0 by binary exponentiation (≤ 31 squarings), in base's type.
+
+    The relative error grows like n·ulp, so callers pass a double (Wasm f64 is native) when
+    n can be large, as torch computes β^t and γ^k in Python floats.
+    """
+    one = ir.Constant(base.type, 1.0)
     pre = b.block
     head = b.append_basic_block("powi.head")
     body = b.append_basic_block("powi.body")
     done = b.append_basic_block("powi.done")
     b.branch(head)
     b.position_at_end(head)
-    acc = b.phi(F32, name="powi.acc")
-    sq = b.phi(F32, name="powi.sq")
+    acc = b.phi(base.type, name="powi.acc")
+    sq = b.phi(base.type, name="powi.sq")
     e = b.phi(I32, name="powi.e")
-    acc.add_incoming(f32c(1.0), pre)
+    acc.add_incoming(one, pre)
     sq.add_incoming(base, pre)
     e.add_incoming(n, pre)
     b.cbranch(b.icmp_unsigned("!=", e, i32c(0)), body, done)
@@ -80,6 +91,14 @@ def powi(b: ir.IRBuilder, base: ir.Value, n: ir.Value) -> ir.Value:
     b.branch(head)
     b.position_at_end(done)
     return acc
+
+
+def to_f64(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    return b.fpext(x, F64)
+
+
+def to_f32(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    return b.fptrunc(x, F32)
 
 
 def fmin(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:

@@ -8,7 +8,7 @@ import numpy as np
 from llvmlite import ir
 
 from ..lower.kernels import f32c
-from ..lower.scalarmath import fmax, powi, sqrt
+from ..lower.scalarmath import F64, fmax, powi, sqrt, to_f32, to_f64
 from .base import (
     ElementUpdate,
     HParam,
@@ -40,14 +40,16 @@ def _slots(hp: dict[str, float]) -> tuple[str, ...]:
 
 
 def _prepare(b: ir.IRBuilder, h: Scalars, t: ir.Value) -> Scalars:
-    """Bias corrections from the step number, as torch computes them each step."""
-    one = f32c(1.0)
-    bc1 = b.fsub(one, powi(b, h["beta1"], t))
-    bc2 = b.fsub(one, powi(b, h["beta2"], t))
-    return {"step_size": b.fdiv(h["lr"], bc1), "bc2_sqrt": sqrt(b, bc2),
+    """Bias corrections from the step number, in double as torch computes them (Python floats)."""
+    one, one_d = f32c(1.0), ir.Constant(F64, 1.0)
+    lr = to_f64(b, h["lr"])
+    bc1 = b.fsub(one_d, powi(b, to_f64(b, h["beta1"]), t))
+    bc2 = b.fsub(one_d, powi(b, to_f64(b, h["beta2"]), t))
+    decay = b.fsub(one_d, b.fmul(lr, to_f64(b, h["weight_decay"])))
+    return {"step_size": to_f32(b, b.fdiv(lr, bc1)), "bc2_sqrt": to_f32(b, sqrt(b, bc2)),
             "one_minus_beta1": b.fsub(one, h["beta1"]),
             "one_minus_beta2": b.fsub(one, h["beta2"]),
-            "decay": b.fsub(one, b.fmul(h["lr"], h["weight_decay"]))}
+            "decay": to_f32(b, decay)}
 
 
 def _element(decoupled: bool) -> ElementUpdate:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ..lower.kernels import F32, f32c, i32c
-from ..lower.scalarmath import cos_pi, powi
+from ..lower.scalarmath import cos_pi_ratio, powi, to_f32, to_f64
 from .base import Scalars
 
 MAX_STEPS = 1 << 24  # integer settings stay exact as float32 and 2·t_max fits an i32
@@ -64,7 +64,7 @@ _register(ScheduleDef(
 def _step_lower(b: ir.IRBuilder, lr: ir.Value, k: ir.Value, rt: Scalars,
                 st: dict[str, float]) -> ir.Value:
     drops = b.udiv(k, i32c(int(st["step_size"])))
-    return b.fmul(lr, powi(b, rt["gamma"], drops))
+    return to_f32(b, b.fmul(to_f64(b, lr), powi(b, to_f64(b, rt["gamma"]), drops)))
 
 
 _register(ScheduleDef(
@@ -80,10 +80,10 @@ _register(ScheduleDef(
 
 def _cosine_lower(b: ir.IRBuilder, lr: ir.Value, k: ir.Value, rt: Scalars,
                   st: dict[str, float]) -> ir.Value:
-    # (1 + cos(πk/T))/2 = cos²(πk/2T); reducing k mod 2T in integers keeps the angle exact
+    # (1 + cos(πk/T))/2 = cos²(πk/2T), which has period 2T in k: reducing k in integers
+    # keeps the angle exact and the squared form avoids cancellation next to eta_min
     period = 2 * int(st["t_max"])
-    x = b.fdiv(b.uitofp(b.urem(k, i32c(period)), F32), f32c(float(period)))
-    c = cos_pi(b, x)
+    c = cos_pi_ratio(b, b.urem(k, i32c(period)), period)
     return b.fadd(rt["eta_min"], b.fmul(b.fsub(lr, rt["eta_min"]), b.fmul(c, c)))
 
 
