@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ DEFAULT_MAX_BATCH = 256
 class Options:
     max_batch: int | None = None  # default: max(256, the federated batch size)
     variant: str = "simd128"
+    # FedProx μ instead of the federated block's (`fedc simulate --strategy fedprox`): > 0
+    # compiles the proximal term and its anchor into train_step, 0 leaves them out
+    proximal_mu: float | None = None
 
 
 @dataclass
@@ -65,6 +68,8 @@ def compile_source(text: str, filename: str = "<input>",
         raise UsageError([Diagnostic(f"unknown target variant {opts.variant!r} "
                                      f"(expected one of {', '.join(FEATURES)})")])
     model = check_source(text, filename)
+    if opts.proximal_mu is not None:
+        model = _with_proximal_mu(model, opts.proximal_mu)
     train = grad(model.graph)
     verify(train)
     max_batch = opts.max_batch or max(DEFAULT_MAX_BATCH, int(model.federated["batch_size"]))
@@ -80,6 +85,13 @@ def compile_source(text: str, filename: str = "<input>",
     art = Artifacts(model, train, mplan, llvm_ir, emitted.optimized_ir, wasm)
     art.manifest = manifest(art, opts.variant)
     return art
+
+
+def _with_proximal_mu(model: CheckedModel, mu: float) -> CheckedModel:
+    if not mu >= 0:
+        raise UsageError([Diagnostic(f"proximal_mu must be a number ≥ 0 but got {mu}")])
+    return replace(model, optimizer=replace(model.optimizer, proximal_mu=float(mu)),
+                   federated={**model.federated, "proximal_mu": float(mu)})
 
 
 def compile_file(path: str | Path, out_dir: str | Path | None = None,

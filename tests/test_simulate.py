@@ -245,3 +245,16 @@ def test_balance_splits_by_samples_and_keeps_every_client_once():
     assert sorted(k for g in groups for k in g) == list(range(7))
     loads = [sum(sizes[k] for k in g) for g in groups]
     assert abs(loads[0] - loads[1]) <= 10 and all(g == sorted(g) for g in groups)
+
+
+def test_compile_option_proximal_mu_adds_or_removes_the_fedprox_anchor(digits_mlp_source):
+    from fedc.pipeline import Options, compile_source
+
+    prox = compile_source(digits_mlp_source, "d.fed", Options(proximal_mu=0.1))
+    assert prox.manifest["anchor_region"]["count"] == 9610
+    assert prox.manifest["optimizer"]["hparams"]["proximal_mu"] == pytest.approx(0.1)
+    plain = compile_source(digits_mlp_source.replace("= fedavg", "= fedprox"), "d.fed",
+                           Options(proximal_mu=0.0))
+    assert plain.manifest["anchor_region"] is None
+    with pytest.raises(UsageError, match="proximal_mu must be a number ≥ 0"):
+        compile_source(digits_mlp_source, "d.fed", Options(proximal_mu=-1.0))
