@@ -300,15 +300,34 @@ def _simulate_flags(c: argparse.ArgumentParser) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
+    from dataclasses import replace
+
     from .data import load_dataset
-    from .fl import report
-    from .fl.simulate import Simulation, config_from
-    from .pipeline import compile_source
+    from .fl.report import RoundProgress
+    from .fl.simulate import Simulation, compile_mu
+    from .pipeline import check_source, compile_source
     from .train import check_fits
 
-    art = compile_source(_read(args.file), args.file, _options(args))
-    config = config_from(
-        art.manifest["federated"], clients=args.clients, rounds=args.rounds,
+    source = _read(args.file)
+    config = _sim_config(args, check_source(source, args.file).federated)
+    config.validate()  # a bad flag fails before compiling or loading data
+    # the simulated strategy decides the client kernel: FedProx's term is compiled in or left out
+    art = compile_source(source, args.file,
+                         replace(_options(args), proximal_mu=compile_mu(config)))
+    data = load_dataset(args.data, seed=config.seed, test_fraction=config.test_fraction,
+                        task=art.model.task)
+    check_fits(art.manifest, data)
+    sim = Simulation(art.wasm, art.manifest, data, config)
+    _show_start(args, sim)
+    with RoundProgress(config.rounds, enabled=not args.json) as bar:
+        result = sim.run(bar.update)
+    return _sim_report(args, art.model.name, data, result)
+
+
+def _sim_config(args: argparse.Namespace, federated: dict[str, Any]) -> Any:
+    from .fl.simulate import config_from
+    return config_from(
+        federated, clients=args.clients, rounds=args.rounds,
         clients_per_round=args.clients_per_round, local_epochs=args.local_epochs,
         batch_size=args.batch_size, strategy=args.strategy, lr=args.lr,
         strategy_options=dict(args.strategy_opt) or None, partition=args.partition,
@@ -316,23 +335,21 @@ def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
         deadline=args.deadline, speed_median=args.speed_median, speed_sigma=args.speed_sigma,
         byzantine=args.byzantine, attack=args.attack, federated_eval=args.federated_eval,
         workers=args.workers)
-    config.validate()  # before the data is loaded: a bad flag fails fast
-    data = load_dataset(args.data, seed=config.seed, test_fraction=config.test_fraction,
-                        task=art.model.task)
-    check_fits(art.manifest, data)
-    sim = Simulation(art.wasm, art.manifest, data, config)
-    _show_start(args, sim)
-    with report.RoundProgress(config.rounds, enabled=not args.json) as bar:
-        result = sim.run(bar.update)
-    payload: dict[str, Any] = {"model": art.model.name, "data": data.name,
+
+
+def _sim_report(args: argparse.Namespace, model: str, data: Any, result: Any) -> dict[str, Any]:
+    """Write the run's files (and plot); the JSON payload; a one-line summary for humans."""
+    from .fl import report
+
+    config = result.config
+    payload: dict[str, Any] = {"model": model, "data": data.name,
                                "train_samples": len(data.y_train),
                                "test_samples": len(data.y_test), **result.summary()}
-    out = Path(args.out) if args.out else report.default_out_dir(args.name, art.model.name)
+    out = Path(args.out) if args.out else report.default_out_dir(args.name, model)
     payload["out"] = str(out)
     if args.plot:
         report.plot(Path(args.plot), {config.strategy: result.rounds},
-                    f"{art.model.name} on {data.name}: {config.clients} clients, "
-                    f"{config.partition}")
+                    f"{model} on {data.name}: {config.clients} clients, {config.partition}")
         payload["plot"] = args.plot
     partition = report.partition_json(result.partition)
     payload["files"] = report.write_run(out, {**payload, "partition": partition}, result)

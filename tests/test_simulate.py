@@ -184,7 +184,9 @@ def test_config_from_the_federated_block_and_overrides(digits_mlp):
     assert config_from(fed, clients=4, clients_per_round=6).per_round == 6  # explicit: an error
     cfg = config_from(fed, rounds=4, clients=50, strategy="fedprox", lr=None)
     assert (cfg.rounds, cfg.clients, cfg.lr) == (4, 50, None)
-    assert cfg.strategy_options == {"mu": 0.0}  # the block's proximal_mu
+    assert cfg.strategy_options == {"mu": 0.01}  # the block's proximal_mu is 0: the default
+    assert config_from({**fed, "proximal_mu": 0.2}, strategy="fedprox").strategy_options == \
+        {"mu": 0.2}
     cfg = config_from(fed, strategy="fedprox", strategy_options={"proximal_mu": 0.1})
     assert cfg.strategy_options == {"proximal_mu": 0.1}
 
@@ -258,3 +260,42 @@ def test_compile_option_proximal_mu_adds_or_removes_the_fedprox_anchor(digits_ml
     assert plain.manifest["anchor_region"] is None
     with pytest.raises(UsageError, match="proximal_mu must be a number ≥ 0"):
         compile_source(digits_mlp_source, "d.fed", Options(proximal_mu=-1.0))
+
+
+@pytest.fixture(scope="module")
+def digits_prox(digits_mlp_source):
+    from fedc.pipeline import Options, compile_source
+    return compile_source(digits_mlp_source, "d.fed", Options(proximal_mu=0.5))
+
+
+def test_fedprox_pulls_client_models_towards_the_global_model(digits_prox, digits):
+    from fedc.fl.clients import ClientSettings, Trainer
+
+    parts = [np.arange(0, 200)]
+    g = initial_weights(digits_prox, 0)
+    steps = {}
+    for mu in (0.0, 0.5, 5.0):
+        model = Model(digits_prox.wasm, digits_prox.manifest)
+        trainer = Trainer(model, digits.x_train, digits.y_train, parts,
+                          ClientSettings(3, 32, 0, proximal_mu=mu))
+        w, _ = trainer.train(g, 1, 0)
+        assert np.array_equal(model.anchor, g)  # anchored at this round's global model
+        steps[mu] = float(np.linalg.norm(w - g))
+    assert steps[5.0] < steps[0.5] < steps[0.0]
+
+
+def test_fedprox_simulation_differs_from_fedavg_and_mu_0_is_fedavg(digits_prox, digits_mlp,
+                                                                   digits):
+    def on(art, **changes):
+        return simulate(art.wasm, art.manifest, digits,
+                        dataclasses.replace(BASE, rounds=2, **changes))
+
+    fedavg = on(digits_mlp)
+    prox = on(digits_prox, strategy="fedprox", strategy_options={"mu": 0.5})
+    assert not prox.warnings and not np.array_equal(prox.weights, fedavg.weights)
+    # a FedProx module simulating another strategy switches the term off (μ = 0 at run time)
+    assert on(digits_prox).weights.tobytes() == fedavg.weights.tobytes()
+    # FedProx on a module without the term says so, and trains as FedAvg
+    plain = on(digits_mlp, strategy="fedprox", strategy_options={"mu": 0.5})
+    assert "compiled without the proximal term" in plain.warnings[0]
+    assert plain.weights.tobytes() == fedavg.weights.tobytes()

@@ -94,7 +94,9 @@ def test_strategy_options_and_fedprox_default_mu(tmp_path, capsys):
     assert payload["strategy"] == {"name": "trimmed_mean", "options": {"beta": 0.1}}
     payload = simulate_here(capsys, "--rounds", "1", "--strategy", "fedprox", "--out",
                             str(tmp_path / "p"))
-    assert payload["strategy"] == {"name": "fedprox", "options": {"mu": 0.0}}  # the .fed's
+    # the .fed says fedavg (mu 0): FedProx's default mu, compiled into the clients' kernel
+    assert payload["strategy"] == {"name": "fedprox", "options": {"mu": 0.01}}
+    assert payload["warnings"] == []
 
 
 @pytest.mark.parametrize("args,message", [

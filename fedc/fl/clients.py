@@ -49,10 +49,12 @@ class Trainer:
         self.data = [(np.ascontiguousarray(x[idx]), np.ascontiguousarray(y[idx])) for idx in parts]
         if settings.lr is not None:
             model.set_hparam("lr", settings.lr)
-        self.proximal = settings.proximal_mu is not None and hasattr(model, "set_anchor")
-        order = model.manifest["optimizer"]["hparams_order"]
-        if self.proximal and "proximal_mu" in order:
-            model.set_hparam("proximal_mu", settings.proximal_mu)
+        # the term exists only in a module compiled with proximal_mu > 0 (it has an anchor)
+        self.proximal = settings.proximal_mu is not None and \
+            getattr(model, "anchor", None) is not None
+        if "proximal_mu" in model.manifest["optimizer"]["hparams_order"]:
+            # μ is a run-time hyper-parameter: 0 switches the term off for other strategies
+            model.set_hparam("proximal_mu", settings.proximal_mu or 0.0)
 
     def train(self, global_weights: np.ndarray, rnd: int, client: int) -> ClientResult:
         """Client ``client``'s model after its local epochs of round ``rnd``."""

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..check import FEDPROX_DEFAULT_MU
 from ..data import Dataset
 from ..diagnostics import UsageError
 from .clients import ClientRunner, ClientSettings
@@ -93,6 +94,7 @@ class SimConfig:
               "test fractions must be between 0 and 1")
         parse_scheme(self.partition)
         parse_attack(self.attack)
+        make_strategy(self.strategy, **self.strategy_options)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -121,7 +123,8 @@ def config_from(federated: Mapping[str, Any], **overrides: Any) -> SimConfig:
         base["clients_per_round"] = min(per_round, base["clients"])  # the file's, capped
     options = dict(base.get("strategy_options") or {})
     if base.get("strategy") == "fedprox" and not {"mu", "proximal_mu"} & set(options):
-        options["mu"] = float(federated.get("proximal_mu", 0.0))
+        # the block's mu, or fedc's FedProx default when the block leaves it at 0
+        options["mu"] = float(federated.get("proximal_mu") or FEDPROX_DEFAULT_MU)
     base["strategy_options"] = options
     return SimConfig(**base)
 
@@ -233,9 +236,8 @@ class Simulation:
         self.warnings = _proximal_warnings(self.strategy, self.model)
         self.model.init_weights(config.seed)
         self.weights = self.model.get_weights()
-        mu = float(getattr(self.strategy, "mu", 0.0)) if self.strategy.name == "fedprox" else None
         settings = ClientSettings(config.local_epochs, config.batch_size, config.seed,
-                                  config.lr, mu)
+                                  config.lr, client_proximal_mu(self.strategy))
         start = time.perf_counter()
         self.runner = ClientRunner(self.model.clone(), wasm, data.x_train, data.y_train, parts,
                                    settings, config.workers)
@@ -346,11 +348,21 @@ def _plain(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in options.items()}
 
 
+def client_proximal_mu(strategy: Strategy) -> float | None:
+    """FedProx's μ for the clients' kernel; None for every other strategy."""
+    return float(getattr(strategy, "mu", 0.0)) if strategy.name == "fedprox" else None
+
+
+def compile_mu(config: SimConfig) -> float:
+    """The proximal_mu to compile the clients' module with (pipeline.Options): the strategy's."""
+    return client_proximal_mu(make_strategy(config.strategy, **config.strategy_options)) or 0.0
+
+
 def _proximal_warnings(strategy: Strategy, model: Any) -> list[str]:
-    mu = float(getattr(strategy, "mu", 0.0))
-    if strategy.name == "fedprox" and mu > 0 and not hasattr(model, "set_anchor"):
-        return [f"fedprox: this runtime has no proximal term (Model.set_anchor), so mu={mu:g} "
-                "is ignored and clients train as in fedavg"]
+    mu = client_proximal_mu(strategy)
+    if mu and getattr(model, "anchor", None) is None:
+        return [f"fedprox: the module was compiled without the proximal term, so mu={mu:g} is "
+                "ignored and clients train as in fedavg (compile with proximal_mu > 0)"]
     return []
 
 
