@@ -7,7 +7,7 @@ import pytest
 
 from fedc.optim import OPTIMIZERS, reference_update
 from fedc.pipeline import compile_source
-from fedc.runtime import Model
+from fedc.runtime import Model, RuntimeDataError
 
 # 6·7 + 7 + 7·3 + 3 = 73 parameters: not a multiple of 4, so the scalar tail and the padded
 # slot stride are exercised
@@ -92,3 +92,31 @@ def test_reset_optimizer_zeroes_state_and_step_counter() -> None:
     model.set_weights(first)
     model.train_step(x, y)  # bias correction restarts at t = 1: the very first step again
     np.testing.assert_array_equal(model.get_weights(), after_one)
+
+
+def test_fedprox_strategy_defaults_mu_and_gives_the_module_an_anchor() -> None:
+    src = MODEL.format(optimizer="sgd(lr=0.1)", federated="federated:\n    strategy = fedprox\n")
+    art = compile_source(src, "opt.fed")
+    assert art.model.optimizer.proximal_mu == 0.01
+    assert art.manifest["optimizer"]["hparams_order"][-1] == "proximal_mu"
+    model = Model(art.wasm, art.manifest)
+    model.init_weights(0)
+    np.testing.assert_array_equal(model.anchor, model.params)  # anchored at the start
+    w = model.get_weights() + 1
+    model.set_weights(w)  # a new round's global model: the anchor follows
+    np.testing.assert_array_equal(model.anchor, w)
+    model.set_weights(w + 1, anchor=False)
+    np.testing.assert_array_equal(model.anchor, w)
+
+
+def test_a_model_without_fedprox_has_no_anchor_to_set() -> None:
+    fed = "federated:\n    strategy = fedprox\n    proximal_mu = 0\n"
+    art = compile_source(MODEL.format(optimizer="sgd(lr=0.1)", federated=fed), "opt.fed")
+    assert art.manifest["anchor_region"] is None
+    assert "proximal_mu" not in art.manifest["optimizer"]["hparams_order"]
+    model = Model(art.wasm, art.manifest)
+    with pytest.raises(RuntimeDataError, match="no FedProx anchor"):
+        model.set_anchor(model.get_weights())
+    with pytest.raises(RuntimeDataError, match="no FedProx anchor"):
+        model.set_weights(model.get_weights(), anchor=True)
+    model.set_weights(model.get_weights())  # the default just skips the anchor
