@@ -1,0 +1,86 @@
+// fedc's browser page controller: index.html's form → a FedcClient training on local data, with
+// round, loss and accuracy shown as they change. `window.fedcPage` exposes the state (used by
+// the headless-browser test). URL parameters: server, token, data (URL of a .npz), autostart=1.
+import { ClientError, FedcClient, Model, RuntimeDataError, loadData } from './fedc-client.js';
+
+const $ = (id) => document.getElementById(id);
+const state = { phase: 'idle', round: null, accepted: 0, skipped: 0, events: [], error: null,
+  trainLoss: null, localAccuracy: null, globalAccuracy: null };
+window.fedcPage = state;
+
+function show() {
+  $('state').textContent = state.error ? `error: ${state.error}` : state.phase;
+  $('round').textContent = state.round === null ? '–' : String(state.round);
+  $('loss').textContent = state.trainLoss === null ? '–' : state.trainLoss.toFixed(4);
+  $('accuracy').textContent = state.localAccuracy == null ? '–' : state.localAccuracy.toFixed(4);
+  $('global-accuracy').textContent = state.globalAccuracy == null ? '–' : state.globalAccuracy.toFixed(4);
+  $('accepted').textContent = String(state.accepted);
+}
+
+function log(line) {
+  const el = $('log');
+  el.textContent += `${new Date().toLocaleTimeString()} ${line}\n`;
+  el.scrollTop = el.scrollHeight;
+}
+
+async function refreshGlobal(server) {
+  try {
+    const status = await (await fetch(`${server}/api/v1/status`)).json();
+    state.globalAccuracy = status.latest.accuracy;
+  } catch (err) { /* the status is informative only */ }
+}
+
+function onEvent(server, e) {
+  state.events.push(e);
+  if (e.event === 'joined') { state.phase = `joined as ${e.client_id}`; state.round = e.round; }
+  if (e.event === 'training') { state.phase = 'training'; state.round = e.round; }
+  if (e.event === 'accepted') {
+    state.phase = 'waiting for the next round';
+    state.accepted += 1;
+    state.trainLoss = e.train_loss;
+    state.localAccuracy = e.local_accuracy;
+    refreshGlobal(server).then(show);
+  }
+  if (e.event === 'skipped') state.skipped += 1;
+  if (e.event === 'done') { state.phase = 'done'; refreshGlobal(server).then(show); }
+  log(`${e.event}${e.round !== undefined ? ` round ${e.round}` : ''}${e.reason ? `: ${e.reason}` : ''}`);
+  show();
+}
+
+async function dataBytes() {
+  const file = $('file').files[0];
+  if (file) return new Uint8Array(await file.arrayBuffer());
+  const url = $('demo').value || new URLSearchParams(location.search).get('data');
+  if (!url) throw new ClientError('choose a data file (or a demo partition) first');
+  const res = await fetch(new URL(url, location.href));
+  if (!res.ok) throw new ClientError(`cannot fetch ${url}: HTTP ${res.status}`);
+  return new Uint8Array(await res.arrayBuffer());
+}
+
+async function start() {
+  $('join').disabled = true;
+  state.error = null;
+  const server = ($('server').value || location.origin).replace(/\/+$/, '');
+  try {
+    state.phase = 'loading the model';
+    show();
+    const model = await Model.fetch(new URL('./', location.href));
+    const { x, y, rows } = await loadData(await dataBytes(), model.manifest);
+    log(`loaded ${rows} local examples`);
+    const client = new FedcClient({ server, token: $('token').value.trim(), model,
+      onEvent: (e) => onEvent(server, e) });
+    await client.run(x, y, rows);
+  } catch (err) {
+    state.error = err instanceof ClientError || err instanceof RuntimeDataError ? err.message : String(err);
+    log(`error: ${state.error}`);
+    $('join').disabled = false;
+  }
+  show();
+}
+
+const params = new URLSearchParams(location.search);
+if (params.get('server')) $('server').value = params.get('server');
+if (params.get('token')) $('token').value = params.get('token');
+$('join').addEventListener('click', start);
+show();
+if (params.get('autostart') === '1') start();

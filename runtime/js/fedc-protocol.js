@@ -1,0 +1,239 @@
+// fedc's JavaScript edge client: the server protocol (docs/protocol.md) over fetch, local training
+// with fedc-runtime.js, and a command line for Node. Runs unchanged in browsers and Node ≥ 20.
+// `fedc bundle` inlines this file after fedc-runtime.js into one module, fedc-client.js.
+import { Model, RuntimeDataError, Shuffle, asBytes, asDtype, readNpz } from './fedc-runtime.js';
+
+export class ClientError extends Error {
+  constructor(message, status = 0, code = '') {
+    super(message);
+    this.name = 'ClientError';
+    this.status = status;
+    this.code = code;
+  }
+}
+
+// --- frames: a 16-byte header, JSON metadata padded to 4 bytes, float32 little-endian values ---
+
+const KINDS = { task: 1, update: 2, model: 3 };
+const KIND_NAMES = { 1: 'task', 2: 'update', 3: 'model' };
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+export const FRAME_TYPE = 'application/x-fedc-frame';
+
+export function encodeFrame(kind, meta, values = new Float32Array(0)) {
+  const body = new TextEncoder().encode(JSON.stringify(meta));
+  const start = 16 + ((body.length + 3) & ~3);
+  const buf = new ArrayBuffer(start + 4 * values.length);
+  const u8 = new Uint8Array(buf);
+  const dv = new DataView(buf);
+  u8.set([0x46, 0x45, 0x44, 0x43], 0); // "FEDC"
+  dv.setUint8(4, 1); // version
+  dv.setUint8(5, KINDS[kind]);
+  dv.setUint8(6, 1); // dtype: float32
+  dv.setUint32(8, body.length, true);
+  dv.setUint32(12, values.length, true);
+  u8.set(body, 16);
+  if (LITTLE_ENDIAN) u8.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength), start);
+  else values.forEach((v, i) => dv.setFloat32(start + 4 * i, v, true));
+  return u8;
+}
+
+export function decodeFrame(bytes) {
+  const u8 = asBytes(bytes);
+  const dv = new DataView(u8.buffer, u8.byteOffset, u8.byteLength);
+  if (u8.length < 16 || String.fromCharCode(...u8.subarray(0, 4)) !== 'FEDC') {
+    throw new ClientError('the server sent something that is not a fedc frame');
+  }
+  const metaLen = dv.getUint32(8, true);
+  const count = dv.getUint32(12, true);
+  const start = 16 + ((metaLen + 3) & ~3);
+  if (dv.getUint8(6) !== 1 || u8.length !== start + 4 * count) {
+    throw new ClientError('the server sent a damaged frame');
+  }
+  const meta = JSON.parse(new TextDecoder().decode(u8.subarray(16, 16 + metaLen)));
+  const values = new Float32Array(count);
+  if (LITTLE_ENDIAN) new Uint8Array(values.buffer).set(u8.subarray(start, start + 4 * count));
+  else for (let i = 0; i < count; i++) values[i] = dv.getFloat32(start + 4 * i, true);
+  return { kind: KIND_NAMES[dv.getUint8(5)], meta, values };
+}
+
+// --- data and local training ------------------------------------------------------------------
+
+/** A .npz file's arrays x and y as the model's typed arrays: {x, y, rows}. */
+export async function loadData(bytes, manifest) {
+  const arrays = await readNpz(bytes);
+  if (!arrays.x || !arrays.y) {
+    throw new RuntimeDataError(`a data file needs arrays 'x' and 'y'; it has: ${Object.keys(arrays).join(', ') || 'none'}`);
+  }
+  const rows = arrays.x.shape[0];
+  if (arrays.y.shape[0] !== rows) throw new RuntimeDataError(`'x' has ${rows} rows but 'y' has ${arrays.y.shape[0]}`);
+  const x = asDtype(arrays.x, manifest.inputs[0].dtype, 'x');
+  const y = asDtype(arrays.y, manifest.targets[0].dtype, 'y');
+  return { x, y, rows };
+}
+
+/** One task: evaluate the global weights on the local data, then train `local_epochs` epochs
+ * with one fedc-shuffle/1 stream seeded by the task (the same steps as fedc_client.local_train). */
+export function localTrain(model, weights, x, y, task) {
+  model.setWeights(weights); // a FedProx anchor, if any, moves with them
+  model.resetOptimizer();
+  const evaluation = model.evaluate(x, y);
+  const stream = new Shuffle(task.seed);
+  model.dropoutSeed = task.seed >>> 0; // this task's dropout masks
+  model.dropoutStep = 0;
+  let trainLoss = NaN;
+  for (let e = 0; e < task.local_epochs; e++) trainLoss = model.trainEpoch(x, y, task.batch_size, stream);
+  return { weights: model.getWeights(), trainLoss, evaluation };
+}
+
+// --- the protocol client ----------------------------------------------------------------------
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+export class FedcClient {
+  /** server: base URL; token: fedc1.<id>.<secret>; model: a Model; onEvent(event) for progress. */
+  constructor({ server, token, model, onEvent = () => {}, retryFor = 120 }) {
+    this.server = server.replace(/\/+$/, '');
+    this.token = token;
+    this.model = model;
+    this.onEvent = onEvent;
+    this.retryFor = retryFor; // seconds to keep retrying while the server is unreachable
+    this.clientId = null;
+  }
+
+  async _fetch(path, init = {}) {
+    const started = Date.now();
+    for (let wait = 250; ; wait = Math.min(wait * 2, 4000)) {
+      try {
+        const headers = { Authorization: `Bearer ${this.token}`, ...(init.headers || {}) };
+        return await fetch(`${this.server}${path}`, { ...init, headers });
+      } catch (err) { // unreachable (e.g. the server restarting): retry, then give up clearly
+        if (Date.now() - started > this.retryFor * 1000) {
+          throw new ClientError(`cannot reach ${this.server}: ${err.cause ? err.cause.message || err.cause.code : err.message}`);
+        }
+        this.onEvent({ event: 'retry', reason: String(err.cause ? err.cause.code || err.cause : err) });
+        await sleep(wait);
+      }
+    }
+  }
+
+  async _check(res) {
+    if (res.ok) return res;
+    let reason = `HTTP ${res.status}`;
+    let code = '';
+    try {
+      const body = await res.json();
+      reason = body.reason || reason;
+      code = body.error || '';
+    } catch (err) { /* not JSON: keep the status line */ }
+    throw new ClientError(reason, res.status, code);
+  }
+
+  async join() {
+    const info = await (await this._check(await this._fetch('/api/v1/join', { method: 'POST' }))).json();
+    if (info.manifest_sha256 !== this.model.manifest.wasm.sha256) {
+      throw new ClientError(`this bundle's model (${this.model.manifest.model}) is not the server's (${info.model})`);
+    }
+    this.clientId = info.client_id;
+    this.onEvent({ event: 'joined', ...info });
+    return info;
+  }
+
+  async task() {
+    const res = await this._check(await this._fetch('/api/v1/task'));
+    return decodeFrame(new Uint8Array(await res.arrayBuffer()));
+  }
+
+  async send(task, result, rows) {
+    const meta = { round: task.round, model_version: task.model_version, num_examples: rows,
+      train_loss: result.trainLoss, eval: result.evaluation };
+    const res = await this._fetch('/api/v1/update', { method: 'POST', body: encodeFrame('update', meta, result.weights),
+      headers: { 'Content-Type': FRAME_TYPE } });
+    return (await this._check(res)).json();
+  }
+
+  /** Take part until the server says done; returns {rounds, accepted, skipped}. */
+  async run(x, y, rows) {
+    await this.join();
+    const summary = { rounds: 0, accepted: 0, skipped: 0 };
+    for (;;) {
+      const { meta, values } = await this.task();
+      if (meta.status === 'done') {
+        this.onEvent({ event: 'done', ...summary });
+        return summary;
+      }
+      if (meta.status === 'wait') {
+        await sleep(1000 * meta.retry_after);
+        continue;
+      }
+      this.onEvent({ event: 'training', round: meta.round, model_version: meta.model_version });
+      const started = Date.now();
+      const result = localTrain(this.model, values, x, y, meta);
+      const trainSeconds = (Date.now() - started) / 1000;
+      try {
+        const reply = await this.send(meta, result, rows);
+        summary.rounds += 1;
+        summary.accepted += 1;
+        this.onEvent({ event: 'accepted', round: meta.round, train_loss: result.trainLoss,
+          local_loss: result.evaluation.loss, local_accuracy: result.evaluation.accuracy,
+          train_seconds: trainSeconds, duplicate: reply.duplicate });
+      } catch (err) { // a late or superseded update is the server's call: move on to the next round
+        if (!(err instanceof ClientError) || (err.status !== 409 && err.status !== 403)) throw err;
+        summary.skipped += 1;
+        this.onEvent({ event: 'skipped', round: meta.round, reason: err.message });
+      }
+    }
+  }
+}
+
+// --- the Node command line: node fedc-client.js --server URL --token T --data FILE.npz ----------
+
+function parseArgs(argv) {
+  const opts = { json: false, retryFor: 120 };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--json') opts.json = true;
+    else if (['--server', '--token', '--data', '--retry-for'].includes(a) && i + 1 < argv.length) {
+      opts[a.slice(2).replace(/-(.)/g, (_, c) => c.toUpperCase())] = argv[++i];
+    } else throw new ClientError(`unknown or incomplete argument ${a}`);
+  }
+  for (const k of ['server', 'token', 'data']) if (!opts[k]) throw new ClientError(`--${k} is required`);
+  opts.retryFor = Number(opts.retryFor);
+  return opts;
+}
+
+function report(opts, event) {
+  if (opts.json) console.log(JSON.stringify(event));
+  else if (event.event === 'accepted') {
+    console.log(`round ${event.round}: train loss ${event.train_loss.toFixed(4)}, global model on local data: `
+      + `accuracy ${event.local_accuracy === undefined ? '-' : event.local_accuracy.toFixed(4)}`);
+  } else if (event.event !== 'training') console.log(`${event.event}${event.reason ? `: ${event.reason}` : ''}`);
+}
+
+/** `node fedc-client.js …`: the bundle's files sit beside the module at moduleUrl. */
+export async function runFromCommandLine(moduleUrl, argv) {
+  const fs = await import('node:fs/promises');
+  const { fileURLToPath } = await import('node:url');
+  try {
+    const opts = parseArgs(argv);
+    const here = (name) => fileURLToPath(new URL(name, moduleUrl));
+    const manifest = JSON.parse(await fs.readFile(here('manifest.json'), 'utf8'));
+    const model = await Model.create(await fs.readFile(here(manifest.wasm.file)), manifest);
+    let bytes;
+    try { bytes = await fs.readFile(opts.data); } catch (err) { throw new ClientError(`cannot read ${opts.data}: ${err.code || err.message}`); }
+    const { x, y, rows } = await loadData(bytes, manifest);
+    const client = new FedcClient({ server: opts.server, token: opts.token, model,
+      onEvent: (e) => report(opts, e), retryFor: opts.retryFor });
+    await client.run(x, y, rows);
+  } catch (err) {
+    if (!(err instanceof ClientError || err instanceof RuntimeDataError)) throw err;
+    console.error(`error: ${err.message}`);
+    process.exitCode = 1;
+  }
+}
+
+/** True when this module is the script Node was asked to run (never in a browser). */
+export async function isMainModule(moduleUrl) {
+  if (typeof process === 'undefined' || !process.argv || !process.argv[1]) return false;
+  const { pathToFileURL } = await import('node:url');
+  return pathToFileURL(process.argv[1]).href === moduleUrl;
+}
