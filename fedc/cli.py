@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--emit", choices=["ir", "llvm", "llvm-opt", "manifest"],
                    help="print an intermediate form instead of (or besides) writing files")
     _compile_flags(c)
+    c.add_argument("--bundle", action="store_true",
+                   help="with -o: also write the client bundle (JS, Python, page; fedc bundle)")
     c.add_argument("--json", action="store_true", help="one JSON object on stdout")
     c.set_defaults(run=cmd_compile)
 
@@ -89,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("simulate", help="federated training on one machine, clients in Wasm")
     _simulate_flags(c)
     c.set_defaults(run=cmd_simulate)
+
+    from .serve.commands import add_commands  # bundle, serve, status
+    add_commands(sub, _compile_flags, _positive, _positive_float)
     return p
 
 
@@ -121,7 +126,10 @@ def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
         text = {"ir": art.ir_text, "llvm": art.llvm_ir, "llvm-opt": art.optimized_ir,
                 "manifest": json.dumps(art.manifest, indent=2)}[args.emit]
         print(text)
-    if args.out:
+    if args.out and args.bundle:
+        from .harness.bundle import write_bundle
+        write_bundle(art.wasm, art.manifest, args.out)
+    elif args.out:
         art.write(args.out)
     elif not args.emit:
         raise UsageError.at("nothing to do: give -o DIR to write the module, or --emit FORM")

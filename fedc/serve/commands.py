@@ -1,0 +1,271 @@
+"""The `fedc serve`, `fedc status` and `fedc bundle` commands: flags → server, status, bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import socket
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..diagnostics import UsageError
+from . import ServeError
+
+
+def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], None],
+                 positive: Callable[[str], int], positive_float: Callable[[str], float]) -> None:
+    c = sub.add_parser("bundle", help="compile a .fed file into a client bundle (JS, Python, page)")
+    c.add_argument("file")
+    c.add_argument("-o", "--out", required=True, help="output folder")
+    bundle_flags(c, positive)
+    compile_flags(c)
+    c.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    c.set_defaults(run=cmd_bundle)
+
+    c = sub.add_parser("serve", help="run a federation server for a .fed file or a bundle")
+    c.add_argument("file", help="a .fed file or a bundle folder")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=8080)
+    c.add_argument("--state", default="fedc-state.db",
+                   help="SQLite state file (resumed if present)")
+    c.add_argument("--issue-tokens", type=positive, metavar="N",
+                   help="create N client tokens in the state file, print them and exit")
+    c.add_argument("--rounds", type=positive, help="default: the federated block's")
+    c.add_argument("--clients-per-round", type=positive, help="default: the federated block's")
+    c.add_argument("--local-epochs", type=positive, help="default: the federated block's")
+    c.add_argument("--min-clients", type=positive, default=2,
+                   help="connected clients needed to open a round")
+    c.add_argument("--min-updates", type=positive,
+                   help="updates that let a round close at its deadline (default: --min-clients)")
+    c.add_argument("--round-timeout", type=positive_float, default=120.0, help="seconds")
+    c.add_argument("--client-timeout", type=positive_float, default=30.0,
+                   help="seconds without a request after which a client is not sampled")
+    c.add_argument("--max-update-norm", type=positive_float, default=1e3,
+                   help="largest accepted L2 distance of an update from the global model")
+    c.add_argument("--eval-data", help="dataset whose test split scores each global model")
+    c.add_argument("--seed", type=int, default=0, help="initial weights, sampling, task seeds")
+    c.add_argument("--certfile", help="TLS certificate (PEM); with --keyfile serves HTTPS")
+    c.add_argument("--keyfile", help="TLS private key (PEM)")
+    compile_flags(c)
+    c.add_argument("--json", action="store_true", help="--issue-tokens: JSON on stdout")
+    c.set_defaults(run=cmd_serve)
+
+    c = sub.add_parser("status", help="show a running server's rounds, clients and accuracy")
+    c.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8080")
+    c.add_argument("--json", action="store_true", help="the server's status object")
+    c.set_defaults(run=cmd_status)
+
+
+def bundle_flags(c: argparse.ArgumentParser, positive: Callable[[str], int]) -> None:
+    c.add_argument("--demo-data", help="embed partitions of this dataset's train split "
+                                       "(data/client-<i>.npz)")
+    c.add_argument("--demo-clients", type=positive, default=3, help="how many partitions")
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from ..pipeline import Options
+    return Options(max_batch=args.max_batch, variant=args.features)
+
+
+def make_bundle(args: argparse.Namespace, out: Path) -> tuple[bytes, dict[str, Any], list[Path]]:
+    """Compile args.file and write its bundle to `out`."""
+    from ..cli import _read
+    from ..harness.bundle import demo_partitions, write_bundle
+    from ..pipeline import compile_source
+
+    art = compile_source(_read(args.file), args.file, _options(args))
+    demo = (demo_partitions(args.demo_data, args.demo_clients, 0, art.manifest)
+            if getattr(args, "demo_data", None) else None)
+    return art.wasm, art.manifest, write_bundle(art.wasm, art.manifest, out, demo)
+
+
+def cmd_bundle(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    _, manifest, files = make_bundle(args, out)
+    if not args.json:
+        print(f"wrote the {manifest['model']} bundle to {out}/: "
+              f"{', '.join(str(f.relative_to(out)) for f in files)}", file=sys.stderr)
+    return {"out": str(out), "files": [str(f.relative_to(out)) for f in files]}
+
+
+# --- serve ----------------------------------------------------------------------------------------
+
+def _load_bundle(args: argparse.Namespace) -> tuple[Path, bytes, dict[str, Any]]:
+    path = Path(args.file)
+    if path.is_dir():
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+            wasm = (path / manifest["wasm"]["file"]).read_bytes()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError.at(f"{path} is not a bundle (needs manifest.json and model.wasm: "
+                                f"{exc})") from None
+        return path, wasm, manifest
+    if not path.exists():
+        raise UsageError.at(f"no such file or bundle: {path}")
+    out = Path(tempfile.mkdtemp(prefix="fedc-bundle-"))
+    args.demo_data = None
+    wasm, manifest, _ = make_bundle(args, out)
+    return out, wasm, manifest
+
+
+def _config(args: argparse.Namespace, manifest: dict[str, Any]) -> Any:
+    from .rounds import ServeConfig
+    fed = manifest["federated"]
+    options = {"mu": fed.get("proximal_mu", 0.0)} if fed["strategy"] == "fedprox" else {}
+    per_round = args.clients_per_round or int(fed["clients_per_round"])
+    if args.min_clients > per_round:
+        raise UsageError.at(f"--min-clients {args.min_clients} exceeds the clients sampled per "
+                            f"round ({per_round}); raise --clients-per-round")
+    return ServeConfig(rounds=args.rounds or int(fed["rounds"]), clients_per_round=per_round,
+                       min_clients=args.min_clients, min_updates=args.min_updates,
+                       local_epochs=args.local_epochs or int(fed["local_epochs"]),
+                       batch_size=int(fed["batch_size"]), strategy=fed["strategy"],
+                       strategy_options=options, round_timeout=args.round_timeout,
+                       client_timeout=args.client_timeout,
+                       max_update_norm=args.max_update_norm, seed=args.seed)
+
+
+def _evaluator(args: argparse.Namespace, model: Any) -> Callable[[np.ndarray], dict[str, float]]:
+    from ..data import load_dataset
+    from ..train import check_fits
+
+    data = load_dataset(args.eval_data, seed=args.seed, task=model.manifest["task"])
+    check_fits(model.manifest, data)
+
+    def evaluate(weights: np.ndarray) -> dict[str, float]:
+        model.set_weights(weights)
+        return dict(model.evaluate(data.x_test, data.y_test))
+    return evaluate
+
+
+def _tls(args: argparse.Namespace) -> dict[str, str]:
+    if bool(args.certfile) != bool(args.keyfile):
+        raise UsageError.at("give both --certfile and --keyfile for HTTPS, or neither")
+    for f in (args.certfile, args.keyfile):
+        if f and not Path(f).is_file():
+            raise UsageError.at(f"no such file: {f}")
+    return {"ssl_certfile": args.certfile, "ssl_keyfile": args.keyfile} if args.certfile else {}
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with a clear message (not uvicorn's log line) when the address is taken."""
+    if not 0 <= port <= 65535:
+        raise UsageError.at(f"--port must be 0..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(infos[0][4])
+    except OSError as exc:
+        raise ServeError.at(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _issue_tokens(args: argparse.Namespace) -> dict[str, Any]:
+    from .auth import issue
+    from .store import Store
+
+    store = Store(args.state)
+    existing = store.client_ids()
+    tokens = []
+    for _ in range(args.issue_tokens):
+        tokens.append(issue(existing))
+        existing.add(tokens[-1].client_id)
+    store.add_clients(tokens, time.time())
+    store.close()
+    if not args.json:
+        for t in tokens:
+            print(t.token)
+        print(f"issued {len(tokens)} token(s) in {args.state}; only their hashes are stored",
+              file=sys.stderr)
+    return {"state": args.state, "tokens": [{"client_id": t.client_id, "token": t.token}
+                                            for t in tokens]}
+
+
+def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
+    if args.issue_tokens:
+        return _issue_tokens(args)
+    import uvicorn
+
+    from ..runtime import Model
+    from .app import build_app
+    from .rounds import Coordinator
+    from .store import Store
+
+    tls = _tls(args)
+    _check_port(args.host, args.port)
+    bundle_dir, wasm, manifest = _load_bundle(args)
+    config = _config(args, manifest)
+    model = Model(wasm, manifest)
+    evaluate = _evaluator(args, model.clone()) if args.eval_data else None
+
+    def initial() -> np.ndarray:
+        model.init_weights(args.seed)
+        return model.get_weights()  # type: ignore[no-any-return]
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    coord = Coordinator(Store(args.state), manifest, config, initial, evaluate)
+    scheme = "https" if tls else "http"
+    print(f"fedc: serving {manifest['model']} ({coord.num_params} parameters, "
+          f"{4 * coord.num_params}-byte updates) on {scheme}://{args.host}:{args.port}/ — "
+          f"state {args.state}, round {coord.round}/{config.rounds}", file=sys.stderr, flush=True)
+    index = bundle_dir if (bundle_dir / "index.html").is_file() else None
+    uvicorn.run(build_app(coord, index), host=args.host, port=args.port, log_level="warning",
+                access_log=False, **tls)  # type: ignore[arg-type]
+    return coord.status()
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+def fetch_status(url: str, timeout: float = 10.0) -> dict[str, Any]:
+    base = url.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise UsageError.at(f"expected an http:// or https:// URL, got {url!r}")
+    try:
+        with urllib.request.urlopen(base + "/api/v1/status", timeout=timeout) as res:
+            status: dict[str, Any] = json.loads(res.read())
+            return status
+    except urllib.error.HTTPError as exc:
+        raise ServeError.at(f"{base} answered HTTP {exc.code}: is it a fedc server?") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ServeError.at(f"cannot reach {base}: {getattr(exc, 'reason', exc)}") from None
+    except ValueError:
+        raise ServeError.at(f"{base} did not answer with a fedc status (not JSON)") from None
+
+
+def format_status(s: dict[str, Any], url: str) -> str:
+    lines = [f"{s['model']} at {url}: {s['status']}, round {min(s['round'], s['rounds'])}"
+             f"/{s['rounds']}, global model version {s['model_version']} ({s['strategy']})"]
+    if "open_round" in s:
+        o = s["open_round"]
+        lines.append(f"open round {o['round']}: {len(o['submitted'])}/{len(o['sampled'])} "
+                     f"updates, deadline in {o['deadline_in']:.0f} s")
+    lines.append(f"clients: {len(s['connected'])} connected of {len(s['clients'])} registered "
+                 f"(a round needs {s['min_clients']})")
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["rejected_by_reason"].items()))
+    lines.append(f"updates: {s['accepted']} accepted, {s['rejected']} rejected"
+                 + (f" ({reasons})" if reasons else ""))
+    latest = s["latest"]
+    acc = "n/a (serve with --eval-data)" if latest["accuracy"] is None else \
+        f"{latest['accuracy']:.4f}, loss {latest['loss']:.4f}"
+    lines.append(f"latest accuracy: {acc} (model version {latest['version']})")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
+    status = fetch_status(args.url)
+    try:
+        text = format_status(status, args.url)
+    except (KeyError, TypeError, ValueError):
+        raise ServeError.at(f"{args.url} did not answer with a fedc status") from None
+    if not args.json:
+        print(text)
+    return status

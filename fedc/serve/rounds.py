@@ -1,0 +1,391 @@
+"""The round coordinator: authenticated requests + stored state → tasks, validated updates, rounds.
+
+One coordinator per server. Its methods are synchronous and serialised by one lock (the app calls
+them from a worker thread); each state change is one SQLite transaction committed before the
+method returns, so an acknowledged update or a closed round survives a crash. Aggregation uses
+the same strategy objects as the simulator (`fedc.fl.strategies.make_strategy`), over the
+round's updates in client-id order, so a resumed run sums exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..fl.strategies import ClientUpdate, make_strategy
+from . import ServeError
+from .auth import parse_bearer, verify
+from .protocol import ProtocolError, decode, encode, meta_int
+from .state import restore_strategy, strategy_state
+from .store import RoundRow, Store, StoredUpdate
+
+log = logging.getLogger("fedc.serve")
+
+Evaluator = Callable[[np.ndarray], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything that shapes the rounds; the federated block gives the defaults."""
+
+    rounds: int
+    clients_per_round: int
+    min_clients: int  # connected clients needed to open a round
+    local_epochs: int
+    batch_size: int
+    min_updates: int | None = None  # updates that close a round at its deadline (min_clients)
+    strategy: str = "fedavg"
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    round_timeout: float = 120.0  # seconds from a round's opening to its deadline
+    client_timeout: float = 30.0  # a client unseen for longer is not sampled
+    max_update_norm: float = 1e3  # bound on ‖update − global‖₂
+    max_examples: int = 10**9
+    seed: int = 0
+    poll_interval: float = 0.5  # the retry_after a waiting client is told
+
+
+class Coordinator:
+    """Rounds, sampling, validation and aggregation over a Store."""
+
+    def __init__(self, store: Store, manifest: dict[str, Any], config: ServeConfig,
+                 initial_weights: Callable[[], np.ndarray], evaluate: Evaluator | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.manifest, self.config = store, manifest, config
+        self.num_params = int(manifest["params_region"]["count"])
+        self.evaluate, self.clock = evaluate, clock
+        self.lock = threading.Lock()
+        self.strategy = make_strategy(config.strategy, **config.strategy_options)
+        self.last_seen: dict[str, float] = {}
+        self._hashes: dict[str, bytes] = {}
+        self._frames: dict[int, bytes] = {}
+        if store.get_meta("format") is None:
+            self._initialise(initial_weights())
+        self._resume()
+
+    # --- start-up -------------------------------------------------------------------------
+    def _initialise(self, weights: np.ndarray) -> None:
+        metrics = self.evaluate(weights) if self.evaluate else {}
+        with self.store.transaction():
+            s = self.store
+            s.set_meta("format", "fedc-serve-state/1")
+            s.set_meta("manifest_sha256", self.manifest["wasm"]["sha256"])
+            s.set_meta("model", self.manifest["model"])
+            s.set_meta("num_params", self.num_params)
+            s.set_meta("round", 1)
+            s.set_meta("version", 0)
+            s.add_model(0, 0, weights, _sha(weights), self.clock(), metrics, None)
+        log.info("new state %s: model %s, %d parameters", self.store.path,
+                 self.manifest["model"], self.num_params)
+
+    def _resume(self) -> None:
+        s = self.store
+        sha = s.get_meta("manifest_sha256")
+        if sha != self.manifest["wasm"]["sha256"]:
+            raise ServeError.at(f"{s.path} holds the state of another model "
+                                f"({s.get_meta('model')}, module sha256 {str(sha)[:12]}…); "
+                                "give a new --state file to start a fresh federation")
+        self.round, self.version = int(s.get_meta("round")), int(s.get_meta("version"))
+        self.weights = s.model(self.version)
+        restore_strategy(self.strategy, s.strategy_state(self.version))
+        row = s.get_round(self.round)
+        self.open: RoundRow | None = row if row is not None and row.closed is None else None
+        if self.open is not None:
+            # clients could not submit while the server was down: give the round a new deadline
+            deadline = max(self.open.deadline, self.clock() + self.config.round_timeout)
+            self.open = RoundRow(**{**self.open.__dict__, "deadline": deadline})
+            with s.transaction():
+                s.put_round(self.open)
+            log.info("resumed round %d with %d accepted update(s)", self.round,
+                     len(s.update_clients(self.round)))
+
+    @property
+    def done(self) -> bool:
+        return self.round > self.config.rounds
+
+    # --- authentication -------------------------------------------------------------------
+    def authenticate(self, header: str | None) -> str:
+        """The client id of a valid bearer token, or a 401 (counted as a rejection)."""
+        parsed = parse_bearer(header)
+        with self.lock:
+            if parsed is None:
+                raise self._reject(None, ProtocolError(
+                    401, "unauthorized", "missing or malformed token (send Authorization: "
+                                         "Bearer fedc1.<id>.<secret>)"))
+            client_id, secret = parsed
+            stored = self._hashes.get(client_id) or self.store.client_hash(client_id)
+            if not verify(secret, stored):
+                raise self._reject(None, ProtocolError(401, "unauthorized", "invalid token"))
+            assert stored is not None
+            self._hashes[client_id] = stored
+            self.last_seen[client_id] = self.clock()
+            self._maybe_open()
+            return client_id
+
+    def refuse(self, client_id: str | None, err: ProtocolError) -> ProtocolError:
+        """Log and count a refusal decided outside the coordinator (e.g. an oversized body)."""
+        with self.lock:
+            return self._reject(client_id, err)
+
+    def _reject(self, client_id: str | None, err: ProtocolError) -> ProtocolError:
+        log.warning("rejected %s: %d %s: %s", client_id or "anonymous request", err.status,
+                    err.code, err.reason)
+        self.store.add_rejection(client_id, self.round, err.status, err.code, err.reason,
+                                 self.clock())
+        return err
+
+    # --- tasks ----------------------------------------------------------------------------
+    def join(self, client_id: str) -> dict[str, Any]:
+        with self.lock:
+            return {"client_id": client_id, "model": self.manifest["model"],
+                    "manifest_sha256": self.manifest["wasm"]["sha256"],
+                    "num_params": self.num_params, "round": self.round,
+                    "rounds": self.config.rounds, "status": self._phase()}
+
+    def task(self, client_id: str) -> bytes:
+        """A frame: train (with the global weights), wait, or done."""
+        with self.lock:
+            if self.done:
+                return encode("task", {"status": "done", "round": self.config.rounds,
+                                       "model_version": self.version})
+            r = self.open
+            if r is None or client_id not in r.sampled or \
+                    self.store.update_sha(r.round, client_id) is not None:
+                return encode("task", {"status": "wait", "round": self.round,
+                                       "retry_after": self.config.poll_interval})
+            meta = {"status": "train", "round": r.round, "model_version": r.model_version,
+                    "seed": _task_seed(self.config.seed, r.round, client_id),
+                    "local_epochs": self.config.local_epochs,
+                    "batch_size": self.config.batch_size, "num_params": self.num_params,
+                    "deadline_in": round(r.deadline - self.clock(), 3)}
+            return encode("task", meta, self.weights)
+
+    def model_frame(self) -> bytes:
+        with self.lock:
+            if self.version not in self._frames:
+                self._frames = {self.version: encode(
+                    "model", {"model_version": self.version, "round": self.round - 1},
+                    self.weights)}
+            return self._frames[self.version]
+
+    # --- updates --------------------------------------------------------------------------
+    def submit(self, client_id: str, body: bytes) -> dict[str, Any]:
+        """Validate an update and store it (200), or a ProtocolError that changed nothing."""
+        with self.lock:
+            try:
+                return self._submit(client_id, body)
+            except ProtocolError as err:
+                raise self._reject(client_id, err) from None
+
+    def _submit(self, client_id: str, body: bytes) -> dict[str, Any]:
+        frame = decode(body)
+        if frame.kind != "update":
+            raise ProtocolError(400, "bad_kind", f"expected an update frame, got {frame.kind}")
+        meta = frame.meta
+        rnd = meta_int(meta, "round", 1, 2**31)
+        version = meta_int(meta, "model_version", 0, 2**31)
+        examples = meta_int(meta, "num_examples", 1, self.config.max_examples)
+        sha = hashlib.sha256(body).hexdigest()
+        previous = self.store.update_sha(rnd, client_id)
+        if previous == sha:  # a retry of an acknowledged update: acknowledge it again
+            return {"status": "accepted", "round": rnd, "duplicate": True}
+        r = self._check_round(client_id, rnd, version, previous)
+        values = self._check_values(frame.values)
+        norm = float(np.linalg.norm(values.astype(np.float64) - self.weights))
+        if not norm <= self.config.max_update_norm:
+            raise ProtocolError(422, "norm_too_large", f"the update's L2 distance from the "
+                                f"global model is {norm:.4g}; the bound is "
+                                f"{self.config.max_update_norm:g}")
+        update = StoredUpdate(client_id, sha, examples, values, _number(meta, "train_loss"),
+                              _metrics(meta))
+        with self.store.transaction():
+            self.store.add_update(rnd, update, norm, self.clock())
+        self.last_seen[client_id] = self.clock()
+        submitted = len(self.store.update_clients(rnd))
+        log.info("round %d: accepted %s (%d examples, norm %.3g), %d/%d", rnd, client_id,
+                 examples, norm, submitted, len(r.sampled))
+        if submitted >= len(r.sampled):
+            self._aggregate()
+        return {"status": "accepted", "round": rnd, "duplicate": False, "norm": norm}
+
+    def _check_round(self, client_id: str, rnd: int, version: int,
+                     previous: str | None) -> RoundRow:
+        if self.done:
+            raise ProtocolError(409, "finished", "the federation has finished its rounds")
+        r = self.open
+        if r is None or rnd != r.round:
+            open_text = f"round {r.round} is open" if r else "no round is open"
+            raise ProtocolError(409, "round_closed", f"round {rnd} is not open ({open_text})")
+        if version != r.model_version:
+            raise ProtocolError(409, "stale_model", f"round {rnd} trains model version "
+                                                    f"{r.model_version}, not {version}")
+        if client_id not in r.sampled:
+            raise ProtocolError(403, "not_sampled", f"client {client_id} is not in round {rnd}")
+        if previous is not None:
+            raise ProtocolError(409, "already_submitted", f"client {client_id} already sent a "
+                                                          f"different update for round {rnd}")
+        if self.clock() > r.deadline:
+            raise ProtocolError(409, "deadline_passed", f"round {rnd}'s deadline has passed")
+        return r
+
+    def _check_values(self, values: np.ndarray) -> np.ndarray:
+        if values.size != self.num_params:
+            raise ProtocolError(422, "wrong_length", f"the model has {self.num_params} "
+                                                     f"parameters, the update has {values.size}")
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ProtocolError(422, "not_finite", f"the update holds {int(bad.sum())} NaN or "
+                                                   f"Inf value(s), first at index "
+                                                   f"{int(np.argmax(bad))}")
+        return values
+
+    # --- the round clock ------------------------------------------------------------------
+    def tick(self) -> None:
+        """Open a round when enough clients are connected; act on a passed deadline."""
+        with self.lock:
+            self._maybe_open()
+            r = self.open
+            if r is not None and self.clock() > r.deadline:
+                got = len(self.store.update_clients(r.round))
+                if got >= min(self.config.min_updates or self.config.min_clients, len(r.sampled)):
+                    self._aggregate()
+                else:
+                    self._resample(r, got)
+
+    def _connected(self) -> list[str]:
+        now = self.clock()
+        return sorted(c for c, t in self.last_seen.items() if now - t <= self.config.client_timeout)
+
+    def _maybe_open(self) -> None:
+        if self.done or self.open is not None:
+            return
+        connected = self._connected()
+        if len(connected) < self.config.min_clients:
+            return
+        rng = np.random.default_rng([self.config.seed, self.round])
+        k = min(self.config.clients_per_round, len(connected))
+        picked = tuple(connected[i] for i in sorted(rng.choice(len(connected), k, replace=False)))
+        now = self.clock()
+        self.open = RoundRow(self.round, self.version, now, now + self.config.round_timeout,
+                             None, picked)
+        with self.store.transaction():
+            self.store.put_round(self.open)
+        log.info("round %d open: %d client(s) sampled of %d connected", self.round, k,
+                 len(connected))
+
+    def _resample(self, r: RoundRow, got: int) -> None:
+        """Too few updates by the deadline: keep them, sample again, set a new deadline."""
+        have = set(self.store.update_clients(r.round))
+        pool = [c for c in self._connected() if c not in have]
+        rng = np.random.default_rng([self.config.seed, r.round, int(self.clock())])
+        k = min(max(self.config.clients_per_round - len(have), 0), len(pool))
+        extra = [pool[i] for i in sorted(rng.choice(len(pool), k, replace=False))] if k else []
+        sampled = tuple(sorted(have | set(extra))) or r.sampled
+        self.open = RoundRow(r.round, r.model_version, r.opened,
+                             self.clock() + self.config.round_timeout, None, sampled)
+        with self.store.transaction():
+            self.store.put_round(self.open)
+        log.warning("round %d: deadline passed with %d of %d update(s); %d client(s) sampled "
+                    "again", r.round, got, self.config.min_updates or self.config.min_clients,
+                    len(sampled))
+
+    def _aggregate(self) -> None:
+        r = self.open
+        assert r is not None
+        stored = self.store.updates(r.round)
+        updates = [ClientUpdate(u.weights, u.num_examples, u.client_id) for u in stored]
+        before = strategy_state(self.strategy)
+        new = self.strategy.aggregate(self.weights, updates)
+        if not np.all(np.isfinite(new)):
+            restore_strategy(self.strategy, before)
+            raise ServeError.at(f"round {r.round}: {self.strategy.name} produced NaN or Inf")
+        metrics = self.evaluate(new) if self.evaluate else {}
+        counts = np.array([u.num_examples for u in stored], np.float64)
+        try:
+            with self.store.transaction():
+                self.store.add_model(self.version + 1, r.round, new, _sha(new), self.clock(),
+                                     metrics, strategy_state(self.strategy))
+                self.store.finish_round(r.round, self.clock(), "aggregated",
+                                        _weighted([u.train_loss for u in stored], counts),
+                                        _weighted([u.metrics.get("accuracy") for u in stored],
+                                                  counts))
+                self.store.set_meta("version", self.version + 1)
+                self.store.set_meta("round", r.round + 1)
+        except BaseException:
+            restore_strategy(self.strategy, before)
+            raise
+        self.version, self.round, self.weights, self.open = (self.version + 1, r.round + 1,
+                                                             new, None)
+        log.info("round %d closed: %d update(s) → model version %d%s", r.round, len(stored),
+                 self.version, f", accuracy {metrics['accuracy']:.4f}"
+                 if "accuracy" in metrics else "")
+        self._maybe_open()
+
+    # --- status ---------------------------------------------------------------------------
+    def _phase(self) -> str:
+        return "done" if self.done else "open" if self.open is not None else "waiting"
+
+    def status(self, with_log: bool = False) -> dict[str, Any]:
+        with self.lock:
+            s, now = self.store, self.clock()
+            connected = set(self._connected())
+            models = s.model_metrics()
+            out: dict[str, Any] = {
+                "model": self.manifest["model"], "status": self._phase(), "round": self.round,
+                "rounds": self.config.rounds, "model_version": self.version,
+                "strategy": self.strategy.name, "num_params": self.num_params,
+                "update_bytes": 4 * self.num_params,
+                "connected": sorted(connected), "min_clients": self.config.min_clients,
+                "clients": {c: {**v, "connected": c in connected}
+                            for c, v in s.client_counts().items()},
+                **s.totals(), "latest": models[-1], "models": models,
+                "rounds_history": s.round_history()}
+            if self.open is not None:
+                got = s.update_clients(self.open.round)
+                out["open_round"] = {"round": self.open.round, "sampled": list(self.open.sampled),
+                                     "submitted": got,
+                                     "deadline_in": round(self.open.deadline - now, 3)}
+            if with_log:
+                out["accepted_log"] = s.accepted_log()
+            return out
+
+
+def _sha(weights: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(weights, "<f4").tobytes()).hexdigest()
+
+
+def _task_seed(seed: int, rnd: int, client_id: str) -> int:
+    """The shuffle seed of one client's task: stable across restarts, distinct per round."""
+    digest = hashlib.sha256(f"{seed}/{rnd}/{client_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _number(meta: dict[str, Any], key: str) -> float | None:
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise ProtocolError(400, "bad_meta", f"metadata field {key!r} must be a finite number")
+    return float(value)
+
+
+def _metrics(meta: dict[str, Any]) -> dict[str, float]:
+    """The client's evaluation of the global model on its own data (optional)."""
+    ev = meta.get("eval", {})
+    if not isinstance(ev, dict):
+        raise ProtocolError(400, "bad_meta", "metadata field 'eval' must be an object")
+    return {k: v for k in ("loss", "accuracy") if (v := _number(ev, k)) is not None}
+
+
+def _weighted(values: list[float | None], counts: np.ndarray) -> float | None:
+    pairs = [(v, n) for v, n in zip(values, counts, strict=True) if v is not None]
+    if not pairs:
+        return None
+    total = sum(n for _, n in pairs)
+    return float(sum(v * n for v, n in pairs) / total) if total else None

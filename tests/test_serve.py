@@ -1,0 +1,324 @@
+"""`fedc serve` as a real process: malformed requests are refused and change nothing; rounds
+resume after SIGKILL with the same accepted updates; tokens, TLS, status and CLI errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedc.serve.auth import issue, parse_bearer, verify
+from fedc.serve.protocol import ProtocolError, decode, encode
+
+from .serve_util import Server, fedc, issue_tokens, load_client_module, request
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, digits_mlp) -> Path:
+    from fedc.harness.bundle import demo_partitions, write_bundle
+    out = tmp_path_factory.mktemp("bundle")
+    write_bundle(digits_mlp.wasm, digits_mlp.manifest, out,
+                 demo_partitions("digits", 3, 0, digits_mlp.manifest))
+    return out
+
+
+@pytest.fixture(scope="module")
+def client_mod(bundle):
+    return load_client_module(bundle)
+
+
+def _data(bundle: Path, i: int) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(bundle / "data" / f"client-{i}.npz") as z:
+        return z["x"], z["y"]
+
+
+# --- units: frames and tokens ---------------------------------------------------------------------
+
+def test_frame_round_trips_between_server_and_python_client(client_mod):
+    w = np.linspace(-1, 1, 37, dtype=np.float32)
+    meta, values = client_mod.decode_frame(encode("task", {"round": 3}, w))
+    assert meta == {"round": 3} and values.tobytes() == w.tobytes()
+    frame = decode(client_mod.encode_frame("update", {"round": 1, "x": "é"}, w))
+    assert frame.kind == "update" and frame.meta["x"] == "é"
+    assert frame.values.tobytes() == w.tobytes()
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"", "truncated"), (b"FEDC", "truncated"), (b"NOPE" + bytes(12), "bad_magic"),
+    (encode("update", {}, np.ones(4))[:-1], "truncated"),
+    (encode("update", {}, np.ones(4)) + b"\0", "trailing_bytes"),
+    (struct.pack("<4sBBBBII", b"FEDC", 9, 2, 1, 0, 0, 0), "bad_version"),
+    (struct.pack("<4sBBBBII", b"FEDC", 1, 7, 1, 0, 0, 0), "bad_kind"),
+    (struct.pack("<4sBBBBII", b"FEDC", 1, 2, 2, 0, 0, 0), "bad_dtype"),
+    (struct.pack("<4sBBBBII", b"FEDC", 1, 2, 1, 0, 4, 0) + b"[1] ", "bad_meta"),
+    (struct.pack("<4sBBBBII", b"FEDC", 1, 2, 1, 0, 3, 0) + b"NaN\0", "bad_meta"),
+])
+def test_decode_refuses_malformed_frames(data, code):
+    with pytest.raises(ProtocolError) as info:
+        decode(data)
+    assert info.value.code == code and info.value.status in (400, 422)
+
+
+def test_tokens_verify_only_their_own_secret():
+    t = issue(set())
+    client_id, secret = parse_bearer(f"Bearer {t.token}")
+    assert client_id == t.client_id and verify(secret, t.secret_hash)
+    assert not verify(secret + "x", t.secret_hash) and not verify(secret, None)
+    for bad in (None, "", "Basic abc", "Bearer x.y", f"Bearer fedc2.{client_id}.{secret}"):
+        assert parse_bearer(bad) is None
+
+
+# --- the table of malformed requests --------------------------------------------------------------
+
+def _update(meta: dict, values: np.ndarray) -> bytes:
+    return encode("update", meta, values)
+
+
+@pytest.fixture(scope="module")
+def live(bundle, tmp_path_factory, client_mod):
+    """A server in round 2 (round 1 closed), three clients, two sampled per round."""
+    state = tmp_path_factory.mktemp("state") / "state.db"
+    tokens = issue_tokens(bundle, state, 3)
+    server = Server(bundle, state, "--rounds", "5", "--min-clients", "2",
+                    "--clients-per-round", "2", "--max-update-norm", "50",
+                    "--client-timeout", "600").start()
+    model = client_mod.Model.load(bundle)
+    clients = [client_mod.Client(server.url, t, model, retry_for=5) for t in tokens]
+    for c in clients:
+        c.join()
+    status = server.status()
+    sampled = status["open_round"]["sampled"]
+    by_id = {c.client_id: c for c in clients}
+    for cid in sampled:
+        assert by_id[cid].step(*_data(bundle, 0))["event"] == "accepted"
+    status = server.status()
+    assert status["round"] == 2 and status["status"] == "open"
+    yield server, by_id, status["open_round"]["sampled"], tokens
+    server.stop()
+
+
+def _snapshot(server: Server, token: str) -> tuple[bytes, dict]:
+    code, model = request(server.url + "/api/v1/model", token=token)
+    assert code == 200
+    s = server.status()
+    return model, {k: s[k] for k in ("round", "model_version", "status", "accepted")} | {
+        "open": s.get("open_round", {}).get("submitted")}
+
+
+def _cases(client_id: str, token: str, weights: np.ndarray, n: int):
+    good = {"round": 2, "model_version": 1, "num_examples": 100}
+    nan, inf, far = weights.copy(), weights.copy(), weights + 10.0
+    nan[5], inf[7] = np.nan, -np.inf
+    wrong_token = token.rsplit(".", 1)[0] + ".AAAA"
+    frame = _update(good, weights)
+    return [  # (name, token, body, status, code)
+        ("no token", None, frame, 401, "unauthorized"),
+        ("wrong token", wrong_token, frame, 401, "unauthorized"),
+        ("closed round", token, _update({**good, "round": 1, "model_version": 0}, weights),
+         409, "round_closed"),
+        ("future round", token, _update({**good, "round": 3}, weights), 409, "round_closed"),
+        ("stale model", token, _update({**good, "model_version": 0}, weights), 409,
+         "stale_model"),
+        ("wrong length", token, _update(good, weights[:-1]), 422, "wrong_length"),
+        ("NaN", token, _update(good, nan), 422, "not_finite"),
+        ("Inf", token, _update(good, inf), 422, "not_finite"),
+        ("huge norm", token, _update(good, far), 422, "norm_too_large"),
+        ("zero examples", token, _update({**good, "num_examples": 0}, weights), 422, "bad_meta"),
+        ("missing round", token, _update({"model_version": 1, "num_examples": 3}, weights),
+         400, "bad_meta"),
+        ("truncated body", token, frame[:len(frame) // 2], 400, "truncated"),
+        ("garbage bytes", token, bytes(range(256)) * 8, 400, "bad_magic"),
+        ("a task frame", token, encode("task", good, weights), 400, "bad_kind"),
+        ("float64 dtype", token, frame[:6] + b"\x02" + frame[7:], 422, "bad_dtype"),
+        ("oversized body", token, frame + bytes(4 * n + 64 * 1024), 413, "too_large"),
+    ]
+
+
+def test_malformed_updates_get_4xx_and_change_nothing(live):
+    server, by_id, sampled, tokens = live
+    client = by_id[sampled[0]]
+    token = client.token
+    before_model, before_state = _snapshot(server, token)
+    weights = np.frombuffer(before_model[-4 * client.model.num_params:], "<f4").copy()
+    rejected = server.status()["rejected"]
+    for name, tok, body, status, code in _cases(client.client_id, token, weights, weights.size):
+        got, reply = request(server.url + "/api/v1/update", "POST", body, tok,
+                             {"Content-Type": "application/x-fedc-frame"})
+        assert (got, json.loads(reply)["error"]) == (status, code), name
+        assert json.loads(reply)["reason"], name
+        assert _snapshot(server, token) == (before_model, before_state), name
+    status = server.status()
+    assert status["rejected"] == rejected + len(_cases("", token, weights, weights.size))
+    assert status["rejected_by_reason"]["not_finite"] == 2
+
+
+def test_unsampled_client_is_refused_and_duplicates_are_idempotent(live, bundle):
+    server, by_id, sampled, _ = live
+    outsider = next(c for cid, c in by_id.items() if cid not in sampled)
+    insider = by_id[sampled[0]]
+    task, weights = insider.task()
+    assert task["status"] == "train" and task["round"] == 2
+    assert outsider.task()[0]["status"] == "wait"
+    meta = {"round": 2, "model_version": 1, "num_examples": 10}
+    code, reply = request(server.url + "/api/v1/update", "POST", _update(meta, weights),
+                          outsider.token)
+    assert (code, json.loads(reply)["error"]) == (403, "not_sampled")
+    body = _update(meta, weights + 0.001)
+    first = request(server.url + "/api/v1/update", "POST", body, insider.token)
+    again = request(server.url + "/api/v1/update", "POST", body, insider.token)
+    assert first[0] == again[0] == 200 and json.loads(again[1])["duplicate"] is True
+    other = request(server.url + "/api/v1/update", "POST", _update(meta, weights), insider.token)
+    assert (other[0], json.loads(other[1])["error"]) == (409, "already_submitted")
+    assert server.status()["open_round"]["submitted"] == [insider.client_id]
+
+
+def test_unauthenticated_requests_cannot_read_tasks_or_models(live):
+    server = live[0]
+    for path in ("/api/v1/task", "/api/v1/model"):
+        code, body = request(server.url + path)
+        assert code == 401 and json.loads(body)["error"] == "unauthorized"
+    code, _ = request(server.url + "/api/v1/join", "POST", b"", "fedc1.cnope.secret")
+    assert code == 401
+
+
+# --- deadlines, durability ------------------------------------------------------------------------
+
+def test_straggler_update_after_the_deadline_is_refused(bundle, tmp_path, client_mod):
+    state = tmp_path / "s.db"
+    tokens = issue_tokens(bundle, state, 2)
+    with Server(bundle, state, "--rounds", "3", "--min-clients", "2", "--min-updates", "1",
+                "--clients-per-round", "2", "--round-timeout", "1.5") as server:
+        model = client_mod.Model.load(bundle)
+        fast, slow = (client_mod.Client(server.url, t, model, retry_for=5) for t in tokens)
+        fast.join()
+        slow.join()
+        task, weights = slow.task()
+        assert task["status"] == "train" and task["round"] == 1
+        assert fast.step(*_data(bundle, 0))["event"] == "accepted"
+        time.sleep(2.0)  # the deadline passes: round 1 closes with the one update it has
+        assert server.status()["round"] == 2
+        with pytest.raises(client_mod.ClientError) as info:
+            slow.send(task, weights, 10, 0.0, {})
+        assert info.value.status == 409 and info.value.code == "round_closed"
+        assert slow.step(*_data(bundle, 1))["event"] in ("accepted", "wait")
+
+
+def _drive(server: Server, clients: list, bundle: Path, rounds: int, kill: tuple[int, int]
+           ) -> None:
+    """Each round every client checks in, then in order takes its task and sends its update;
+    in round kill[0], after kill[1] updates, the server is SIGKILLed and started again."""
+    for r in range(1, rounds + 1):
+        for c in clients:  # a round opens once all are connected
+            c.join()
+        for i, c in enumerate(clients):
+            if (r, i) == kill:
+                server.kill()
+                server.start()
+                assert server.status()["open_round"]["submitted"] == sorted(
+                    x.client_id for x in clients[:i])
+            event = c.step(*_data(bundle, i))
+            assert event["event"] == "accepted" and event["round"] == r, event
+
+
+def test_sigkill_mid_round_resumes_with_the_same_accepted_updates(bundle, tmp_path, client_mod):
+    base = tmp_path / "base.db"
+    tokens = issue_tokens(bundle, base, 3)
+    flags = ("--rounds", "3", "--min-clients", "3", "--clients-per-round", "3",
+             "--eval-data", "digits", "--seed", "7")
+    runs = {}
+    for name, kill in (("uninterrupted", (0, 0)), ("killed", (2, 2))):
+        state = tmp_path / f"{name}.db"
+        shutil.copy(base, state)
+        server = Server(bundle, state, *flags).start()
+        try:
+            model = client_mod.Model.load(bundle)
+            clients = [client_mod.Client(server.url, t, model, retry_for=30) for t in tokens]
+            clients.sort(key=lambda c: c.token.split(".")[1])  # by client id
+            _drive(server, clients, bundle, 3, kill)
+            status = server.status(log=True)
+        finally:
+            server.stop()
+        assert status["status"] == "done"
+        runs[name] = status
+    a, b = runs["uninterrupted"], runs["killed"]
+    assert a["accepted_log"] == b["accepted_log"] and len(a["accepted_log"]) == 9
+    assert [m["sha256"] for m in a["models"]] == [m["sha256"] for m in b["models"]]
+    assert b["accepted"] == 9 and b["rejected"] == 0
+    assert "resumed round 2 with 2 accepted update(s)" in (tmp_path / "killed.log").read_text()
+
+
+# --- TLS, status and the command line -------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_tls_server_is_reachable_with_its_certificate(bundle, tmp_path, client_mod):
+    import ssl
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    state = tmp_path / "s.db"
+    token = issue_tokens(bundle, state, 1)[0]
+    server = Server(bundle, state, "--certfile", str(cert), "--keyfile", str(key),
+                    scheme="https")
+    server.start(context=ssl.create_default_context(cafile=str(cert)))
+    try:
+        model = client_mod.Model.load(bundle)
+        info = client_mod.Client(server.url, token, model, cafile=str(cert)).join()
+        assert info["model"] == "DigitsMLP"
+        with pytest.raises(client_mod.ClientError, match="CERTIFICATE_VERIFY_FAILED"):
+            client_mod.Client(server.url, token, model, retry_for=0).join()
+    finally:
+        server.stop()
+
+
+def test_status_command_shows_round_clients_counts_and_accuracy(live):
+    server = live[0]
+    out = fedc("status", server.url)
+    assert out.returncode == 0, out.stderr
+    assert "round 2/5" in out.stdout and "3 connected of 3 registered" in out.stdout
+    assert "latest accuracy: 0." in out.stdout or "latest accuracy: n/a" in out.stdout
+    data = json.loads(fedc("status", server.url, "--json").stdout)
+    assert data["ok"] and data["round"] == 2
+
+
+def test_server_serves_the_bundle_to_browsers(live):
+    server = live[0]
+    code, page = request(server.url + "/")
+    assert code == 200 and b"fedc-page.js" in page
+    with __import__("urllib.request").request.urlopen(server.url + "/model.wasm") as res:
+        assert res.headers["Content-Type"] == "application/wasm"
+    code, _ = request(server.url + "/../state.db")
+    assert code == 404
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["status", "http://127.0.0.1:9"], 1, "cannot reach http://127.0.0.1:9"),
+    (["status", "127.0.0.1:8080"], 2, "expected an http:// or https:// URL"),
+    (["serve", "no/such.fed"], 2, "no such file or bundle: no/such.fed"),
+    (["serve", "examples", "--certfile", "x.pem"], 2, "give both --certfile and --keyfile"),
+])
+def test_cli_errors_are_one_line_without_traceback(args, code, message):
+    out = fedc(*args)
+    assert out.returncode == code and message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_state_file_of_another_model_is_refused(bundle, tmp_path, digits_mlp_source):
+    from fedc.harness.bundle import write_bundle
+    from fedc.pipeline import compile_source
+    other = tmp_path / "other"
+    art = compile_source(digits_mlp_source.replace("dense(x, 128)", "dense(x, 32)"), "o.fed")
+    write_bundle(art.wasm, art.manifest, other)
+    state = tmp_path / "s.db"
+    issue_tokens(bundle, state, 1)
+    first = Server(bundle, state).start()
+    first.stop()
+    out = fedc("serve", str(other), "--state", str(state), "--port", "0")
+    assert out.returncode == 1 and "holds the state of another model" in out.stderr
+    assert "Traceback" not in out.stderr
