@@ -249,23 +249,23 @@ def test_balance_splits_by_samples_and_keeps_every_client_once():
     assert abs(loads[0] - loads[1]) <= 10 and all(g == sorted(g) for g in groups)
 
 
-def test_compile_option_proximal_mu_adds_or_removes_the_fedprox_anchor(digits_mlp_source):
+@pytest.fixture(scope="module")
+def digits_prox(digits_mlp_source):
+    from fedc.pipeline import Options, compile_source
+    return compile_source(digits_mlp_source, "d.fed", Options(proximal_mu=0.5))
+
+
+def test_compile_option_proximal_mu_adds_or_removes_the_fedprox_anchor(digits_mlp_source,
+                                                                        digits_prox):
     from fedc.pipeline import Options, compile_source
 
-    prox = compile_source(digits_mlp_source, "d.fed", Options(proximal_mu=0.1))
-    assert prox.manifest["anchor_region"]["count"] == 9610
-    assert prox.manifest["optimizer"]["hparams"]["proximal_mu"] == pytest.approx(0.1)
+    assert digits_prox.manifest["anchor_region"]["count"] == 9610
+    assert digits_prox.manifest["optimizer"]["hparams"]["proximal_mu"] == 0.5
     plain = compile_source(digits_mlp_source.replace("= fedavg", "= fedprox"), "d.fed",
                            Options(proximal_mu=0.0))
     assert plain.manifest["anchor_region"] is None
     with pytest.raises(UsageError, match="proximal_mu must be a number ≥ 0"):
         compile_source(digits_mlp_source, "d.fed", Options(proximal_mu=-1.0))
-
-
-@pytest.fixture(scope="module")
-def digits_prox(digits_mlp_source):
-    from fedc.pipeline import Options, compile_source
-    return compile_source(digits_mlp_source, "d.fed", Options(proximal_mu=0.5))
 
 
 def test_fedprox_pulls_client_models_towards_the_global_model(digits_prox, digits):

@@ -18,7 +18,8 @@ from .simulate import RoundResult, SimResult
 
 CSV_FIELDS = ("round", "test_accuracy", "test_loss", "train_loss", "federated_accuracy",
               "federated_loss", "federated_accuracy_min", "selected", "updates", "dropped",
-              "stragglers", "byzantine", "aggregated", "simulated_seconds", "seconds", "note")
+              "stragglers", "byzantine", "aggregated", "simulated_seconds", "seconds",
+              "train_seconds", "note")
 
 
 def default_out_dir(name: str | None, model: str, root: Path = Path("runs")) -> Path:

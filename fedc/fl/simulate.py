@@ -144,7 +144,8 @@ class RoundResult:
     test_loss: float
     test_accuracy: float | None
     simulated_seconds: float
-    seconds: float
+    seconds: float  # wall time of the whole round
+    train_seconds: float  # wall time of the clients' training (all workers)
     federated_loss: float | None = None
     federated_accuracy: float | None = None
     federated_accuracy_min: float | None = None
@@ -179,7 +180,8 @@ class SimResult:
     def summary(self) -> dict[str, Any]:
         """The run as one JSON-ready object (what `fedc simulate --json` prints)."""
         updates = sum(len(r.updates) for r in self.rounds)
-        train_s = sum(r.seconds for r in self.rounds)
+        round_s = sum(r.seconds for r in self.rounds)
+        train_s = sum(r.train_seconds for r in self.rounds)
         return {
             "config": self.config.to_json(),
             "strategy": {"name": self.config.strategy, "options": self.strategy_options},
@@ -191,7 +193,8 @@ class SimResult:
             "client_updates": updates,
             "seconds": self.seconds,
             "startup_seconds": self.startup_seconds,
-            "rounds_per_second": len(self.rounds) / train_s if train_s > 0 else None,
+            "rounds_per_second": len(self.rounds) / round_s if round_s > 0 else None,
+            "seconds_per_client_update": train_s / updates if updates else None,
             "simulated_seconds": sum(r.simulated_seconds for r in self.rounds),
             "weights_sha256": hashlib.sha256(self.weights.tobytes()).hexdigest(),
             "warnings": self.warnings,
@@ -267,6 +270,7 @@ class Simulation:
         start = time.perf_counter()
         chosen, dropped, late, trainees, sim_s = self._participants(rnd)
         results = self.runner.train(self.weights, rnd, trainees)
+        train_s = time.perf_counter() - start
         updates = [ClientUpdate(self._sent(k, results[k][0]), self.sizes[k], str(k))
                    for k in trainees]
         new, note = self._aggregate(updates, complete=len(trainees) == len(chosen))
@@ -282,6 +286,7 @@ class Simulation:
             rnd, chosen, dropped, late, trainees, [k for k in trainees if k in self.byzantine],
             aggregated=new is not None, train_loss=train_loss, test_loss=test_loss,
             test_accuracy=test_accuracy, simulated_seconds=sim_s, seconds=0.0,
+            train_seconds=train_s,
             note="diverged: the global model has NaN or Inf weights" if diverged else note)
         if self.config.federated_eval:
             self._evaluate_clients(result)
