@@ -1,0 +1,175 @@
+"""The bundle's Node client against its Python twin: the same task on the same data gives the
+same update bit for bit; fedc-shuffle/1, .npz reading and frames agree across the two."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedc.serve.protocol import decode, encode
+
+from .serve_util import Server, issue_tokens, load_client_module
+from .test_shuffle import FIRST_U32_SEED0, PERM_8_SEED_2_40_PLUS_7, PERM_10_SEED42
+
+pytestmark = [pytest.mark.node,
+              pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# dropout keys, Adam with a cosine schedule and clipping, and FedProx's anchor, all in one task
+MIXED = """model Mixed:
+    input x: f32[64]
+    target y: class[10]
+    h = dropout(relu(dense(x, 32)), 0.2)
+    logits = dense(h, 10)
+    loss = softmax_cross_entropy(logits, y)
+
+optimizer adam(lr=0.01, schedule=cosine(t_max=20, eta_min=0.001), clip_norm=5.0)
+
+federated:
+    rounds = 3
+    local_epochs = 2
+    batch_size = 16
+    strategy = fedprox
+    proximal_mu = 0.1
+"""
+CNN = """model SmallCNN:
+    input x: f32[1, 8, 8]
+    target y: class[10]
+    h = max_pool2d(relu(conv2d(x, 8, 3, padding=1)), 2)
+    logits = dense(flatten(h), 10)
+    loss = softmax_cross_entropy(logits, y)
+
+optimizer sgd(lr=0.05, momentum=0.9, weight_decay=0.0001)
+"""
+SOURCES = {"digits_mlp": (ROOT / "examples" / "digits_mlp.fed").read_text(), "cnn": CNN,
+           "mixed": MIXED}
+
+
+def node(script: str, tmp: Path) -> str:
+    path = tmp / f"run-{abs(hash(script))}.mjs"
+    path.write_text(script)
+    out = subprocess.run(["node", str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def make_bundle(source: str, out: Path) -> Path:
+    from fedc.harness.bundle import demo_partitions, write_bundle
+    from fedc.pipeline import compile_source
+    art = compile_source(source, "model.fed")
+    write_bundle(art.wasm, art.manifest, out, demo_partitions("digits", 4, 0, art.manifest))
+    return out
+
+
+@pytest.fixture(scope="module", params=sorted(SOURCES))
+def bundle(request, tmp_path_factory) -> Path:
+    return make_bundle(SOURCES[request.param], tmp_path_factory.mktemp(request.param))
+
+
+def test_js_shuffle_matches_pinned_python_values(tmp_path):
+    rt = (ROOT / "runtime" / "js" / "fedc-runtime.js").as_uri()
+    out = node(f"""import {{ Shuffle }} from '{rt}';
+const s = new Shuffle(0);
+const big = new Shuffle(1234567).permutation(1000);
+console.log(JSON.stringify([[s.nextU32(), s.nextU32(), s.nextU32(), s.nextU32()],
+  Array.from(new Shuffle(42).permutation(10)), Array.from(new Shuffle(2 ** 40 + 7).permutation(8)),
+  Array.from(big)]));""", tmp_path)
+    first, p10, p8, big = json.loads(out)
+    assert first == FIRST_U32_SEED0 and p10 == PERM_10_SEED42 and p8 == PERM_8_SEED_2_40_PLUS_7
+    from fedc.runtime import Shuffle
+    assert big == Shuffle(1234567).permutation(1000).tolist()
+
+
+def test_node_and_python_clients_make_bit_identical_updates(bundle, tmp_path):
+    """Same global weights, data and task → the same bytes. Wasm floats are deterministic
+    (no relaxed SIMD), both hosts write the same rows in the same order and sum losses in
+    float64 in the same order, so the bound is zero."""
+    client = load_client_module(bundle)
+    model = client.Model.load(bundle)
+    model.init_weights(5)
+    start = model.get_weights() + np.float32(0.01)  # not the init: the anchor must follow
+    start.astype("<f4").tofile(tmp_path / "w0.bin")
+    data = bundle / "data" / "client-1.npz"  # 359 rows: the last batch is partial
+    task = {"seed": 2**32 - 3, "local_epochs": 2, "batch_size": 24}
+    x, y = client.load_data(data, model.manifest)
+    weights, loss, evaluation = client.local_train(model, start, x, y, task)
+    js = (bundle / "fedc-client.js").as_uri()
+    out = node(f"""import fs from 'node:fs';
+import {{ Model, loadData, localTrain }} from '{js}';
+const dir = {json.dumps(str(bundle))};
+const manifest = JSON.parse(fs.readFileSync(dir + '/manifest.json'));
+const model = await Model.create(fs.readFileSync(dir + '/model.wasm'), manifest);
+const {{ x, y }} = await loadData(fs.readFileSync({json.dumps(str(data))}), manifest);
+const w0bytes = new Uint8Array(fs.readFileSync({json.dumps(str(tmp_path / 'w0.bin'))}));
+const w0 = new Float32Array(w0bytes.buffer);
+const r = localTrain(model, w0, x, y, {json.dumps(task)});
+fs.writeFileSync({json.dumps(str(tmp_path / 'w_js.bin'))}, new Uint8Array(r.weights.buffer));
+console.log(JSON.stringify([r.trainLoss, r.evaluation]));""", tmp_path)
+    js_loss, js_eval = json.loads(out)
+    js_weights = np.fromfile(tmp_path / "w_js.bin", "<f4")
+    assert not np.array_equal(weights, start)
+    assert js_weights.tobytes() == weights.tobytes()
+    assert js_loss == loss and js_eval == evaluation
+
+
+def test_js_reads_npz_files_as_python_does(tmp_path, digits_mlp):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8, 8))  # float64, 3-D: rounded to float32 and flattened
+    y = rng.integers(0, 10, 50).astype(np.int64)
+    np.savez_compressed(tmp_path / "c.npz", x=x, y=y, extra=np.arange(3))
+    np.savez(tmp_path / "u.npz", x=x.astype(np.float32).reshape(50, 64), y=y.astype(np.int32))
+    client = load_client_module(ROOT / "runtime" / "python")
+    proto = (ROOT / "runtime" / "js" / "fedc-protocol.js").as_uri()
+    m = json.dumps(digits_mlp.manifest)
+    for name in ("c.npz", "u.npz"):
+        out = node(f"""import fs from 'node:fs';
+import {{ loadData }} from '{proto}';
+const d = await loadData(fs.readFileSync({json.dumps(str(tmp_path / name))}), {m});
+fs.writeFileSync({json.dumps(str(tmp_path / 'x.bin'))}, new Uint8Array(d.x.buffer));
+console.log(JSON.stringify([d.rows, Array.from(d.y)]));""", tmp_path)
+        rows, ys = json.loads(out)
+        px, py = client.load_data(tmp_path / name, digits_mlp.manifest)
+        assert rows == 50 and ys == py.tolist()
+        assert np.fromfile(tmp_path / "x.bin", "<f4").tobytes() == px.tobytes()
+
+
+def test_js_frames_decode_on_the_server_and_back(tmp_path):
+    proto = (ROOT / "runtime" / "js" / "fedc-protocol.js").as_uri()
+    w = np.array([0.0, -1.5, 3.25e-8, np.float32(1) / 3], np.float32)
+    (tmp_path / "task.bin").write_bytes(encode("task", {"round": 2, "note": "é"}, w))
+    out = node(f"""import fs from 'node:fs';
+import {{ decodeFrame, encodeFrame }} from '{proto}';
+const t = decodeFrame(fs.readFileSync({json.dumps(str(tmp_path / 'task.bin'))}));
+fs.writeFileSync({json.dumps(str(tmp_path / 'up.bin'))},
+  encodeFrame('update', {{ round: t.meta.round, echo: t.meta.note }}, t.values));
+console.log(t.kind);""", tmp_path)
+    assert out.strip() == "task"
+    frame = decode((tmp_path / "up.bin").read_bytes())
+    assert frame.kind == "update" and frame.meta == {"round": 2, "echo": "é"}
+    assert frame.values.tobytes() == w.tobytes()
+
+
+def test_node_client_errors_are_one_line(tmp_path, digits_mlp):
+    from fedc.harness.bundle import write_bundle
+    bundle = tmp_path / "b"
+    write_bundle(digits_mlp.wasm, digits_mlp.manifest, bundle)
+    run = ["node", str(bundle / "fedc-client.js")]
+    out = subprocess.run([*run, "--server", "http://127.0.0.1:9", "--token", "t", "--data",
+                          "nope.npz"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stderr.strip() == "error: cannot read nope.npz: ENOENT"
+    out = subprocess.run([*run, "--token", "t"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "--server is required" in out.stderr
+    np.savez(tmp_path / "d.npz", x=np.zeros((3, 64), np.float32), y=np.array([0, 1, 2]))
+    state = tmp_path / "s.db"
+    token = issue_tokens(bundle, state, 1)[0]
+    with Server(bundle, state) as server:
+        out = subprocess.run([*run, "--server", server.url, "--token", token[:-2] + "xx",
+                              "--data", str(tmp_path / "d.npz")], capture_output=True, text=True,
+                             timeout=60)
+    assert out.returncode == 1 and out.stderr.strip() == "error: invalid token"
