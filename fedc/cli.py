@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     _compile_flags(c)
     c.add_argument("--bundle", action="store_true",
                    help="with -o: also write the client bundle (JS, Python, page; fedc bundle)")
+    c.add_argument("--target", choices=["wasm", "flower"], default="wasm",
+                   help="wasm (default): model.wasm + manifest.json; flower: a Flower app in -o")
+    c.add_argument("--data", help="--target flower: the run config's dataset (for partition-id "
+                                   "nodes and central evaluation)")
     c.add_argument("--json", action="store_true", help="one JSON object on stdout")
     c.set_defaults(run=cmd_compile)
 
@@ -119,6 +123,10 @@ def cmd_check(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
     from .pipeline import compile_source
+    if args.target == "flower" and not args.out:
+        raise UsageError.at("--target flower needs -o DIR (the Flower app's folder)")
+    if args.data and args.target != "flower":
+        raise UsageError.at("--data sets a Flower app's dataset: use it with --target flower")
     start = time.perf_counter()
     art = compile_source(_read(args.file), args.file, _options(args))
     seconds = time.perf_counter() - start
@@ -126,6 +134,8 @@ def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
         text = {"ir": art.ir_text, "llvm": art.llvm_ir, "llvm-opt": art.optimized_ir,
                 "manifest": json.dumps(art.manifest, indent=2)}[args.emit]
         print(text)
+    if args.target == "flower":
+        return _compile_flower(args, art, seconds)
     if args.out and args.bundle:
         from .harness.bundle import write_bundle
         write_bundle(art.wasm, art.manifest, args.out)
@@ -142,6 +152,18 @@ def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
     return {"out": args.out, "wasm_bytes": len(art.wasm), "memory": mem,
             "sha256": art.manifest["wasm"]["sha256"], "compile_seconds": seconds,
             **({"emit": args.emit} if args.emit else {})}
+
+
+def _compile_flower(args: argparse.Namespace, art: Any, seconds: float) -> dict[str, Any]:
+    """`fedc compile --target flower -o DIR`: a Flower app (fedc/harness/flower.py)."""
+    from .harness.flower import write_flower_app
+    files = write_flower_app(art.wasm, art.manifest, args.out, args.data)
+    out = Path(args.out)
+    if not args.json:
+        print(f"wrote the {art.manifest['model']} Flower app to {out}/ ({len(files)} files); "
+              f"run it with: flwr run {out} --stream; {seconds:.2f} s", file=sys.stderr)
+    return {"out": str(out), "target": "flower", "files": [str(f.relative_to(out)) for f in files],
+            "sha256": art.manifest["wasm"]["sha256"], "compile_seconds": seconds}
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
