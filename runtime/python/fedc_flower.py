@@ -1,0 +1,375 @@
+"""fedc's Flower glue: Flower Messages + the compiled model → a ClientApp that trains and evaluates
+in Wasm, and a ServerApp that runs Flower's own strategy (Flower 1.42 Message API).
+
+Copied verbatim into every app that `fedc compile --target flower` writes, beside fedc_runtime.py,
+manifest.json and model_wasm.py; it needs flwr, numpy and wasmtime. fedc itself is needed only
+where a named dataset is loaded: by nodes whose data source is ``partition-id`` and by the
+server's central evaluation.
+
+A node's data source comes from its node config, so one app runs in simulation and deployment:
+
+- ``data-path="/data/mine.npz"``: arrays ``x``, ``y`` (training) and optionally ``x_test``,
+  ``y_test`` (evaluation; without them the node evaluates on its training data);
+- ``partition-id=K num-partitions=N`` (what the simulation engine sets): partition K of the run
+  config's ``dataset``, cut exactly as `fedc simulate` cuts it (same loader, seed and scheme);
+- ``fedc-serve="http://host:port" fedc-serve-token-file="/path"``: a bridge node: the round is
+  handed to a `fedc serve` federation of edge clients, whose pre-aggregated model comes back with
+  the sum of their example counts (hierarchical FL; see docs/flower.md).
+
+A client trains as `fedc simulate`'s clients do: global weights in, optimizer state zeroed,
+``local-epochs`` shuffled passes ordered by ``default_rng([seed, 2, round, client])``.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import json
+import struct
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import strategy as flower_strategies
+
+from . import model_wasm
+from .fedc_runtime import Model
+
+HERE = Path(__file__).resolve().parent
+TRAIN_STREAM = 2  # fedc.fl.faults.TRAIN: the second word of every client's shuffle seed
+
+# fedc's strategy names → Flower's classes; the run config's strategy-<keyword> entries are the
+# class's keywords in Flower's spelling with dashes, e.g. strategy-server-momentum = 0.9
+STRATEGIES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM", "fedadam": "FedAdam",
+              "fedyogi": "FedYogi", "fedadagrad": "FedAdagrad", "median": "FedMedian",
+              "trimmed_mean": "FedTrimmedAvg", "krum": "Krum", "multikrum": "MultiKrum"}
+
+
+class AppError(Exception):
+    """A setting or a data file this app cannot work with (the message says which)."""
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+_CACHE: dict[Any, Any] = {}
+
+
+def manifest() -> dict[str, Any]:
+    if "manifest" not in _CACHE:
+        _CACHE["manifest"] = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
+    return _CACHE["manifest"]  # type: ignore[no-any-return]
+
+
+def model() -> Model:
+    """This process's Wasm instance (compiled once; ClientApp calls reuse it)."""
+    if "model" not in _CACHE:
+        wasm = base64.b64decode(model_wasm.WASM_BASE64)
+        _CACHE["model"] = Model(wasm, manifest())
+    return _CACHE["model"]  # type: ignore[no-any-return]
+
+
+def to_record(weights: np.ndarray) -> ArrayRecord:
+    """A flat weight vector (manifest order) → one named Array per parameter tensor."""
+    out, start = {}, 0
+    for p in manifest()["params"]:
+        size = int(np.prod(p["shape"], dtype=np.int64))
+        out[p["name"]] = Array(np.ascontiguousarray(weights[start:start + size], np.float32)
+                               .reshape(p["shape"]))
+        start += size
+    return ArrayRecord(out)
+
+
+def from_record(record: ArrayRecord) -> np.ndarray:
+    """An ArrayRecord with every parameter tensor by name → the flat float32 vector."""
+    parts = []
+    for p in manifest()["params"]:
+        if p["name"] not in record:
+            raise AppError(f"the model's arrays lack parameter {p['name']!r} "
+                           f"(got {', '.join(record.keys()) or 'none'})")
+        a = np.asarray(record[p["name"]].numpy(), np.float32)
+        if list(a.shape) != list(p["shape"]):
+            raise AppError(f"parameter {p['name']!r} has shape {list(a.shape)}, "
+                           f"the model's is {p['shape']}")
+        parts.append(a.reshape(-1))
+    return np.concatenate(parts)
+
+
+# --- a node's data --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NodeData:
+    client: int  # the client number in shuffle seeds (the partition id when there is one)
+    x: np.ndarray
+    y: np.ndarray
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+
+
+def _cast(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    target = manifest()["targets"][0]["dtype"]
+    return (np.ascontiguousarray(x, np.float32),
+            np.ascontiguousarray(y, np.int32 if target == "i32" else np.float32))
+
+
+def _from_file(path: str, client: int) -> NodeData:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise AppError(f"data-path {path}: cannot read it as a .npz file ({exc})") from None
+    if "x" not in arrays or "y" not in arrays or len(arrays["x"]) != len(arrays["y"]):
+        raise AppError(f"data-path {path}: needs arrays 'x' and 'y' of equal length "
+                       f"(has {', '.join(sorted(arrays)) or 'none'})")
+    x, y = _cast(arrays["x"], arrays["y"])
+    xe, ye = (_cast(arrays["x_test"], arrays["y_test"]) if "x_test" in arrays and
+              "y_test" in arrays else (x, y))
+    return NodeData(client, x, y, xe, ye)
+
+
+def _from_partition(run: Mapping[str, Any], pid: int, parts: int) -> NodeData:
+    """Partition `pid` of `parts` of the run's dataset, as `fedc simulate` cuts it."""
+    data = load_dataset(run)
+    try:
+        from fedc.fl.partition import partition
+    except ImportError:
+        raise AppError("a node with a partition-id needs fedc installed "
+                       "(pip install fedc), or give it data-path=FILE.npz") from None
+    if not 0 <= pid < parts:
+        raise AppError(f"partition-id {pid} is outside 0..{parts - 1} (num-partitions {parts})")
+    idx = partition(data.y_train, parts, str(run.get("partition", "iid")), int(run["seed"]))[pid]
+    test = np.array_split(np.arange(len(data.y_test)), parts)[pid]
+    x, y = _cast(data.x_train[idx], data.y_train[idx])
+    xe, ye = _cast(data.x_test[test], data.y_test[test])
+    return NodeData(pid, x, y, xe, ye)
+
+
+def load_dataset(run: Mapping[str, Any]) -> Any:
+    """The run config's dataset through fedc's loaders (train/test split by seed)."""
+    spec = str(run.get("dataset", ""))
+    if not spec:
+        raise AppError("the run config names no dataset: set dataset (flwr run . -c "
+                       "'dataset=\"digits\"') or give each node data-path=FILE.npz")
+    try:
+        from fedc.data import load_dataset as fedc_load
+        from fedc.train import check_fits
+    except ImportError:
+        raise AppError(f"loading dataset {spec!r} needs fedc installed (pip install fedc)") \
+            from None
+    key = ("dataset", spec, int(run["seed"]), float(run["test-fraction"]))
+    if key not in _CACHE:
+        data = fedc_load(spec, seed=key[2], test_fraction=key[3], task=manifest()["task"])
+        check_fits(manifest(), data)
+        _CACHE[key] = data
+    return _CACHE[key]
+
+
+def node_data(context: Context) -> NodeData:
+    node, run = context.node_config, context.run_config
+    key = ("node", tuple(sorted(node.items())), tuple(sorted(run.items())))
+    if key not in _CACHE:
+        client = int(node.get("partition-id", node.get("client-id", context.node_id % 2**31)))
+        if "data-path" in node:
+            _CACHE[key] = _from_file(str(node["data-path"]), client)
+        elif "partition-id" in node and "num-partitions" in node:
+            _CACHE[key] = _from_partition(run, int(node["partition-id"]),
+                                          int(node["num-partitions"]))
+        else:
+            raise AppError("this node has no data source: start it with --node-config "
+                           "'data-path=\"FILE.npz\"' or 'partition-id=K num-partitions=N' "
+                           "(or 'fedc-serve=\"URL\"' for a fedc serve bridge)")
+    return _CACHE[key]  # type: ignore[no-any-return]
+
+
+# --- the ClientApp --------------------------------------------------------------------------------
+
+def train_local(msg: Message, context: Context) -> Message:
+    """One round of local training in Wasm; replies the new model and its example count."""
+    m, data = model(), node_data(context)
+    config, run = msg.content["config"], context.run_config
+    weights = from_record(msg.content["arrays"])
+    if float(run.get("lr", 0.0)) > 0:
+        m.set_hparam("lr", float(run["lr"]))
+    mu = float(config.get("proximal-mu", 0.0))
+    order = m.manifest["optimizer"]["hparams_order"]
+    if mu > 0 and "proximal_mu" in order:  # FedProx: the kernel pulls towards the global model
+        m.set_hparam("proximal_mu", mu)
+    m.set_weights(weights)  # also sets FedProx's anchor when the module has one
+    m.reset_optimizer()
+    rnd = int(config["server-round"])
+    rng = np.random.default_rng([int(config["seed"]), TRAIN_STREAM, rnd, data.client])
+    losses = [m.train_epoch(data.x, data.y, int(config["batch-size"]), rng)
+              for _ in range(int(config["local-epochs"]))]
+    metrics = MetricRecord({"num-examples": len(data.y), "train-loss": float(np.mean(losses))})
+    content = RecordDict({"arrays": to_record(m.get_weights()), "metrics": metrics})
+    return Message(content=content, reply_to=msg)
+
+
+def evaluate_local(msg: Message, context: Context) -> Message:
+    """The received model's loss (and accuracy) on this node's evaluation data."""
+    m, data = model(), node_data(context)
+    m.params[:] = from_record(msg.content["arrays"])
+    result = m.evaluate(data.x_eval, data.y_eval)
+    metrics = {"num-examples": len(data.y_eval), "eval-loss": float(result["loss"])}
+    if "accuracy" in result:
+        metrics["eval-acc"] = float(result["accuracy"])
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def client_app() -> ClientApp:
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        if "fedc-serve" in context.node_config:
+            return train_bridge(msg, context)
+        return train_local(msg, context)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        if "fedc-serve" in context.node_config:  # edge clients keep their data: nothing to score
+            metrics = MetricRecord({"num-examples": 0})
+            return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+        return evaluate_local(msg, context)
+
+    return app
+
+
+# --- the bridge node: a round handed to `fedc serve` ----------------------------------------------
+
+_HEADER = struct.Struct("<4sBBBBII")  # docs/protocol.md: magic, version, kind, dtype, -, meta, n
+_KINDS = {"task": 1, "update": 2, "model": 3}
+
+
+def encode_frame(kind: str, meta: dict[str, Any], values: np.ndarray) -> bytes:
+    body = json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()
+    vals = np.ascontiguousarray(values, "<f4").ravel()
+    return (_HEADER.pack(b"FEDC", 1, _KINDS[kind], 1, 0, len(body), vals.size) + body
+            + b"\0" * (-len(body) % 4) + vals.tobytes())
+
+
+def decode_frame(data: bytes) -> tuple[dict[str, Any], np.ndarray]:
+    if len(data) < _HEADER.size or data[:4] != b"FEDC":
+        raise AppError("fedc serve answered with something that is not a fedc frame")
+    _, _, _, _, _, meta_len, count = _HEADER.unpack_from(data)
+    start = _HEADER.size + meta_len + (-meta_len % 4)
+    if len(data) != start + 4 * count:
+        raise AppError("fedc serve answered with a damaged frame")
+    meta = json.loads(data[_HEADER.size:_HEADER.size + meta_len])
+    return meta, np.frombuffer(data, "<f4", count, start).astype(np.float32)
+
+
+def _http(method: str, url: str, token: str, body: bytes | None = None,
+          timeout: float = 60.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, body, {"Authorization": f"Bearer {token}",
+                                             "Content-Type": "application/x-fedc-frame"},
+                                 method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as res:
+            return res.status, res.read()
+    except urllib.error.HTTPError as err:
+        raise AppError(f"fedc serve refused {method} {url}: HTTP {err.code} "
+                       f"{err.read()[:300].decode(errors='replace')}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise AppError(f"cannot reach fedc serve at {url}: {getattr(exc, 'reason', exc)}") \
+            from None
+
+
+def train_bridge(msg: Message, context: Context) -> Message:
+    """Hand the round to `fedc serve`'s edge clients; reply their weighted mean and Σ examples."""
+    node, config = context.node_config, msg.content["config"]
+    url = str(node["fedc-serve"]).rstrip("/")
+    token = Path(str(node.get("fedc-serve-token-file", ""))).read_text().strip() \
+        if "fedc-serve-token-file" in node else str(node.get("fedc-serve-token", ""))
+    timeout = float(context.run_config.get("round-timeout", 600.0))
+    meta = {"flower_round": int(config["server-round"]),
+            "local_epochs": int(config["local-epochs"]),
+            "batch_size": int(config["batch-size"]), "timeout": timeout}
+    body = encode_frame("model", meta, from_record(msg.content["arrays"]))
+    _, answer = _http("POST", f"{url}/api/v1/bridge/round", token, body)
+    edge_round = int(json.loads(answer)["round"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, answer = _http("GET", f"{url}/api/v1/bridge/round/{edge_round}?wait=10", token)
+        if status == 200:
+            out, weights = decode_frame(answer)
+            metrics = {"num-examples": int(out["num_examples"]),
+                       "edge-clients": int(out["clients"])}
+            if out.get("train_loss") is not None:
+                metrics["train-loss"] = float(out["train_loss"])
+            content = RecordDict({"arrays": to_record(weights), "metrics": MetricRecord(metrics)})
+            return Message(content=content, reply_to=msg)
+    raise AppError(f"fedc serve's round {edge_round} did not close within {timeout:g} s")
+
+
+# --- the ServerApp --------------------------------------------------------------------------------
+
+def make_strategy(run: Mapping[str, Any]) -> Any:
+    """Flower's strategy object for the run config's fedc strategy name and options."""
+    name = str(run["strategy"])
+    if name not in STRATEGIES:
+        raise AppError(f"unknown strategy {name!r} (expected one of {', '.join(STRATEGIES)})")
+    cls = getattr(flower_strategies, STRATEGIES[name])
+    options = {k[len("strategy-"):].replace("-", "_"): v for k, v in run.items()
+               if k.startswith("strategy-")}
+    valid = set(inspect.signature(cls).parameters)
+    unknown = sorted(k for k in options if k not in valid)
+    if unknown:
+        raise AppError(f"{cls.__name__} has no option(s) {', '.join(unknown)} "
+                       f"(run config strategy-<option>)")
+    nodes = int(run["min-nodes"])
+    return cls(fraction_train=float(run["fraction-train"]),
+               fraction_evaluate=float(run["fraction-evaluate"]), min_train_nodes=nodes,
+               min_evaluate_nodes=nodes, min_available_nodes=nodes, **options)
+
+
+def central_evaluator(run: Mapping[str, Any]) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """Scores each global model on the held-out split of the run's dataset (`fedc simulate`'s)."""
+    data, m = load_dataset(run), model()
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        m.params[:] = from_record(arrays)
+        result = m.evaluate(data.x_test, data.y_test)
+        return MetricRecord({k: float(v) for k, v in result.items()})
+    return evaluate
+
+
+def save_run(out: Path, result: Any, seconds: float) -> None:
+    """weights.npy (flat float32, manifest order) and history.json (every round's metrics)."""
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "weights.npy", from_record(result.arrays))
+    parts = {"train": result.train_metrics_clientapp,
+             "evaluate": result.evaluate_metrics_clientapp,
+             "central": result.evaluate_metrics_serverapp}
+    history = {k: {str(r): dict(m) for r, m in sorted(v.items())} for k, v in parts.items()}
+    (out / "history.json").write_text(json.dumps({**history, "seconds": seconds}, indent=2))
+
+
+def run_server(grid: Grid, context: Context) -> None:
+    run = context.run_config
+    m = model()
+    m.init_weights(int(run["seed"]))  # fedc simulate's initial global model for the same seed
+    train_config = ConfigRecord({"seed": int(run["seed"]),
+                                 "local-epochs": int(run["local-epochs"]),
+                                 "batch-size": int(run["batch-size"])})
+    start = time.perf_counter()
+    result = make_strategy(run).start(
+        grid=grid, initial_arrays=to_record(m.get_weights()),
+        num_rounds=int(run["num-server-rounds"]), timeout=float(run["round-timeout"]),
+        train_config=train_config,
+        evaluate_fn=central_evaluator(run) if run.get("central-eval") else None)
+    if str(run.get("out-dir", "")):
+        save_run(Path(str(run["out-dir"])), result, time.perf_counter() - start)
+
+
+def server_app() -> ServerApp:
+    app = ServerApp()
+    app.main()(run_server)
+    return app
