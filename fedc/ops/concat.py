@@ -80,8 +80,9 @@ def _concat_surface(ctx: SurfaceCtx, args: list[Any], kwargs: Attrs) -> Value:
                                                ("axis", NUMBER, -1)])
     rank = len(a.type.shape)
     if axis != int(axis) or not (1 <= axis < rank or -rank < axis < 0):
-        raise SurfaceError(f"concat expects an axis in 1..{rank - 1} or -{rank - 1}..-1 (dim 0 "
-                           f"is the batch) for {a.type} but got {axis:g}", "axis")
+        choices = ", ".join(str(d) for d in [*range(1, rank), *range(1 - rank, 0)])
+        raise SurfaceError(f"concat expects axis to be one of {choices} (dim 0 is the batch) "
+                           f"for {a.type} but got {axis:g}", "axis")
     return ctx.emit("concat", [a, b], {"axis": int(axis) % rank})
 
 
