@@ -34,8 +34,10 @@ def random_inputs(op: str, batch: int, rng: np.random.Generator,
     return out
 
 
-def single_node_graph(op: str, types: tuple[TensorType, ...] | None = None):
-    sample_types, attrs = REGISTRY[op].sample
+def single_node_graph(op: str, types: tuple[TensorType, ...] | None = None,
+                      attrs: dict[str, Any] | None = None):
+    sample_types, sample_attrs = REGISTRY[op].sample
+    attrs = sample_attrs if attrs is None else attrs
     gb = GraphBuilder()
     ins = [gb.add_input(t, f"in{i}") for i, t in enumerate(types or sample_types)]
     out = gb.emit(op, ins, attrs, SPAN, "out")
@@ -43,14 +45,18 @@ def single_node_graph(op: str, types: tuple[TensorType, ...] | None = None):
 
 
 class WasmKernel:
-    """One op compiled alone into a module with a `run(n)` export."""
+    """One op compiled alone into a module with a `run(n)` export (the op's sample types and
+    attrs unless given)."""
 
-    def __init__(self, op: str, max_batch: int = 8, variant: str = "simd128") -> None:
-        gb, self.ins, self.out = single_node_graph(op)
+    def __init__(self, op: str, max_batch: int = 8, variant: str = "simd128",
+                 types: tuple[TensorType, ...] | None = None,
+                 attrs: dict[str, Any] | None = None) -> None:
+        gb, self.ins, self.out = single_node_graph(op, types, attrs)
         graph = gb.build([("out", self.out)])
         self.plan = plan(graph, max_batch=max_batch, state_slots=0, n_hparams=0)
         node: Node = graph.nodes[0]
-        mod = lower_exports(graph, self.plan, {"run": ([node], None, None)})
+        mod = lower_exports(graph, self.plan, {"run": ([node], None, None)},
+                            frozenset({variant}))
         obj = emit(str(mod), variant).object_code
         self.wasm = link(obj, self.plan.end, ["run"])
         engine = wasmtime.Engine()

@@ -8,6 +8,7 @@ import numpy as np
 from llvmlite import ir
 
 from ..ir import BATCH, Node, TensorType, Value, f32, i32
+from ..lower import softmax
 from ..lower.context import LowerCtx
 from ..lower.kernels import F32, I32, accumulate, emit_map, f32c, i32c, load, loop, splat, store
 from . import ShapeError, register
@@ -63,23 +64,6 @@ def _xent_surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> V
                     {"label_smoothing": eps} if eps else None)
 
 
-def _row_stats(ctx: LowerCtx, row: ir.Value, c: int) -> tuple[ir.Value, ir.Value]:
-    """(max, Σ exp(z − max)) of one row of c logits."""
-    b = ctx.b
-    mf = _mathfn()
-
-    def mx_step(j: ir.Value, acc: ir.Value) -> ir.Value:
-        z = load(b, row, j)
-        return b.select(b.fcmp_ordered(">", z, acc), z, acc)
-
-    mx = accumulate(b, i32c(c), mx_step, load(b, row, 0), 1, "mx", start=1)
-
-    def sum_step(j: ir.Value, acc: ir.Value) -> ir.Value:
-        return b.fadd(acc, mf.exp(b, b.fsub(load(b, row, j), mx)))
-
-    return mx, accumulate(b, i32c(c), sum_step, f32c(0.0), 1, "se")
-
-
 def _xent_lower(ctx: LowerCtx, node: Node) -> None:
     b = ctx.b
     logits, y = node.inputs
@@ -90,13 +74,12 @@ def _xent_lower(ctx: LowerCtx, node: Node) -> None:
     def row_loss(i: ir.Value, acc: ir.Value) -> ir.Value:
         # −Σ_j q_j·log p_j with q = (1−ε)·onehot(y) + ε/C:  lse − (1−ε)·z_y − (ε/C)·Σ_j z_j
         row = b.gep(lp, [b.mul(i, i32c(c))], source_etype=F32)
-        mx, s = _row_stats(ctx, row, c)
+        st = softmax.row_stats(b, row, c)
         zy = load(b, row, load(b, yp, i, I32))
-        loss = b.fsub(b.fadd(_mathfn().log(b, s), mx), b.fmul(f32c(1.0 - eps), zy) if eps else zy)
+        loss = b.fsub(b.fadd(_mathfn().log(b, st.sum), st.max),
+                      b.fmul(f32c(1.0 - eps), zy) if eps else zy)
         if eps:
-            total = accumulate(b, i32c(c), lambda j, a: b.fadd(a, load(b, row, j)), f32c(0.0),
-                               1, "zs")
-            loss = b.fsub(loss, b.fmul(f32c(eps / c), total))
+            loss = b.fsub(loss, b.fmul(f32c(eps / c), softmax.row_sum(b, row, c)))
         return b.fadd(acc, loss)
 
     total = accumulate(b, ctx.n, row_loss, f32c(0.0), 1, "xr")
@@ -136,17 +119,13 @@ def _xent_grad_lower(ctx: LowerCtx, node: Node) -> None:
     lp, yp, out = ctx.ptr(logits), ctx.ptr(y), ctx.ptr(node.out)
     scale = b.fdiv(load(b, ctx.ptr(g), 0), ctx.n_float())
     eps = float(node.attr("label_smoothing", 0.0))
-    smooth = b.fmul(scale, f32c(eps / c))  # g/N · ε/C off every class, g/N · (1−ε) off y
-    hit = b.fmul(scale, f32c(1.0 - eps)) if eps else scale
+    smooth = b.fmul(scale, f32c(eps / c)) if eps else None  # g/N · ε/C off every class
+    hit = b.fmul(scale, f32c(1.0 - eps)) if eps else scale  # and g/N · (1−ε) off y
     with loop(b, 0, ctx.n, 1, "gr") as i:
         base = b.mul(i, i32c(c))
-        row = b.gep(lp, [base], source_etype=F32)
-        mx, s = _row_stats(ctx, row, c)
-        k = b.fdiv(scale, s)
         orow = b.gep(out, [base], source_etype=F32)
-        with loop(b, 0, c, 1, "gc") as j:
-            p = b.fmul(k, _mathfn().exp(b, b.fsub(load(b, row, j), mx)))
-            store(b, b.fsub(p, smooth) if eps else p, orow, j)
+        st = softmax.row_stats(b, b.gep(lp, [base], source_etype=F32), c, orow)
+        softmax.scale_row(b, st, orow, c, b.fdiv(scale, st.sum), smooth)
         yi = load(b, yp, i, I32)
         store(b, b.fsub(load(b, orow, yi), hit), orow, yi)
 

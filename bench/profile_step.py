@@ -1,0 +1,109 @@
+"""Profile: a .fed model's train_step → time per IR node (and the update) inside wasmtime, µs.
+
+Run: python bench/profile_step.py examples/digits_mlp.fed [--batch 32] [--reps 5]
+Every node's kernel (and the optimizer update) becomes an export that a wrapper calls `iters`
+times inside the module, so the host's call cost is not measured. Memory holds random data; the
+times are those of the real kernels on the real plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+from llvmlite import ir
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def _repeat(mod: ir.Module, target: ir.Function, name: str) -> None:
+    """`name(iters, n)`: call target(n) iters times."""
+    from fedc.lower.kernels import I32, loop
+
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I32, I32]), name)
+    b = ir.IRBuilder(fn.append_basic_block())
+    with loop(b, 0, fn.args[0]):
+        b.call(target, [fn.args[1]])
+    b.ret_void()
+
+
+def build(path: str, variant: str, features: frozenset[str] | None = None
+          ) -> tuple[bytes, list[str], object]:
+    """The profiling module, the export names (one per node, then `update`, then `step`)."""
+    from fedc.emit import emit
+    from fedc.link import link
+    from fedc.lower.module import lower_exports
+    from fedc.lower.update import emit_update
+    from fedc.pipeline import Options, compile_source
+
+    art = compile_source(open(path).read(), path, Options(variant=variant))
+    train, plan, spec = art.train_graph, art.plan, art.model.optimizer
+    exports: dict[str, tuple[list, object, Callable[[ir.IRBuilder], None] | None]] = {
+        f"n{i}_{node.op}": ([node], None, None) for i, node in enumerate(train.nodes)}
+    exports["update"] = ([], None, lambda b: emit_update(b, plan, spec))
+    exports["step"] = (list(train.nodes), None, lambda b: emit_update(b, plan, spec))
+    mod = lower_exports(train, plan, exports, features or frozenset({variant}))  # type: ignore
+    names = list(exports)
+    for name in names:
+        _repeat(mod, mod.globals[name], f"rep_{name}")
+    obj = emit(str(mod), variant).object_code
+    return link(obj, plan.end, [f"rep_{n}" for n in names]), names, plan
+
+
+class Profile:
+    def __init__(self, path: str, variant: str = "simd128") -> None:
+        import wasmtime
+
+        wasm, self.names, plan = build(path, variant)
+        engine = wasmtime.Engine()
+        self.store = wasmtime.Store(engine)
+        inst = wasmtime.Instance(self.store, wasmtime.Module(engine, wasm), [])
+        self.ex = inst.exports(self.store)
+        mem = self.ex["memory"]
+        buf = np.ctypeslib.as_array(mem.data_ptr(self.store), shape=(mem.data_len(self.store),))
+        from fedc.link import ARENA_BASE
+
+        words = buf[ARENA_BASE:plan.end].view(np.float32)  # type: ignore[attr-defined]
+        words[:] = np.random.default_rng(0).uniform(-0.01, 0.01, words.shape)
+        for b in plan.buffers:  # type: ignore[attr-defined]
+            if b.dtype != "f32":  # labels, token ids, counters: 0 is valid for every op
+                buf[b.offset:b.offset + b.bytes] = 0
+
+    def time(self, name: str, n: int, seconds: float) -> float:
+        fn = self.ex[f"rep_{name}"]
+        iters = 1
+        while True:
+            t0 = time.perf_counter()
+            fn(self.store, iters, n)
+            dt = time.perf_counter() - t0
+            if dt > seconds or iters >= 1 << 24:  # an invariant kernel may be hoisted away
+                return dt / iters * 1e6
+            iters *= 2
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("file")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=0.05)
+    ap.add_argument("--variant", default="simd128")
+    args = ap.parse_args()
+    prof = Profile(args.file, args.variant)
+    times: dict[str, list[float]] = {n: [] for n in prof.names}
+    for _ in range(args.reps):
+        for name in prof.names:
+            times[name].append(prof.time(name, args.batch, args.seconds))
+    total = sum(np.median(v) for k, v in times.items() if k != "step")
+    for name, v in times.items():
+        med = float(np.median(v))
+        print(f"{name:40} {med:9.2f} µs  {100 * med / total:5.1f}%  ({min(v):.2f}–{max(v):.2f})")
+    print(f"{'sum of parts':40} {total:9.2f} µs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Lowering helpers: per-row softmax statistics (max, Σ e^(z − max)) on <4 x float> chunks.
+
+A row of `c` floats is read as ⌊c/4⌋ full vectors and, for c mod 4 ≠ 0, one partial vector whose
+missing lanes hold a pad value (−inf for the max and the exponentials, 0 for sums), so 10
+classes cost three vector exps and no scalar tail. Rows of up to UNROLL_MAX floats are
+straight-line code that keeps the whole row in registers; longer rows loop over full vectors.
+Reductions use a fixed order, so results are deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from . import mathfn
+from .kernels import F32, I32, LANES, V4, accumulate, i32c, load, load4, loop, reduce_add4, splat
+
+UNROLL_MAX = 64  # floats per row handled as straight-line code (16 vectors)
+NEG_INF = float("-inf")
+
+
+def _const4(x: float) -> ir.Constant:
+    return ir.Constant(V4, [x] * LANES)
+
+
+def _i(j: ir.Value | int) -> ir.Value:
+    return i32c(j) if isinstance(j, int) else j
+
+
+def load_chunk(b: ir.IRBuilder, row: ir.Value, j: ir.Value | int, lanes: int,
+               pad: float) -> ir.Value:
+    """row[j : j + lanes] in the first lanes of a vector, `pad` in the others; reads no further."""
+    if lanes == LANES:
+        return load4(b, row, j)
+    v: ir.Value = _const4(pad)
+    for lane in range(lanes):
+        x = load(b, row, j + lane if isinstance(j, int) else b.add(j, i32c(lane)))
+        v = b.insert_element(v, x, i32c(lane))
+    return v
+
+
+def store_chunk(b: ir.IRBuilder, v: ir.Value, row: ir.Value, j: ir.Value | int,
+                lanes: int) -> None:
+    """Store the first `lanes` lanes of v at row[j]; writes no further."""
+    if lanes == LANES:
+        b.store(v, b.gep(row, [_i(j)], source_etype=F32), align=4)
+        return
+    for lane in range(lanes):
+        x = b.extract_element(v, i32c(lane))
+        b.store(x, b.gep(row, [_i(j + lane if isinstance(j, int) else b.add(j, i32c(lane)))],
+                         source_etype=F32), align=4)
+
+
+def vmax(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """Lane-wise max by fcmp+select (Wasm pmax; never llvm.maxnum, an import on wasm32)."""
+    return b.select(b.fcmp_ordered(">", x, y), x, y)
+
+
+def hmax4(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    """The largest lane of v as a float."""
+    mask = ir.VectorType(I32, LANES)
+    v = vmax(b, v, b.shuffle_vector(v, v, ir.Constant(mask, [2, 3, 0, 1])))
+    v = vmax(b, v, b.shuffle_vector(v, v, ir.Constant(mask, [1, 0, 3, 2])))
+    return b.extract_element(v, i32c(0))
+
+
+def _tree(b: ir.IRBuilder, vs: list[ir.Value], op: Callable[[ir.Value, ir.Value], ir.Value]
+          ) -> ir.Value:
+    """op-reduce vs pairwise (a balanced tree: short dependency chains, fixed order)."""
+    while len(vs) > 1:
+        vs = [op(vs[i], vs[i + 1]) if i + 1 < len(vs) else vs[i] for i in range(0, len(vs), 2)]
+    return vs[0]
+
+
+@dataclass
+class RowStats:
+    """One row's softmax statistics; `exps` are the e^(z − max) chunks (straight-line rows)."""
+
+    max: ir.Value  # float
+    sum: ir.Value  # float: Σ_j e^(z_j − max)
+    exps: list[ir.Value]
+
+
+def chunks(c: int) -> list[tuple[int, int]]:
+    """(first column, lanes) of every chunk of a row of c floats."""
+    return [(j, min(LANES, c - j)) for j in range(0, c, LANES)]
+
+
+def row_stats(b: ir.IRBuilder, row: ir.Value, c: int, out: ir.Value | None = None) -> RowStats:
+    """max and Σ e^(z − max) of row[0:c].
+
+    A straight-line row keeps its exponentials in registers (RowStats.exps); a longer one
+    stores them at `out` when given, for scale_row to rescale in place.
+    """
+    if c <= UNROLL_MAX:
+        zs = [load_chunk(b, row, j, n, NEG_INF) for j, n in chunks(c)]
+        mx = hmax4(b, _tree(b, zs, lambda x, y: vmax(b, x, y)))
+        mxv = splat(b, mx)
+        # padding lanes are e^(−inf) = exactly 0 (mathfn.exp clamps), so they add nothing
+        exps = [mathfn.exp(b, b.fsub(z, mxv)) for z in zs]
+        return RowStats(mx, reduce_add4(b, _tree(b, exps, b.fadd)), exps)
+    return _row_stats_loop(b, row, c, out)
+
+
+def _row_stats_loop(b: ir.IRBuilder, row: ir.Value, c: int, out: ir.Value | None) -> RowStats:
+    full, rest = c // LANES * LANES, c % LANES
+    acc = accumulate(b, i32c(full), lambda j, a: vmax(b, a, load4(b, row, j)),
+                     load4(b, row, 0), LANES, "smx", start=LANES)
+    if rest:
+        acc = vmax(b, acc, load_chunk(b, row, full, rest, NEG_INF))
+    mx = hmax4(b, acc)
+    mxv = splat(b, mx)
+
+    def exp_at(j: ir.Value | int, lanes: int) -> ir.Value:
+        e = mathfn.exp(b, b.fsub(load_chunk(b, row, j, lanes, NEG_INF), mxv))
+        if out is not None:
+            store_chunk(b, e, out, j, lanes)
+        return e
+
+    total = accumulate(b, i32c(full), lambda j, a: b.fadd(a, exp_at(j, LANES)), _const4(0.0),
+                       LANES, "sse")
+    if rest:
+        total = b.fadd(total, exp_at(full, rest))
+    return RowStats(mx, reduce_add4(b, total), [])
+
+
+def row_sum(b: ir.IRBuilder, row: ir.Value, c: int) -> ir.Value:
+    """Σ_j row[j] over c floats (vector chunks, fixed order)."""
+    if c <= UNROLL_MAX:
+        return reduce_add4(b, _tree(b, [load_chunk(b, row, j, n, 0.0) for j, n in chunks(c)],
+                                    b.fadd))
+    full, rest = c // LANES * LANES, c % LANES
+    acc = accumulate(b, i32c(full), lambda j, a: b.fadd(a, load4(b, row, j)), _const4(0.0),
+                     LANES, "rs")
+    if rest:
+        acc = b.fadd(acc, load_chunk(b, row, full, rest, 0.0))
+    return reduce_add4(b, acc)
+
+
+def scale_row(b: ir.IRBuilder, stats: RowStats, out: ir.Value, c: int, k: ir.Value,
+              shift: ir.Value | None = None) -> None:
+    """out[j] = k·e^(z_j − max) (− shift): from the registers of a straight-line row, else by
+    rescaling the exponentials row_stats stored in out."""
+    kv = splat(b, k)
+    sv = splat(b, shift) if shift is not None else None
+
+    def fix(e: ir.Value) -> ir.Value:
+        p = b.fmul(e, kv)
+        return b.fsub(p, sv) if sv is not None else p
+
+    if stats.exps:
+        for e, (j, n) in zip(stats.exps, chunks(c), strict=True):
+            store_chunk(b, fix(e), out, j, n)
+        return
+    full, rest = c // LANES * LANES, c % LANES
+    with loop(b, 0, full, LANES, "srs") as j:
+        store_chunk(b, fix(load4(b, out, j)), out, j, LANES)
+    if rest:
+        store_chunk(b, fix(load_chunk(b, out, full, rest, 0.0)), out, full, rest)
+
