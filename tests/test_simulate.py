@@ -130,14 +130,12 @@ BYZANTINE = dict(clients=10, clients_per_round=10, rounds=20, local_epochs=3, pa
                  byzantine=2, seed=0)  # 2 of 10 clients send global − 10·(honest − global)
 
 
-@pytest.mark.slow
 def test_two_byzantine_clients_collapse_fedavg(digits_mlp, digits):
     mean = run(digits_mlp, digits, strategy="fedavg", **BYZANTINE)
     assert all(len(r.byzantine) == 2 for r in mean.rounds)
     assert mean.final.test_accuracy < 0.5
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("strategy,options", [
     ("median", {}), ("trimmed_mean", {"beta": 0.2}), ("krum", {"f": 2})])
 def test_robust_strategies_survive_two_byzantine_clients(digits_mlp, digits, strategy, options):
