@@ -99,16 +99,21 @@ _GELU_C = 0.044715
 _GELU_CLAMP = 20.0
 
 
+def _gelu_sigmoid_ref(x: np.ndarray) -> np.ndarray:
+    """sigmoid(2u) = (1 + tanh u)/2, without 1 + tanh's cancellation (even in float64 it
+    returns 0 for u < −19, where sigmoid(2u) is still a normal number)."""
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-2 * _GELU_K * (x + _GELU_C * x ** 3)))
+
+
 def _gelu_ref(xs: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
-    x = xs[0]
-    return 0.5 * x * (1 + np.tanh(_GELU_K * (x + _GELU_C * x ** 3)))
+    return xs[0] * _gelu_sigmoid_ref(xs[0])
 
 
 def _gelu_grad_ref(xs: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     dy, x = xs
-    t = np.tanh(_GELU_K * (x + _GELU_C * x ** 3))
-    d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_K * (1 + 3 * _GELU_C * x * x)
-    return dy * d
+    s = _gelu_sigmoid_ref(x)
+    return dy * (s + 2 * x * s * (1 - s) * _GELU_K * (1 + 3 * _GELU_C * x * x))
 
 
 def _gelu_sig(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
@@ -192,8 +197,11 @@ def _log_softmax_lower(ctx: LowerCtx, node: Node) -> None:
         mx = hmax(b, x, c)
         s = hsum(b, c, lambda j, vec: mathfn.exp(b, b.fsub(load_w(b, x, j, vec),
                                                            bcast_w(b, mx, vec))))
-        shift = b.fadd(mx, mathfn.log(b, s))
-        emit_map(b, c, lambda bb, v: bb.fsub(v[0], like(bb, shift, v[0])), [x], out)
+        log_s = mathfn.log(b, s)
+        # (x − max) − log s: x − max is exact near the max, where log_softmax is small; folding
+        # max + log s first would round at max's magnitude (PyTorch's order too)
+        emit_map(b, c, lambda bb, v: bb.fsub(bb.fsub(v[0], like(bb, mx, v[0])),
+                                             like(bb, log_s, v[0])), [x], out)
 
     _per_row(ctx, node, row)
 
