@@ -10,6 +10,9 @@ from .base import OPTIMIZERS, OptimizerDef
 from .schedules import MAX_STEPS, SCHEDULES
 from .spec import OptimizerSpec, ScheduleSpec
 
+F32_MAX = 3.4028234663852886e38
+F32_TINY = 1.1754943508222875e-38  # the smallest normal float32
+
 # settings every optimizer accepts besides its own hyper-parameters
 GENERAL = ("clip_norm", "schedule", "warmup")
 # PyTorch spellings the language writes differently → (advice, the hyper-parameter it needs)
@@ -18,12 +21,20 @@ _EXAMPLES = {"step": "step(step_size=100, gamma=0.5)", "cosine": "cosine(t_max=1
 
 
 def _number(e: ast.Expr) -> float | None:
-    """A literal number (true/false count as 1/0), or None."""
+    """A literal number (true/false count as 1/0) that float32 holds as a normal number or 0
+    (the module keeps hyper-parameters as float32), or None."""
     if isinstance(e, ast.Num):
-        return float(e.value)
+        v = float(e.value)
+        return v if v == 0 or F32_TINY <= abs(v) <= F32_MAX else None
     if isinstance(e, ast.Name) and e.id in ("true", "false"):
         return float(e.id == "true")
     return None
+
+
+def _rule(rule: str, e: ast.Expr) -> str:
+    """`rule`, plus why a literal that looks fine was refused."""
+    return rule + (" and a normal float32" if isinstance(e, ast.Num) and _number(e) is None
+                   else "")
 
 
 def _show(e: ast.Expr) -> str:
@@ -64,8 +75,8 @@ def check_optimizer(diag: Collector, opt: ast.OptimizerDef | None,
             v = _number(kw.value)
             hp = d.hparams[kw.name]
             if v is None or not hp.check(v):
-                diag.error(f"{opt.name}: {kw.name} must be {hp.rule} but got {_show(kw.value)}",
-                           kw.value.span)
+                diag.error(f"{opt.name}: {kw.name} must be {_rule(hp.rule, kw.value)} but got "
+                           f"{_show(kw.value)}", kw.value.span)
             else:
                 values[kw.name] = v
         elif kw.name in GENERAL:
@@ -111,8 +122,8 @@ def _general(diag: Collector, opt: str, kw: ast.Keyword) -> object:
     v = _number(kw.value)
     if kw.name == "clip_norm":
         if v is None or isinstance(kw.value, ast.Name) or not v > 0:
-            diag.error(f"{opt}: clip_norm must be a number > 0 but got {_show(kw.value)}",
-                       kw.value.span)
+            diag.error(f"{opt}: clip_norm must be {_rule('a number > 0', kw.value)} but got "
+                       f"{_show(kw.value)}", kw.value.span)
             return None
         return v
     if v is None or isinstance(kw.value, ast.Name) or v != int(v) or not 0 <= v <= MAX_STEPS:
@@ -152,8 +163,8 @@ def _schedule(diag: Collector, e: ast.Expr) -> ScheduleSpec | None:
             expected = f"expected {', '.join(sd.params)}" if sd.params else "it takes none"
             diag.error(f"schedule {name} has no parameter {kw.name!r} ({expected})", kw.span)
         elif v is None or isinstance(kw.value, ast.Name) or not p.check(v):
-            diag.error(f"{name}: {kw.name} must be {p.rule} but got {_show(kw.value)}",
-                       kw.value.span)
+            diag.error(f"{name}: {kw.name} must be {_rule(p.rule, kw.value)} but got "
+                       f"{_show(kw.value)}", kw.value.span)
         else:
             out[kw.name] = v
             continue
