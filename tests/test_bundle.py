@@ -63,6 +63,7 @@ def test_python_client_runs_without_fedc(bundle, tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow  # three compilations in fresh interpreters
 def test_bundle_and_compile_commands_write_bundles(tmp_path):
     src = str(Path(__file__).resolve().parent.parent / "examples" / "digits_mlp.fed")
     out = fedc("bundle", src, "-o", str(tmp_path / "b"), "--demo-data", "digits",
@@ -77,6 +78,7 @@ def test_bundle_and_compile_commands_write_bundles(tmp_path):
     assert {p.name for p in (tmp_path / "c").iterdir()} == FILES
 
 
+@pytest.mark.slow
 def test_bundle_with_unfitting_demo_data_is_a_clear_error(tmp_path):
     src = str(Path(__file__).resolve().parent.parent / "examples" / "digits_mlp.fed")
     out = fedc("bundle", src, "-o", str(tmp_path / "b"), "--demo-data", "iris")

@@ -230,7 +230,7 @@ def test_sigkill_mid_round_resumes_with_the_same_accepted_updates(bundle, tmp_pa
     base = tmp_path / "base.db"
     tokens = issue_tokens(bundle, base, 3)
     flags = ("--rounds", "3", "--min-clients", "3", "--clients-per-round", "3",
-             "--eval-data", "digits", "--seed", "7")
+             "--seed", "7")
     runs = {}
     for name, kill in (("uninterrupted", (0, 0)), ("killed", (2, 2))):
         state = tmp_path / f"{name}.db"
@@ -321,4 +321,20 @@ def test_state_file_of_another_model_is_refused(bundle, tmp_path, digits_mlp_sou
     first.stop()
     out = fedc("serve", str(other), "--state", str(state), "--port", "0")
     assert out.returncode == 1 and "holds the state of another model" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_serving_a_fed_file_compiles_and_serves_its_bundle(tmp_path):
+    source = Path(__file__).resolve().parent.parent / "examples" / "digits_mlp.fed"
+    with Server(source, tmp_path / "s.db", "--rounds", "2") as server:
+        code, page = request(server.url + "/")
+        assert code == 200 and b"<title>DigitsMLP" in page
+        assert server.status()["rounds"] == 2
+
+
+def test_a_state_file_that_is_not_sqlite_is_a_clear_error(bundle, tmp_path):
+    state = tmp_path / "junk.db"
+    state.write_bytes(b"this is not a database" * 100)
+    out = fedc("serve", str(bundle), "--state", str(state), "--port", "0")
+    assert out.returncode == 1 and "not a usable fedc state database" in out.stderr
     assert "Traceback" not in out.stderr

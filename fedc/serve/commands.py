@@ -99,7 +99,8 @@ def cmd_bundle(args: argparse.Namespace) -> dict[str, Any]:
 
 # --- serve ----------------------------------------------------------------------------------------
 
-def _load_bundle(args: argparse.Namespace) -> tuple[Path, bytes, dict[str, Any]]:
+def _load_bundle(args: argparse.Namespace, scratch: Path) -> tuple[Path, bytes, dict[str, Any]]:
+    """A bundle folder as it is, or a .fed file compiled into a bundle in `scratch`."""
     path = Path(args.file)
     if path.is_dir():
         try:
@@ -111,10 +112,9 @@ def _load_bundle(args: argparse.Namespace) -> tuple[Path, bytes, dict[str, Any]]
         return path, wasm, manifest
     if not path.exists():
         raise UsageError.at(f"no such file or bundle: {path}")
-    out = Path(tempfile.mkdtemp(prefix="fedc-bundle-"))
     args.demo_data = None
-    wasm, manifest, _ = make_bundle(args, out)
-    return out, wasm, manifest
+    wasm, manifest, _ = make_bundle(args, scratch)
+    return scratch, wasm, manifest
 
 
 def _config(args: argparse.Namespace, manifest: dict[str, Any]) -> Any:
@@ -193,6 +193,15 @@ def _issue_tokens(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     if args.issue_tokens:
         return _issue_tokens(args)
+    tls = _tls(args)
+    _check_port(args.host, args.port)
+    with tempfile.TemporaryDirectory(prefix="fedc-bundle-") as scratch:
+        bundle_dir, wasm, manifest = _load_bundle(args, Path(scratch))
+        return _run(args, bundle_dir, wasm, manifest, tls)
+
+
+def _run(args: argparse.Namespace, bundle_dir: Path, wasm: bytes, manifest: dict[str, Any],
+         tls: dict[str, str]) -> dict[str, Any]:
     import uvicorn
 
     from ..runtime import Model
@@ -200,9 +209,6 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     from .rounds import Coordinator
     from .store import Store
 
-    tls = _tls(args)
-    _check_port(args.host, args.port)
-    bundle_dir, wasm, manifest = _load_bundle(args)
     config = _config(args, manifest)
     model = Model(wasm, manifest)
     evaluate = _evaluator(args, model.clone()) if args.eval_data else None
