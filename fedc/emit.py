@@ -44,6 +44,14 @@ class Emitted:
 def emit(llvm_ir: str, variant: str = "simd128") -> Emitted:
     """Parse, verify, run the O3 pipeline and emit a wasm32 object file."""
     tm = target_machine(variant)
+    mod = optimize(llvm_ir, tm)
+    return Emitted(tm.emit_object(mod), str(mod))
+
+
+def optimize(llvm_ir: str, tm: llvm.TargetMachine) -> llvm.ModuleRef:
+    """Parse and verify the lowered module, then run the O3 pipeline for tm's target (the Wasm
+    variants here, the host CPU for fedc/native.py)."""
+    _init()
     try:
         mod = llvm.parse_assembly(llvm_ir)
         mod.verify()
@@ -58,4 +66,4 @@ def emit(llvm_ir: str, variant: str = "simd128") -> Emitted:
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(mod, pb)
     mod.verify()
-    return Emitted(tm.emit_object(mod), str(mod))
+    return mod

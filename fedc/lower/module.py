@@ -11,6 +11,7 @@ from ..ir import Graph, Node, Value
 from ..ops import REGISTRY
 from ..optim import OptimizerSpec
 from ..plan import MemoryPlan
+from .address import builder_class
 from .context import LowerCtx
 from .kernels import F32, I32, PTR, i32c, load
 from .update import emit_update
@@ -44,6 +45,7 @@ def lower_exports(graph: Graph, plan: MemoryPlan,
     """
     mod = ir.Module(name="fedc")
     mod.triple = TRIPLE
+    builder = builder_class(features)  # native builds: addresses relative to a host base
     kernels: dict[tuple[int, bool], ir.Function] = {}
     for node in graph.nodes:  # a modal op (OpDef.modal, e.g. dropout) also gets an eval kernel
         for training in (True, False) if REGISTRY[node.op].modal else (True,):
@@ -51,7 +53,7 @@ def lower_exports(graph: Graph, plan: MemoryPlan,
     for name, (nodes, ret, update) in exports.items():
         fn = ir.Function(mod, ir.FunctionType(F32 if ret is not None else ir.VoidType(), [I32]),
                          name)
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        b = builder(fn.append_basic_block("entry"))
         training = name not in EVAL_EXPORTS
         for node in nodes:
             modal = REGISTRY[node.op].modal
@@ -86,7 +88,7 @@ def _node_function(mod: ir.Module, node: Node, plan: MemoryPlan,
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I32]),
                      f"k{node.out.id}_{node.op}{suffix}")
     fn.linkage = "internal"
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    b = builder_class(features)(fn.append_basic_block("entry"))
     ctx = LowerCtx(b, fn.args[0], plan.addr, plan.scratch_offset, features, training)
     try:
         REGISTRY[node.op].lower(ctx, node)

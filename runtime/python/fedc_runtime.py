@@ -123,10 +123,14 @@ class Model:
         count = int(np.prod(shape, dtype=np.int64))
         return self._raw[offset: offset + count * 4].view(np_dtype).reshape(shape)
 
-    def _map_views(self) -> None:
+    def _linear_memory(self) -> np.ndarray:
+        """The module's whole linear memory as a uint8 array (a view, no copy)."""
         size = self._memory.data_len(self.store)
         ptr = self._memory.data_ptr(self.store)
-        self._raw = np.ctypeslib.as_array(ptr, shape=(size,))
+        return np.ctypeslib.as_array(ptr, shape=(size,))
+
+    def _map_views(self) -> None:
+        self._raw = self._linear_memory()
         m, b = self.manifest, self.max_batch
         self.inputs = {d["name"]: self._view(d["offset"], d["dtype"], (b, *d["shape"]))
                        for d in m["inputs"]}
