@@ -25,7 +25,7 @@ def free_port() -> int:
 
 def fedc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "fedc", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, cwd=ROOT)
 
 
 def issue_tokens(bundle: Path, state: Path, n: int) -> list[str]:

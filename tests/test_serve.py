@@ -302,6 +302,10 @@ def test_server_serves_the_bundle_to_browsers(live):
     (["status", "127.0.0.1:8080"], 2, "expected an http:// or https:// URL"),
     (["serve", "no/such.fed"], 2, "no such file or bundle: no/such.fed"),
     (["serve", "examples", "--certfile", "x.pem"], 2, "give both --certfile and --keyfile"),
+    (["serve", "examples", "--certfile", "README.md", "--keyfile", "README.md"], 2,
+     "cannot use README.md and README.md for TLS"),
+    (["serve", "examples", "--state", "/no/such/dir/s.db", "--issue-tokens", "1"], 1,
+     "not a usable fedc state database"),
 ])
 def test_cli_errors_are_one_line_without_traceback(args, code, message):
     out = fedc(*args)

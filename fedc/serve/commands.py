@@ -153,6 +153,14 @@ def _tls(args: argparse.Namespace) -> dict[str, str]:
     for f in (args.certfile, args.keyfile):
         if f and not Path(f).is_file():
             raise UsageError.at(f"no such file: {f}")
+    if args.certfile:  # load them once here so a bad PEM is a message, not uvicorn's traceback
+        import ssl
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(args.certfile,
+                                                                                args.keyfile)
+        except (ssl.SSLError, OSError) as exc:
+            raise UsageError.at(f"cannot use {args.certfile} and {args.keyfile} for TLS: "
+                                f"{exc}") from None
     return {"ssl_certfile": args.certfile, "ssl_keyfile": args.keyfile} if args.certfile else {}
 
 
