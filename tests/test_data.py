@@ -9,7 +9,8 @@ from fedc.data import BUILTINS, load_dataset, reshape_for
 from fedc.diagnostics import DataError, FedcError
 
 SIZES = {"digits": (1797, 64, 10), "breast_cancer": (569, 30, 2), "iris": (150, 4, 3),
-         "wine": (178, 13, 3), "waveforms": (3000, 128, 6)}
+         "wine": (178, 13, 3), "waveforms": (3000, 128, 6), "synthetic_text": (2400, 16, 4)}
+TOKENS = {"synthetic_text"}  # x holds int32 token ids, not float32 features
 
 
 @pytest.mark.parametrize("name", list(BUILTINS))
@@ -20,7 +21,8 @@ def test_builtin_shapes_dtypes_and_labels(name):
     assert len(d.y_train) + len(d.y_test) == n
     assert len(d.y_test) == pytest.approx(0.2 * n, abs=1)
     for x, y in ((d.x_train, d.y_train), (d.x_test, d.y_test)):
-        assert x.dtype == np.float32 and x.shape == (len(y), features)
+        assert x.dtype == (np.int32 if name in TOKENS else np.float32)
+        assert x.shape == (len(y), features)
         assert y.dtype == np.int32 and y.min() >= 0 and y.max() < classes
     assert int(np.prod(d.feature_shape)) == features
 
