@@ -234,9 +234,9 @@ def client_app() -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        if "fedc-serve" in context.node_config:  # edge clients keep their data: nothing to score
-            metrics = MetricRecord({"num-examples": 0})
-            return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+        if "fedc-serve" in context.node_config:  # Flower counts this as a failed evaluation
+            raise AppError("a fedc serve bridge node does not evaluate: its data stays on the "
+                           "edge clients (use central evaluation, or fedc serve --eval-data)")
         return evaluate_local(msg, context)
 
     return app
@@ -267,19 +267,24 @@ def decode_frame(data: bytes) -> tuple[dict[str, Any], np.ndarray]:
 
 
 def _http(method: str, url: str, token: str, body: bytes | None = None,
-          timeout: float = 60.0) -> tuple[int, bytes]:
+          retry_for: float = 15.0) -> tuple[int, bytes]:
+    """(status, body) of a request to fedc serve; retries while it cannot be reached."""
     req = urllib.request.Request(url, body, {"Authorization": f"Bearer {token}",
                                              "Content-Type": "application/x-fedc-frame"},
                                  method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as res:
-            return res.status, res.read()
-    except urllib.error.HTTPError as err:
-        raise AppError(f"fedc serve refused {method} {url}: HTTP {err.code} "
-                       f"{err.read()[:300].decode(errors='replace')}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise AppError(f"cannot reach fedc serve at {url}: {getattr(exc, 'reason', exc)}") \
-            from None
+    deadline = time.monotonic() + retry_for
+    while True:
+        try:
+            with urllib.request.urlopen(req, timeout=60.0) as res:
+                return res.status, res.read()
+        except urllib.error.HTTPError as err:
+            raise AppError(f"fedc serve refused {method} {url}: HTTP {err.code} "
+                           f"{err.read()[:300].decode(errors='replace')}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise AppError(f"cannot reach fedc serve at {url}: "
+                               f"{getattr(exc, 'reason', exc)}") from None
+            time.sleep(0.5)
 
 
 def train_bridge(msg: Message, context: Context) -> Message:
