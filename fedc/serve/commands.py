@@ -57,6 +57,8 @@ def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], No
     c.add_argument("--keyfile", help="TLS private key (PEM)")
     compile_flags(c)
     c.add_argument("--json", action="store_true", help="--issue-tokens: JSON on stdout")
+    from .flower_bridge import add_bridge_flags
+    add_bridge_flags(c)
     c.set_defaults(run=cmd_serve)
 
     c = sub.add_parser("status", help="show a running server's rounds, clients and accuracy")
@@ -201,6 +203,9 @@ def _issue_tokens(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     if args.issue_tokens:
         return _issue_tokens(args)
+    if args.flower_superlink:  # one node of a Flower federation (fedc/serve/flower_bridge.py)
+        from .flower_bridge import serve_bridge
+        return serve_bridge(args)
     tls = _tls(args)
     _check_port(args.host, args.port)
     with tempfile.TemporaryDirectory(prefix="fedc-bundle-") as scratch:
