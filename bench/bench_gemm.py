@@ -125,7 +125,8 @@ def _build_wasm(variant: str) -> tuple[bytes, list[tuple[str, str, tuple[int, in
                      p: list[ir.Value] = p, kind: str = kind, n: int = n, k: int = k,
                      ) -> list[ir.Value]:
                 gemm.emit_matmul(b, kind=kind, m=fn.args[1], n=n, k=k,  # type: ignore[arg-type]
-                                 a=p[0], bmat=p[1], c=p[2], scratch=p[3])
+                                 a=p[0], bmat=p[1], c=p[2], scratch=p[3],
+                                 madd=variant == "relaxed-simd")
                 return []
 
             _loop(b, fn.args[0], [], body)
@@ -201,7 +202,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=0.15, help="per measurement")
-    parser.add_argument("--variant", default="simd128", choices=["simd128", "scalar"])
+    parser.add_argument("--variant", default="simd128",
+                        choices=["simd128", "scalar", "relaxed-simd"])
     parser.add_argument("--numpy-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.numpy_worker:

@@ -103,13 +103,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _compile_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--max-batch", type=_positive, help="largest batch the module accepts")
-    c.add_argument("--features", choices=["simd128", "scalar"], default="simd128",
-                   help="simd128 (default) or scalar for engines without SIMD")
+    c.add_argument("--features", choices=VARIANTS, default="simd128",
+                   help="model.wasm's build: simd128 (default, deterministic), relaxed-simd "
+                        "(f32x4.relaxed_madd) or scalar for engines without SIMD")
+    c.add_argument("--variants", type=_variant_list, default=(),
+                   help="comma-separated extra builds (e.g. scalar,relaxed-simd) written as "
+                        "model.<variant>.wasm; runtimes load the best one their engine supports")
+
+
+VARIANTS = ["simd128", "relaxed-simd", "scalar"]
+
+
+def _variant_list(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [n for n in names if n not in VARIANTS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown variant {bad[0]!r} (expected "
+                                         f"{', '.join(VARIANTS)})")
+    return names
 
 
 def _options(args: argparse.Namespace) -> Any:
     from .pipeline import Options
-    return Options(max_batch=args.max_batch, variant=args.features)
+    return Options(max_batch=args.max_batch, variant=args.features, variants=args.variants)
 
 
 def cmd_check(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,6 +15,9 @@ WASM_TRIPLE = "wasm32-unknown-unknown"
 FEATURES = {
     "simd128": "+simd128,+bulk-memory,+nontrapping-fptoint,+sign-ext,+mutable-globals",
     "scalar": "-simd128,+bulk-memory,+nontrapping-fptoint,+sign-ext,+mutable-globals",
+    # f32x4.relaxed_madd in the GEMM micro-kernel: fused or not, as the engine's CPU does it
+    "relaxed-simd": "+simd128,+relaxed-simd,+bulk-memory,+nontrapping-fptoint,+sign-ext,"
+                    "+mutable-globals",
 }
 
 

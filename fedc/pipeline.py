@@ -12,12 +12,13 @@ from . import __version__
 from .autodiff import grad
 from .check import CheckedModel, check
 from .diagnostics import Diagnostic, UsageError
-from .emit import FEATURES, emit
+from .emit import FEATURES, Emitted, emit
 from .ir import Graph, format_graph, verify
 from .link import ARENA_BASE, link, memory_size
 from .lower.module import EXPORTS, lower_module
 from .ops.dropout import DROPOUT_KEY
 from .ops.embedding import token_vocab
+from .optim import OptimizerSpec
 from .plan import MemoryPlan, plan
 from .syntax import parse
 
@@ -28,6 +29,9 @@ DEFAULT_MAX_BATCH = 256
 class Options:
     max_batch: int | None = None  # default: max(256, the federated batch size)
     variant: str = "simd128"
+    # extra builds of the same module (e.g. "scalar", "relaxed-simd"), written as
+    # model.<variant>.wasm and listed in the manifest's "variants" for runtimes to choose from
+    variants: tuple[str, ...] = ()
     # FedProx μ instead of the federated block's (`fedc simulate --strategy fedprox`): > 0
     # compiles the proximal term and its anchor into train_step, 0 leaves them out
     proximal_mu: float | None = None
@@ -44,6 +48,7 @@ class Artifacts:
     optimized_ir: str
     wasm: bytes
     manifest: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, bytes] = field(default_factory=dict)  # Options.variants' modules
 
     @property
     def ir_text(self) -> str:
@@ -53,6 +58,8 @@ class Artifacts:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "model.wasm").write_bytes(self.wasm)
+        for name, wasm in self.variants.items():
+            (out / variant_file(name)).write_bytes(wasm)
         (out / "manifest.json").write_text(json.dumps(self.manifest, indent=2) + "\n")
         return out
 
@@ -64,9 +71,10 @@ def check_source(text: str, filename: str = "<input>") -> CheckedModel:
 def compile_source(text: str, filename: str = "<input>",
                    options: Options | None = None) -> Artifacts:
     opts = options or Options()
-    if opts.variant not in FEATURES:
-        raise UsageError([Diagnostic(f"unknown target variant {opts.variant!r} "
-                                     f"(expected one of {', '.join(FEATURES)})")])
+    for variant in (opts.variant, *opts.variants):
+        if variant not in FEATURES:
+            raise UsageError([Diagnostic(f"unknown target variant {variant!r} "
+                                         f"(expected one of {', '.join(FEATURES)})")])
     model = check_source(text, filename)
     if opts.proximal_mu is not None:
         model = _with_proximal_mu(model, opts.proximal_mu)
@@ -78,13 +86,24 @@ def compile_source(text: str, filename: str = "<input>",
     opt = model.optimizer
     mplan = plan(train, max_batch=max_batch, state_slots=len(opt.slots()),
                  n_hparams=len(opt.runtime_hparams()), anchor=opt.proximal)
-    module = lower_module(train, mplan, opt, frozenset({opts.variant}))
-    llvm_ir = str(module)
-    emitted = emit(llvm_ir, opts.variant)
-    wasm = link(emitted.object_code, mplan.end, list(EXPORTS))
+    llvm_ir, emitted, wasm = _build(train, mplan, opt, opts.variant)
     art = Artifacts(model, train, mplan, llvm_ir, emitted.optimized_ir, wasm)
+    art.variants = {v: _build(train, mplan, opt, v)[2]
+                    for v in dict.fromkeys(opts.variants) if v != opts.variant}
     art.manifest = manifest(art, opts.variant)
     return art
+
+
+def _build(train: Graph, mplan: MemoryPlan, opt: OptimizerSpec,
+           variant: str) -> tuple[str, Emitted, bytes]:
+    """Lower, emit and link one variant of the module (all variants share the memory plan)."""
+    llvm_ir = str(lower_module(train, mplan, opt, frozenset({variant})))
+    emitted = emit(llvm_ir, variant)
+    return llvm_ir, emitted, link(emitted.object_code, mplan.end, list(EXPORTS))
+
+
+def variant_file(variant: str) -> str:
+    return f"model.{variant}.wasm"
 
 
 def _with_proximal_mu(model: CheckedModel, mu: float) -> CheckedModel:
@@ -121,6 +140,10 @@ def manifest(art: Artifacts, variant: str) -> dict[str, Any]:
         "loss": m.loss_op,
         "wasm": {"file": "model.wasm", "sha256": hashlib.sha256(art.wasm).hexdigest(),
                  "bytes": len(art.wasm), "variant": variant},
+        # other builds of the same module (same memory layout and exports): a runtime loads
+        # the best one its engine supports (docs/abi.md, "Variants")
+        "variants": {v: {"file": variant_file(v), "sha256": hashlib.sha256(w).hexdigest(),
+                         "bytes": len(w)} for v, w in art.variants.items()},
         "memory": {"bytes": memory_size(pl.end), "arena_base": ARENA_BASE,
                    "arena_bytes": pl.end - ARENA_BASE,
                    "activation_bytes": pl.activation_bytes,

@@ -55,14 +55,14 @@ def _cases(ns: tuple[int, ...], ks: tuple[int, ...]) -> list[Case]:
     return out
 
 
-def _emit_case(mod: ir.Module, case: Case, addrs: list[int]) -> None:
+def _emit_case(mod: ir.Module, case: Case, addrs: list[int], madd: bool = False) -> None:
     """An export `<case.name>(m: i32)` running the case's matmul on fixed addresses."""
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [gemm.I32]), case.name)
     b = ir.IRBuilder(fn.append_basic_block())
     p = [b.inttoptr(ir.Constant(gemm.I32, x), gemm.PTR) for x in addrs]
     extra = {("bias" if case.kind == "nn" else "row_sum"): p[3]} if case.extra else {}
     gemm.emit_matmul(b, kind=case.kind, m=fn.args[0], n=case.n, k=case.k, a=p[0], bmat=p[1],
-                     c=p[2], scratch=p[4], accumulate=case.accumulate, **extra)
+                     c=p[2], scratch=p[4], accumulate=case.accumulate, madd=madd, **extra)
     b.ret_void()
 
 
@@ -73,7 +73,7 @@ class Module:
                  variant: str = "simd128") -> None:
         mod = ir.Module("test_gemm")
         for case, case_addrs in zip(cases, addrs, strict=True):
-            _emit_case(mod, case, case_addrs)
+            _emit_case(mod, case, case_addrs, madd=variant == "relaxed-simd")
         wasm = link(emit(str(mod), variant).object_code, arena_end, [c.name for c in cases])
         self.cases, self.addrs = cases, addrs
         engine = wasmtime.Engine()
@@ -175,6 +175,15 @@ def test_scalar_variant_matches_numpy() -> None:
     rng = np.random.default_rng(1)
     for i in range(len(mod.cases)):
         for m in (1, 5, 33):
+            _run_and_check(mod, i, m, rng)
+
+
+def test_relaxed_simd_variant_matches_numpy() -> None:
+    """f32x4.relaxed_madd in the micro-kernel, on every remainder path."""
+    mod = _guarded_module(_cases((1, 3, 4, 10, 13), (1, 5, 8)), "relaxed-simd")
+    rng = np.random.default_rng(2)
+    for i in range(len(mod.cases)):
+        for m in (1, 3, 5, 33):
             _run_and_check(mod, i, m, rng)
 
 

@@ -236,8 +236,17 @@ def _gather(b: ir.IRBuilder, src: ir.Value, starts: Sequence[ir.Value], d: int) 
 # The micro-kernel: a 4×nr block of C (nr = 8, or 4 at a narrow edge) in nr/4·4 registers.
 
 
+def _madd(b: ir.IRBuilder, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
+    """x·y + acc in one f32x4.relaxed_madd (fused or not, as the engine's CPU does it)."""
+    name = "llvm.wasm.relaxed.madd.v4f32"
+    fn = b.module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(b.module, ir.FunctionType(V4, [V4, V4, V4]), name)
+    return b.call(fn, [x, y, acc])
+
+
 def _tile_product(b: ir.IRBuilder, nr: int, pa: ir.Value, pb: ir.Value,
-                  depth: ir.Value | int) -> list[list[ir.Value]]:
+                  depth: ir.Value | int, madd: bool = False) -> list[list[ir.Value]]:
     """acc[r][v] = Σ_d pa[d][r] · pb[d][4v:4v+4] over packed panels pa [depth][4], pb [depth][nr].
 
     Per step: one A vector load broadcast to four rows by shuffles, nr/4 B vector loads and
@@ -250,6 +259,9 @@ def _tile_product(b: ir.IRBuilder, nr: int, pa: ir.Value, pb: ir.Value,
         bv = [_ld4(b, pb, b.add(b.mul(d, _c(nr)), _c(4 * v)), 16) for v in range(nv)]
         av = _ld4(b, pa, b.mul(d, _c(MR)), 16)
         rows = [_lane(b, av, r) for r in range(MR)]
+        if madd:  # Cranelift (wasmtime 50) lowers it to vfmadd213ps plus register copies
+            return [_madd(b, rows[r], bv[v], acc[r * nv + v])
+                    for r in range(MR) for v in range(nv)]
         return [b.fadd(acc[r * nv + v], b.fmul(rows[r], bv[v]))
                 for r in range(MR) for v in range(nv)]
 
@@ -289,7 +301,7 @@ def _store_tile(b: ir.IRBuilder, acc: list[list[ir.Value]], c: ir.Value, ldc: in
 
 def _tiles(b: ir.IRBuilder, pa: ir.Value, pb: ir.Value, depth: ir.Value | int,
            rows: ir.Value | int, cols: int, c: ir.Value, bias: ir.Value | None,
-           accumulate: bool) -> None:
+           accumulate: bool, madd: bool = False) -> None:
     """C[rows, cols] (+)= packed A · packed B (+ bias), tile by tile.
 
     B panels outside, A panels inside: one B panel (depth·32 bytes) stays in L1 while the A
@@ -305,7 +317,7 @@ def _tiles(b: ir.IRBuilder, pa: ir.Value, pb: ir.Value, depth: ir.Value | int,
 
             def tile(ip: ir.Value) -> None:
                 pa_i = _at(b, pa, b.mul(ip, b.mul(_as(depth), _c(MR))))
-                acc = _tile_product(b, g.width, pa_i, pb_j, depth)
+                acc = _tile_product(b, g.width, pa_i, pb_j, depth, madd)
                 _store_tile(b, acc, c, cols, b.mul(ip, _c(MR)), rows, col0, g.last_valid,
                             bias, accumulate)
 
@@ -336,27 +348,27 @@ def scratch_bytes(kind: Kind, m_max: int, n: int, k: int) -> int:
 
 
 def _body_nn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], fused: bool,
-             accumulate: bool) -> None:
+             accumulate: bool, madd: bool) -> None:
     m, a, bm, c, bias, scratch = args
     for g in _groups(n, NR, narrow_edge=True):
         _pack_copy(b, bm, n, k, g, _at(b, scratch, g.first * k))
     pa = _at(b, scratch, _panel_floats(n, NR, True) * k)
     _pack_transpose(b, a, k, m, Group(0, 0, MR, MR), _ceil_div(b, m, MR), pa)
-    _tiles(b, pa, scratch, k, m, n, c, bias if fused else None, accumulate)
+    _tiles(b, pa, scratch, k, m, n, c, bias if fused else None, accumulate, madd)
 
 
 def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], fused: bool,
-             accumulate: bool) -> None:
+             accumulate: bool, madd: bool) -> None:
     m, a, bm, c, _, scratch = args
     for g in _groups(k, NR, narrow_edge=True):
         _pack_transpose(b, bm, n, k, g, g.count, _at(b, scratch, g.first * n))
     pa = _at(b, scratch, _panel_floats(k, NR, True) * n)
     _pack_transpose(b, a, n, m, Group(0, 0, MR, MR), _ceil_div(b, m, MR), pa)
-    _tiles(b, pa, scratch, n, m, k, c, None, accumulate)
+    _tiles(b, pa, scratch, n, m, k, c, None, accumulate, madd)
 
 
 def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], fused: bool,
-             accumulate: bool) -> None:
+             accumulate: bool, madd: bool) -> None:
     m, a, g_mat, c, row_sum, scratch = args
     for g in _groups(n, NR, narrow_edge=True):
         _pack_copy(b, g_mat, n, m, g, _at(b, scratch, b.mul(m, _c(g.first))),
@@ -364,18 +376,18 @@ def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], fused: b
     pa = _at(b, scratch, b.mul(m, _c(_panel_floats(n, NR, True))))
     for g in _groups(k, MR, narrow_edge=False):
         _pack_copy(b, a, k, m, g, _at(b, pa, b.mul(m, _c(g.first))))
-    _tiles(b, pa, scratch, m, k, n, c, None, accumulate)
+    _tiles(b, pa, scratch, m, k, n, c, None, accumulate, madd)
 
 
 _BODIES = {"nn": _body_nn, "nt": _body_nt, "tn": _body_tn}
 
 
 def _kernel(module: ir.Module, kind: Kind, n: int, k: int, fused: bool,
-            accumulate: bool) -> ir.Function:
+            accumulate: bool, madd: bool = False) -> ir.Function:
     """The internal `void(m, a, b, c, bias_or_row_sum, scratch)` for one kind and shape,
     defined once per module and shared by every call with the same static parameters."""
     name = f"fedc.gemm.{kind}.n{n}.k{k}" + (".fused" if fused else "") + (
-        ".acc" if accumulate else "")
+        ".acc" if accumulate else "") + (".madd" if madd else "")
     if name in module.globals:
         return module.globals[name]
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I32, PTR, PTR, PTR, PTR, PTR]), name)
@@ -383,7 +395,7 @@ def _kernel(module: ir.Module, kind: Kind, n: int, k: int, fused: bool,
     for arg in fn.args[1:]:
         arg.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    _BODIES[kind](b, n, k, fn.args, fused, accumulate)
+    _BODIES[kind](b, n, k, fn.args, fused, accumulate, madd)
     b.ret_void()
     return fn
 
@@ -391,16 +403,18 @@ def _kernel(module: ir.Module, kind: Kind, n: int, k: int, fused: bool,
 def emit_matmul(b: ir.IRBuilder, *, kind: Kind, m: ir.Value | int, n: int, k: int,
                 a: ir.Value, bmat: ir.Value, c: ir.Value, scratch: ir.Value,
                 bias: ir.Value | None = None, row_sum: ir.Value | None = None,
-                accumulate: bool = False) -> None:
+                accumulate: bool = False, madd: bool = False) -> None:
     """Emit at b's position a call computing, with m a runtime i32 and n, k Python ints:
 
     - "nn": c[m,n] (+)= a[m,k] · bmat[k,n] (+ bias[n])                  (forward)
     - "nt": c[m,k] (+)= a[m,n] · bmat[k,n]ᵀ                             (input gradient)
     - "tn": c[k,n] (+)= a[m,k]ᵀ · bmat[m,n]; row_sum[n] (+)= Σ_m bmat[m,:]  (weight gradient)
 
-    "(+)=" adds to the output when `accumulate`. All operands are opaque pointers into linear
-    memory, row-major, 4-byte aligned; `scratch` is 16-byte aligned, holds
-    scratch_bytes(kind, m_max, n, k) bytes for the largest m used and overlaps nothing else.
+    "(+)=" adds to the output when `accumulate`. `madd` uses f32x4.relaxed_madd (the
+    relaxed-simd build variant: results may differ in the last bit between engines). All
+    operands are opaque pointers into linear memory, row-major, 4-byte aligned; `scratch` is
+    16-byte aligned, holds scratch_bytes(kind, m_max, n, k) bytes for the largest m used and
+    overlaps nothing else.
     """
     if n < 1 or k < 1:
         raise ValueError(f"matmul needs n, k ≥ 1, got n={n}, k={k}")
@@ -411,5 +425,5 @@ def emit_matmul(b: ir.IRBuilder, *, kind: Kind, m: ir.Value | int, n: int, k: in
     if kind not in _BODIES:
         raise ValueError(f"unknown matmul kind {kind!r}")
     extra = bias if bias is not None else row_sum
-    fn = _kernel(b.module, kind, n, k, extra is not None, accumulate)
+    fn = _kernel(b.module, kind, n, k, extra is not None, accumulate, madd)
     b.call(fn, [_as(m), a, bmat, c, ir.Constant(PTR, None) if extra is None else extra, scratch])

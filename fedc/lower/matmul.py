@@ -13,21 +13,26 @@ def nn(ctx: LowerCtx, *, m: ir.Value, n: int, k: int, a: ir.Value, b: ir.Value, 
        bias: ir.Value | None = None) -> None:
     """C[m,n] = A[m,k] · B[k,n] (+ bias[n]): the register-blocked forward kernel."""
     gemm.emit_matmul(ctx.b, kind="nn", m=m, n=n, k=k, a=a, bmat=b, c=c,
-                     scratch=ctx.addr_ptr(ctx.scratch), bias=bias)
+                     scratch=ctx.addr_ptr(ctx.scratch), bias=bias, madd=madd(ctx))
 
 
 def nt(ctx: LowerCtx, *, m: ir.Value, n: int, k: int, a: ir.Value, b: ir.Value,
        c: ir.Value) -> None:
     """C[m,n] = A[m,k] · Bᵀ with B stored [n,k] (the input gradient; no explicit transpose)."""
     gemm.emit_matmul(ctx.b, kind="nt", m=m, n=k, k=n, a=a, bmat=b, c=c,
-                     scratch=ctx.addr_ptr(ctx.scratch))
+                     scratch=ctx.addr_ptr(ctx.scratch), madd=madd(ctx))
 
 
 def tn(ctx: LowerCtx, *, m: ir.Value, n: int, k: int, a: ir.Value, b: ir.Value,
        c: ir.Value) -> None:
     """C[k,n] = Aᵀ · B with A stored [m,k], B [m,n]: the weight gradient, reducing over m."""
     gemm.emit_matmul(ctx.b, kind="tn", m=m, n=n, k=k, a=a, bmat=b, c=c,
-                     scratch=ctx.addr_ptr(ctx.scratch))
+                     scratch=ctx.addr_ptr(ctx.scratch), madd=madd(ctx))
+
+
+def madd(ctx: LowerCtx) -> bool:
+    """Whether this build's GEMMs use f32x4.relaxed_madd (the relaxed-simd variant)."""
+    return "relaxed-simd" in ctx.features
 
 
 def scratch(kind: gemm.Kind, max_batch: int, n: int, k: int) -> int:

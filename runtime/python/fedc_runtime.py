@@ -67,6 +67,20 @@ class _Call:
         return float(self._buf[0].f32) if self.n_results else None
 
 
+# Builds of one module (manifest "wasm" and "variants"), most capable first: Model.load takes
+# the first the engine validates. relaxed-simd's results may differ in the last bit between
+# CPUs; simd128 and scalar are deterministic.
+VARIANT_PREFERENCE = ("relaxed-simd", "simd128", "scalar")
+
+
+def _builds(manifest: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Every build the manifest lists, by variant name."""
+    primary = manifest["wasm"]
+    builds = {primary.get("variant", "simd128"): primary}
+    builds.update(manifest.get("variants") or {})
+    return builds
+
+
 class Model:
     """A compiled fedc model instantiated in wasmtime."""
 
@@ -95,10 +109,35 @@ class Model:
         self._map_views()
 
     @classmethod
-    def load(cls, directory: str | Path, **kw: Any) -> Model:
+    def load(cls, directory: str | Path, *, variant: str | None = None, **kw: Any) -> Model:
+        """Load model.wasm, or the best build of it the engine supports when the manifest
+        lists several ("variants": relaxed-simd, then simd128, then scalar); `variant`
+        forces one. `self.manifest["wasm"]` describes the build that was loaded."""
         d = Path(directory)
         manifest = json.loads((d / "manifest.json").read_text())
-        return cls((d / manifest["wasm"]["file"]).read_bytes(), manifest, **kw)
+        engine = kw.pop("engine", None) or wasmtime.Engine()
+        builds = _builds(manifest)
+        if variant is not None and variant not in builds:
+            raise RuntimeDataError(f"this model has no {variant!r} build (it has "
+                                   f"{', '.join(builds)})")
+        order = [variant] if variant else [v for v in VARIANT_PREFERENCE if v in builds] + \
+            [v for v in builds if v not in VARIANT_PREFERENCE]
+        rejected = []
+        for name in order:
+            path = d / builds[name]["file"]
+            if not path.is_file() and variant is None:  # e.g. a bundle that copied only one
+                rejected.append(f"{name}: {path.name} is missing")
+                continue
+            wasm = path.read_bytes()
+            try:
+                wasmtime.Module.validate(engine, wasm)
+            except wasmtime.WasmtimeError as exc:  # e.g. SIMD or relaxed SIMD switched off
+                rejected.append(f"{name}: {str(exc).splitlines()[0]}")
+                continue
+            chosen = {**manifest, "wasm": {**builds[name], "variant": name}}
+            return cls(wasm, chosen, engine=engine, **kw)
+        raise RuntimeDataError("no build of this model runs on this engine (" +
+                               "; ".join(rejected) + ")")
 
     def clone(self) -> Model:
         """A fresh instance sharing the compiled module (cheap: no recompilation)."""
