@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("train", help="centralised training inside the Wasm module")
     c.add_argument("file")
-    c.add_argument("--data", required=True, help="digits | breast_cancer | iris | wine | FILE.npz")
+    c.add_argument("--data", required=True, help="digits | breast_cancer | iris | wine | "
+                   "waveforms | synthetic_text | FILE.npz")
     c.add_argument("--epochs", type=_positive, default=10)
     c.add_argument("--batch-size", type=_positive, help="default: the federated block's")
     c.add_argument("--lr", type=_positive_float, help="override the optimizer's learning rate")
@@ -302,7 +303,8 @@ def _simulate_flags(c: argparse.ArgumentParser) -> None:
     from .fl.partition import parse_scheme
 
     c.add_argument("file")
-    c.add_argument("--data", required=True, help="digits | breast_cancer | iris | wine | FILE.npz")
+    c.add_argument("--data", required=True, help="digits | breast_cancer | iris | wine | "
+                   "waveforms | synthetic_text | FILE.npz")
     c.add_argument("--clients", type=_positive, help="simulated clients (default: the clients "
                    "per round, so all take part)")
     c.add_argument("--rounds", type=_positive, help="default: the federated block's")
