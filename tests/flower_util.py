@@ -104,7 +104,10 @@ def flwr_run(app: Path, home: Path, link: SuperLink, config: dict[str, object],
     out = subprocess.run(args, env=flower_env(home), capture_output=True, text=True,
                          timeout=timeout)
     text = out.stdout + out.stderr
-    assert out.returncode == 0, f"flwr run failed ({out.returncode}):\n{text}"
+    (home / "flwr-run.log").write_text(text)
+    # flwr run exits 0 even when the ServerApp raised: look for Flower's error report too
+    assert out.returncode == 0 and "ServerApp raised an exception" not in text, \
+        f"flwr run failed ({out.returncode}):\n{text}"
     return text
 
 

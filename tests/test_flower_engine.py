@@ -8,6 +8,11 @@ stopped by its PID (tests/flower_util.py).
 from __future__ import annotations
 
 import json
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +22,8 @@ pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
 from fedc.cli import main  # noqa: E402
-from tests.flower_util import SuperLink, flwr_run  # noqa: E402
+from tests.flower_util import Proc, SuperLink, flower_env, flwr_run, supernode  # noqa: E402
+from tests.serve_util import free_port, issue_tokens  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -86,3 +92,74 @@ def test_flower_and_fedc_simulate_reach_the_same_global_model(simulation, fedc_r
     assert flower.shape == ours.shape
     assert np.abs(ours - start.get_weights()).max() > 100 * PARITY_ATOL  # the rounds moved it
     np.testing.assert_allclose(flower, ours, rtol=0, atol=PARITY_ATOL)
+
+
+# --- deployment: a SuperLink, a SuperNode, and fedc serve as a bridge SuperNode ------------------
+
+def _gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie left to an init that does not reap counts too)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def _wait_for(url: str, proc: Proc, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.alive(), proc.output()
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer:\n{proc.output()}")
+
+
+@pytest.fixture(scope="module")
+def edge_bundle(tmp_path_factory) -> Path:
+    """The fedc serve bundle with digits cut into 3 partitions (as the Flower app cuts them)."""
+    out = tmp_path_factory.mktemp("edge") / "bundle"
+    assert main(["bundle", str(ROOT / "examples/digits_mlp.fed"), "-o", str(out),
+                 "--demo-data", "digits", "--demo-clients", "3", "--json"]) == 0
+    return out
+
+
+def test_deployment_with_a_supernode_and_a_fedc_serve_bridge(flower_app, edge_bundle, tmp_path):
+    home, results, state = tmp_path / "flwr-home", tmp_path / "results", tmp_path / "edge.db"
+    tokens = issue_tokens(edge_bundle, state, 2)
+    procs: list[Proc] = []
+    try:
+        link = SuperLink(home, simulation=False)
+        procs.append(link)
+        procs.append(supernode(home, link, "partition-id=0 num-partitions=3", "node-a.log"))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        bridge = Proc([sys.executable, "-m", "fedc", "serve", str(edge_bundle), "--state",
+                       str(state), "--port", str(port), "--min-clients", "2",
+                       "--flower-superlink", f"127.0.0.1:{link.port}", "--flower-insecure"],
+                      flower_env(home), tmp_path / "bridge.log")
+        procs.append(bridge)
+        _wait_for(url + "/api/v1/status", bridge)
+        for i, token in enumerate(tokens, start=1):  # partitions 1 and 2 stay on the edge
+            procs.append(Proc([sys.executable, str(edge_bundle / "client.py"), "--server", url,
+                               "--token", token, "--data",
+                               str(edge_bundle / f"data/client-{i}.npz"), "--json"],
+                              flower_env(home), tmp_path / f"edge-{i}.log"))
+        log = flwr_run(flower_app, home, link, {"num-server-rounds": ROUNDS, "min-nodes": 2,
+                                                "seed": SEED, "out-dir": str(results)})
+        with urllib.request.urlopen(url + "/api/v1/status", timeout=10) as res:
+            status = json.loads(res.read())
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    child = int(re.search(r"flower-supernode pid (\d+)", bridge.output()).group(1))
+    assert all(not p.alive() for p in procs) and _gone(child), "a Flower process is still running"
+
+    assert log.count("Received 2 results and 0 failures") == ROUNDS, log
+    edge_rounds = [r for r in status["rounds_history"] if r["outcome"] == "aggregated"]
+    assert len(edge_rounds) == ROUNDS and all(len(r["sampled"]) == 2 for r in edge_rounds)
+    assert all(c["accepted"] == ROUNDS for c in status["clients"].values())
+    central = json.loads((results / "history.json").read_text())["central"]
+    accuracy = [central[str(r)]["accuracy"] for r in range(ROUNDS + 1)]
+    assert accuracy[0] < 0.2 and accuracy[-1] > 0.75, accuracy

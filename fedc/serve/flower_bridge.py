@@ -28,6 +28,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -303,12 +304,19 @@ def _run_bridge(args: argparse.Namespace, bundle_dir: Path, wasm: bytes,
     print(f"fedc: bridging {manifest['model']} edge clients at {url}/ into the Flower "
           f"SuperLink {args.flower_superlink} (flower-supernode pid {node.pid}); "
           f"state {args.state}", file=sys.stderr, flush=True)
+    # uvicorn re-raises the SIGTERM it shut down for once it restored this handler: an exception
+    # rather than the default action, so the `finally` below still stops the child
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                     **tls)  # type: ignore[arg-type]
     finally:
         _stop(node)
     return bridge.status()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _stop(node: subprocess.Popen[bytes]) -> None:

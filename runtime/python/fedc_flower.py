@@ -305,10 +305,10 @@ def train_bridge(msg: Message, context: Context) -> Message:
         status, answer = _http("GET", f"{url}/api/v1/bridge/round/{edge_round}?wait=10", token)
         if status == 200:
             out, weights = decode_frame(answer)
+            # the same keys as a local node's reply: Flower refuses to aggregate mixed records
+            loss = out.get("train_loss")
             metrics = {"num-examples": int(out["num_examples"]),
-                       "edge-clients": int(out["clients"])}
-            if out.get("train_loss") is not None:
-                metrics["train-loss"] = float(out["train_loss"])
+                       "train-loss": float("nan") if loss is None else float(loss)}
             content = RecordDict({"arrays": to_record(weights), "metrics": MetricRecord(metrics)})
             return Message(content=content, reply_to=msg)
     raise AppError(f"fedc serve's round {edge_round} did not close within {timeout:g} s")
