@@ -28,15 +28,23 @@ ALIGN = 64  # the buffer's base: the kernels' 16-byte scratch alignment, and cac
 _CTYPES: dict[str, Any] = {"i32": ctypes.c_int32, "f32": ctypes.c_float}
 
 
-@functools.cache
 def host_target_machine() -> llvm.TargetMachine:
-    """The host CPU with all its features (e.g. AVX-512), for MCJIT."""
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
+    """The host CPU with all its features (e.g. AVX-512), for MCJIT.
+
+    A fresh one per call: an MCJIT engine takes ownership of its target machine and frees it
+    with itself, so a shared one would dangle once the first engine is gone.
+    """
+    _init_native()
     target = llvm.Target.from_triple(llvm.get_process_triple())
     return target.create_target_machine(cpu=llvm.get_host_cpu_name(),
                                         features=llvm.get_host_cpu_features().flatten(),
                                         opt=3, jit=True)
+
+
+@functools.cache
+def _init_native() -> None:
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
 
 
 def native_ir(art: Artifacts) -> str:

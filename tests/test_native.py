@@ -67,3 +67,18 @@ def test_native_ir_addresses_linear_memory_through_the_base_global(pair):
     assert '@"fedc_base" = global ptr null' in text
     assert "inttoptr" not in text
     assert "inttoptr" in art.llvm_ir and "fedc_base" not in art.llvm_ir  # Wasm: unchanged
+
+
+def test_a_second_jit_works_after_the_first_engine_is_freed():
+    """MCJIT frees its target machine with the engine: none may be shared between builds."""
+    import gc
+
+    art = compile_source(SRC.format(features=3, classes=2), "small.fed")
+    losses = []
+    for _ in range(2):
+        model = NativeModel.from_artifacts(art)
+        model.init_weights(0)
+        losses.append(model.train_step(np.ones((2, 3), np.float32), np.array([0, 1])))
+        del model
+        gc.collect()
+    assert losses[0] == losses[1]
