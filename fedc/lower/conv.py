@@ -1,6 +1,6 @@
-"""Lowering: convolution (forward, input and weight gradients) as im2col + register-tiled GEMM.
+"""Lowering: convolution (forward, input and weight gradients), im2col + GEMM or direct.
 
-Per example and group, the window rows of the input are copied into a column matrix
+Strategy "each": per example and group, the window rows of the input are copied into a column matrix
 col[K = C/g·kh·kw, P = Ho·Wo] in scratch (zeros where the window overhangs the padding), and
 the convolution is one GEMM from fedc.lower.gemm on contiguous NCHW slices:
 
@@ -10,6 +10,10 @@ the convolution is one GEMM from fedc.lower.gemm on contiguous NCHW slices:
 
 The window offsets (i, j) are unrolled at compile time, so every bound of the copy loops is a
 constant and the interior copies are plain (vectorised when the stride is 1) runs.
+
+Strategy "direct" (fedc.lower.conv_direct) skips the column matrix for the forward pass and the
+input gradient of horizontal-stride-1 convolutions; `strategy` picks per kernel by the
+measurements in docs/examples.md. The weight gradient is always "each".
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ..ops.window import Window
-from . import gemm
+from . import conv_direct, gemm
 from .context import LowerCtx
 from .kernels import (
     LANES,
@@ -71,11 +75,6 @@ class ConvShape:
         return (self.k * self.p + LANES - 1) // LANES * LANES * 4
 
 
-def scratch_bytes(s: ConvShape, kind: gemm.Kind) -> int:
-    """Scratch for one of the three kernels: the column matrix, then the GEMM's packing."""
-    return s.col_bytes() + gemm.scratch_bytes(kind, s.og, s.p, s.k)
-
-
 def _inside(o_count: int, i: int, pad: int, stride: int, size: int) -> tuple[int, int]:
     """[lo, hi): the outputs o whose tap o·stride + i − pad falls inside [0, size)."""
     lo = max(0, -(-(pad - i) // stride))
@@ -85,32 +84,25 @@ def _inside(o_count: int, i: int, pad: int, stride: int, size: int) -> tuple[int
     return lo, max(lo, min(hi, o_count))
 
 
-Run = Callable[[ir.Value, ir.Value, int, int], None]  # (dst, src, count, src_stride)
-
-
 def _zero_run(b: ir.IRBuilder, dst: ir.Value, count: int) -> None:
     emit_cols(b, count, lambda j, vec: store_w(b, zero_w(vec), dst, j, vec), "z")
 
 
-def _copy_run(b: ir.IRBuilder, dst: ir.Value, src: ir.Value, count: int, stride: int) -> None:
-    """dst[t] = src[t·stride] for t < count."""
-    if stride == 1:
-        emit_cols(b, count, lambda j, vec: store_w(b, load_w(b, src, j, vec), dst, j, vec), "cp")
-        return
-    with loop(b, 0, count, 1, "cs") as t:
-        store(b, load(b, src, b.mul(t, i32c(stride))), dst, t)
-
-
-def _add_run(b: ir.IRBuilder, dst: ir.Value, src: ir.Value, count: int, stride: int) -> None:
-    """dst[t·stride] += src[t] for t < count."""
-    if stride == 1:
+def _move_run(b: ir.IRBuilder, dst: ir.Value, dst_stride: int, src: ir.Value, src_stride: int,
+              count: int, add: bool) -> None:
+    """dst[t·dst_stride] (+)= src[t·src_stride] for t < count; vectorised when contiguous."""
+    if dst_stride == src_stride == 1:
         def body(j: ir.Value, vec: bool) -> None:
-            store_w(b, b.fadd(load_w(b, dst, j, vec), load_w(b, src, j, vec)), dst, j, vec)
-        emit_cols(b, count, body, "ad")
+            v = load_w(b, src, j, vec)
+            store_w(b, b.fadd(load_w(b, dst, j, vec), v) if add else v, dst, j, vec)
+        emit_cols(b, count, body, "mv")
         return
-    with loop(b, 0, count, 1, "as") as t:
-        at = b.mul(t, i32c(stride))
-        store(b, b.fadd(load(b, dst, at), load(b, src, t)), dst, at)
+    if not count:
+        return
+    with loop(b, 0, count, 1, "ms") as t:
+        v = load(b, src, b.mul(t, i32c(src_stride)))
+        at = b.mul(t, i32c(dst_stride))
+        store(b, b.fadd(load(b, dst, at), v) if add else v, dst, at)
 
 
 def _each_tap(b: ir.IRBuilder, s: ConvShape, image: ir.Value, col: ir.Value,
@@ -125,26 +117,24 @@ def _each_tap(b: ir.IRBuilder, s: ConvShape, image: ir.Value, col: ir.Value,
         for j in range(kw):
             ow_lo, ow_hi = _inside(wo, j, pw, sw, w)
             with loop(b, 0, s.cg, 1, "c") as c:
-                row = gep(b, col, b.mul(b.add(b.mul(c, i32c(kh * kw)), i32c(i * kw + j)),
-                                        i32c(s.p)))
+                tap = b.add(b.mul(c, i32c(kh * kw)), i32c(i * kw + j))
+                row = gep(b, col, b.mul(tap, i32c(s.p)))
                 plane = gep(b, image, b.mul(c, i32c(h * w)))
-                if gather and oh_lo > 0:
+                if gather:  # window rows wholly in the padding
                     _zero_run(b, row, oh_lo * wo)
-                if gather and oh_hi < ho:
                     _zero_run(b, gep(b, row, oh_hi * wo), (ho - oh_hi) * wo)
-                if oh_lo == oh_hi:
-                    continue
-                with loop(b, oh_lo, oh_hi, 1, "oh") as oh:
-                    ih = b.add(b.mul(oh, i32c(sh)), i32c(i - ph))
-                    seg = gep(b, row, b.mul(oh, i32c(wo)))
-                    first = b.add(b.mul(ih, i32c(w)), i32c(ow_lo * sw + j - pw))
-                    src, dst = gep(b, plane, first), gep(b, seg, ow_lo)
-                    if gather:
-                        _zero_run(b, seg, ow_lo)
-                        _zero_run(b, gep(b, seg, ow_hi), wo - ow_hi)
-                        _copy_run(b, dst, src, ow_hi - ow_lo, sw)
-                    else:
-                        _add_run(b, src, dst, ow_hi - ow_lo, sw)
+                if oh_lo < oh_hi:
+                    with loop(b, oh_lo, oh_hi, 1, "oh") as oh:
+                        ih = b.add(b.mul(oh, i32c(sh)), i32c(i - ph))
+                        seg = gep(b, row, b.mul(oh, i32c(wo)))
+                        first = b.add(b.mul(ih, i32c(w)), i32c(ow_lo * sw + j - pw))
+                        src, dst = gep(b, plane, first), gep(b, seg, ow_lo)
+                        if gather:
+                            _zero_run(b, seg, ow_lo)
+                            _zero_run(b, gep(b, seg, ow_hi), wo - ow_hi)
+                            _move_run(b, dst, 1, src, sw, ow_hi - ow_lo, add=False)
+                        else:
+                            _move_run(b, src, sw, dst, 1, ow_hi - ow_lo, add=True)
 
 
 def _zero(b: ir.IRBuilder, dst: ir.Value, count: ir.Value) -> None:
@@ -165,9 +155,11 @@ def _slice(b: ir.IRBuilder, base: ir.Value, n: ir.Value, per_n: int, g: ir.Value
     return gep(b, base, b.add(b.mul(n, i32c(per_n)), b.mul(g, i32c(per_g))))
 
 
-def forward(ctx: LowerCtx, s: ConvShape, x: ir.Value, w: ir.Value, bias: ir.Value | None,
-            out: ir.Value) -> None:
-    """out[N, O, Ho, Wo] = conv(x[N, C, H, W], w[O, C/g, kh, kw]) (+ bias[O])."""
+# --- strategy "each": one GEMM per example and group, col [K, P] -----------------------------
+
+
+def _forward_each(ctx: LowerCtx, s: ConvShape, x: ir.Value, w: ir.Value,
+                  bias: ir.Value | None, out: ir.Value) -> None:
     b = ctx.b
     col = ctx.addr_ptr(ctx.scratch)
     pack = ctx.addr_ptr(ctx.scratch + s.col_bytes())
@@ -189,8 +181,7 @@ def forward(ctx: LowerCtx, s: ConvShape, x: ir.Value, w: ir.Value, bias: ir.Valu
     _each_group(ctx, s, body)
 
 
-def grad_input(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value, dx: ir.Value) -> None:
-    """dx[N, C, H, W] = the adjoint of the convolution applied to dy[N, O, Ho, Wo]."""
+def _grad_input_each(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value, dx: ir.Value) -> None:
     b = ctx.b
     dcol = ctx.addr_ptr(ctx.scratch)
     pack = ctx.addr_ptr(ctx.scratch + s.col_bytes())
@@ -206,8 +197,7 @@ def grad_input(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value, dx: ir.Va
     _each_group(ctx, s, body)
 
 
-def grad_weight(ctx: LowerCtx, s: ConvShape, x: ir.Value, dy: ir.Value, dw: ir.Value) -> None:
-    """dw[O, C/g, kh, kw] = Σ over examples of dy_g · im2col(x)ᵀ."""
+def _grad_weight_each(ctx: LowerCtx, s: ConvShape, x: ir.Value, dy: ir.Value, dw: ir.Value) -> None:
     b = ctx.b
     col = ctx.addr_ptr(ctx.scratch)
     pack = ctx.addr_ptr(ctx.scratch + s.col_bytes())
@@ -221,6 +211,97 @@ def grad_weight(ctx: LowerCtx, s: ConvShape, x: ir.Value, dy: ir.Value, dw: ir.V
                          c=gep(b, dw, b.mul(g, i32c(s.og * s.k))), scratch=pack, accumulate=True)
 
     _each_group(ctx, s, body)
+
+
+# --- strategy "direct": no column matrix (fedc.lower.conv_direct), horizontal stride 1 -------
+
+
+def _direct_forward(s: ConvShape) -> conv_direct.Direct | None:
+    win = s.win
+    if win.stride[1] != 1:
+        return None
+    return conv_direct.Direct(s.groups, s.cg, s.og, win.size, win.kernel, win.padding,
+                              win.stride[0], (s.k, win.taps, 1, 0))
+
+
+def _direct_input(s: ConvShape) -> conv_direct.Direct | None:
+    """dx as a convolution of dy with the kernel flipped and channels swapped (stride 1)."""
+    win = s.win
+    (kh, kw), (ph, pw) = win.kernel, win.padding
+    if win.stride != (1, 1) or ph > kh - 1 or pw > kw - 1:
+        return None
+    return conv_direct.Direct(s.groups, s.og, s.cg, win.out, win.kernel, (kh - 1 - ph, kw - 1 - pw),
+                              1, (win.taps, s.k, -1, win.taps - 1))
+
+
+def _forward_direct(ctx: LowerCtx, s: ConvShape, x: ir.Value, w: ir.Value,
+                    bias: ir.Value | None, out: ir.Value) -> None:
+    d = _direct_forward(s)
+    assert d is not None
+    conv_direct.run(ctx, d, x, w, bias, out)
+
+
+def _grad_input_direct(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value,
+                       dx: ir.Value) -> None:
+    d = _direct_input(s)
+    assert d is not None
+    conv_direct.run(ctx, d, dy, w, None, dx)
+
+
+# --- dispatch ------------------------------------------------------------------------------
+
+STRATEGIES = ("each", "direct")
+FORCE: str | None = None  # tests and benchmarks pin a strategy here (where it applies)
+Which = int  # 0 forward, 1 input gradient, 2 weight gradient
+
+_KERNELS: dict[str, tuple[Callable[..., None] | None, ...]] = {
+    "each": (_forward_each, _grad_input_each, _grad_weight_each),
+    "direct": (_forward_direct, _grad_input_direct, None),
+}
+
+
+def _direct(s: ConvShape, which: Which) -> conv_direct.Direct | None:
+    return _direct_forward(s) if which == 0 else _direct_input(s) if which == 1 else None
+
+
+def strategy(s: ConvShape, which: Which) -> str:
+    """Direct where it measured faster (bench/bench_conv.py --strategies, docs/examples.md):
+    at least 4 output channels to fill a tile's lanes and output rows of 8 or more."""
+    d = _direct(s, which)
+    if FORCE is not None:
+        return FORCE if FORCE != "direct" or d is not None else "each"
+    return "direct" if d is not None and d.cout >= 4 and d.out[1] >= 8 else "each"
+
+
+def forward(ctx: LowerCtx, s: ConvShape, x: ir.Value, w: ir.Value, bias: ir.Value | None,
+            out: ir.Value) -> None:
+    """out[N, O, Ho, Wo] = conv(x[N, C, H, W], w[O, C/g, kh, kw]) (+ bias[O])."""
+    _run(s, 0)(ctx, s, x, w, bias, out)
+
+
+def grad_input(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value, dx: ir.Value) -> None:
+    """dx[N, C, H, W] = the adjoint of the convolution applied to dy[N, O, Ho, Wo]."""
+    _run(s, 1)(ctx, s, dy, w, dx)
+
+
+def grad_weight(ctx: LowerCtx, s: ConvShape, x: ir.Value, dy: ir.Value, dw: ir.Value) -> None:
+    """dw[O, C/g, kh, kw] = Σ over examples of dy_g · im2col(x)ᵀ."""
+    _run(s, 2)(ctx, s, x, dy, dw)
+
+
+def _run(s: ConvShape, which: Which) -> Callable[..., None]:
+    fn = _KERNELS[strategy(s, which)][which]
+    assert fn is not None
+    return fn
+
+
+def scratch_bytes(s: ConvShape, which: Which, max_batch: int) -> int:
+    """Scratch for one of the three kernels (0 forward, 1 input, 2 weight gradient)."""
+    d = _direct(s, which)
+    if strategy(s, which) == "direct" and d is not None:
+        return d.scratch_bytes()
+    kind = ("nn", "tn", "nt")[which]
+    return s.col_bytes() + gemm.scratch_bytes(kind, s.og, s.p, s.k)  # type: ignore[arg-type]
 
 
 def channel_sum(ctx: LowerCtx, *, channels: int, plane: int, src: ir.Value,

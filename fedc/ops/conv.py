@@ -68,15 +68,16 @@ def _node_shape(node: Node) -> lconv.ConvShape:
     attrs = dict(node.attrs)
     rank = len(attrs["stride"])
     if node.op.endswith("_grad_input"):
-        dy, w = (v.type for v in node.inputs)
-        c = w.shape[1] * attrs["groups"]
-        return _geometry(node.op, rank, int(c), attrs["in_size"], w.row_shape, attrs)
+        weight = node.inputs[1].type.row_shape
+        c = weight[1] * int(attrs["groups"])
+        return _geometry(node.op, rank, c, tuple(attrs["in_size"]), weight, attrs)
+    x = node.inputs[0].type.row_shape
     if node.op.endswith("_grad_weight"):
-        x, dy = (v.type for v in node.inputs)
-        w = (int(dy.row_shape[0]), x.row_shape[0] // attrs["groups"], *attrs["kernel"])
-        return _geometry(node.op, rank, x.row_shape[0], x.row_shape[1:], w, attrs)
-    x, w = node.inputs[0].type, node.inputs[1].type
-    return _geometry(node.op, rank, x.row_shape[0], x.row_shape[1:], w.row_shape, attrs)
+        dy = node.inputs[1].type.row_shape
+        weight = (dy[0], x[0] // int(attrs["groups"]), *attrs["kernel"])
+    else:
+        weight = node.inputs[1].type.row_shape
+    return _geometry(node.op, rank, x[0], x[1:], weight, attrs)
 
 
 # --- the forward op ------------------------------------------------------------------------
@@ -139,8 +140,9 @@ def _conv_lower(ctx: LowerCtx, node: Node) -> None:
                   ctx.ptr(node.out))
 
 
-def _scratch(kind: lconv.gemm.Kind) -> Callable[[Node, int], int]:
-    return lambda node, max_batch: lconv.scratch_bytes(_node_shape(node), kind)
+def _scratch(which: int) -> Callable[[Node, int], int]:
+    """Scratch of the forward (0), input-gradient (1) or weight-gradient (2) kernel."""
+    return lambda node, max_batch: lconv.scratch_bytes(_node_shape(node), which, max_batch)
 
 
 # --- surface: conv1d(x, out_channels, kernel_size, …) ---------------------------------------
@@ -243,23 +245,23 @@ _ATTRS_2D = {"stride": (2, 1), "padding": (1, 1), "groups": 2}
 
 register("conv1d", sample=((f32(BATCH, 3, 11), f32(4, 3, 5), f32(4)), _ATTRS_1D),
          shape=_conv_shape(1), ref=_conv_ref, grad=_conv_grad(1), lower=_conv_lower,
-         surface=_conv_surface(1), scratch=_scratch("nn"),
+         surface=_conv_surface(1), scratch=_scratch(0),
          doc="conv1d(x, out_channels, kernel_size, stride=1, padding=0, groups=1, bias=true) "
              "on f32[N, C, L]; weight [O, C/groups, k], PyTorch init")
 
 register("conv1d_grad_input", sample=((f32(BATCH, 4, 6), f32(4, 3, 5)),
                                       {**_ATTRS_1D, "in_size": (11,)}),
          shape=_grad_input_shape(1), ref=_grad_input_ref, lower=_grad_input_lower,
-         scratch=_scratch("tn"), doc="the input gradient of conv1d (a transposed convolution)")
+         scratch=_scratch(1), doc="the input gradient of conv1d (a transposed convolution)")
 
 register("conv1d_grad_weight", sample=((f32(BATCH, 3, 11), f32(BATCH, 4, 6)),
                                        {**_ATTRS_1D, "kernel": (5,)}),
          shape=_grad_weight_shape(1), ref=_grad_weight_ref, lower=_grad_weight_lower,
-         scratch=_scratch("nt"), doc="the weight gradient of conv1d, summed over the batch")
+         scratch=_scratch(2), doc="the weight gradient of conv1d, summed over the batch")
 
 register("conv2d", sample=((f32(BATCH, 4, 6, 5), f32(6, 2, 3, 2), f32(6)), _ATTRS_2D),
          shape=_conv_shape(2), ref=_conv_ref, grad=_conv_grad(2), lower=_conv_lower,
-         surface=_conv_surface(2), scratch=_scratch("nn"),
+         surface=_conv_surface(2), scratch=_scratch(0),
          doc="conv2d(x, out_channels, kernel_size, stride=1, padding=0, groups=1, bias=true) "
              "on f32[N, C, H, W]; kernel_h/kernel_w, stride_h/…, padding_h/… for asymmetric "
              "windows; weight [O, C/groups, kh, kw], PyTorch init")
@@ -267,12 +269,12 @@ register("conv2d", sample=((f32(BATCH, 4, 6, 5), f32(6, 2, 3, 2), f32(6)), _ATTR
 register("conv2d_grad_input", sample=((f32(BATCH, 6, 3, 6), f32(6, 2, 3, 2)),
                                       {**_ATTRS_2D, "in_size": (6, 5)}),
          shape=_grad_input_shape(2), ref=_grad_input_ref, lower=_grad_input_lower,
-         scratch=_scratch("tn"), doc="the input gradient of conv2d (a transposed convolution)")
+         scratch=_scratch(1), doc="the input gradient of conv2d (a transposed convolution)")
 
 register("conv2d_grad_weight", sample=((f32(BATCH, 4, 6, 5), f32(BATCH, 6, 3, 6)),
                                        {**_ATTRS_2D, "kernel": (3, 2)}),
          shape=_grad_weight_shape(2), ref=_grad_weight_ref, lower=_grad_weight_lower,
-         scratch=_scratch("nt"), doc="the weight gradient of conv2d, summed over the batch")
+         scratch=_scratch(2), doc="the weight gradient of conv2d, summed over the batch")
 
 
 # --- channel_sum: Σ over the batch and spatial dims (a convolution's bias gradient) ---------

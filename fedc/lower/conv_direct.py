@@ -1,0 +1,252 @@
+"""Lowering: direct convolution for horizontal stride 1, vectorised over output width.
+
+No column matrix: per example and group the input channels are copied into a zero-bordered
+scratch image (the padding), and a register tile of 4 output channels × 2 segments (a
+segment is 4 consecutive outputs of one row; so 8 outputs of a wide row, or 4 of two narrow
+rows) accumulates Σ_c Σ_taps w · x with the taps unrolled: per tap one aligned load of 4
+pre-packed weights broadcast to rows by shuffles, 2 unaligned input loads, 8 mul+add.
+
+The input gradient of a stride-1 convolution is itself such a convolution (of dy, with the
+kernel flipped, channels swapped and padding k−1−p), so both use the same kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from .context import LowerCtx
+from .kernels import F32, I32, LANES, V4, gep, i32c, load, load4, loop, splat, store, store4
+
+ZERO4 = ir.Constant(V4, [0.0] * 4)
+TILE_O = 4  # output channels per tile (the lanes of one packed weight vector)
+SEGS = 2  # segments per tile
+
+
+@dataclass(frozen=True)
+class Direct:
+    """A grouped stride-(sh, 1) convolution read as out[G·O, Ho, Wo] from src[G·C, H, W].
+
+    Weight element (g, o, c, tap) of the packed kernel sits in the source weight array at
+    g·O·C·taps + o·so + c·sc + t0 + tap·st, which covers both the forward layout and the
+    flipped, transposed view the input gradient needs.
+    """
+
+    groups: int
+    cin: int  # per group
+    cout: int  # per group
+    size: tuple[int, int]  # input H, W
+    kernel: tuple[int, int]
+    padding: tuple[int, int]
+    stride_h: int
+    w_strides: tuple[int, int, int, int]  # so, sc, st, t0
+
+    @property
+    def taps(self) -> int:
+        return self.kernel[0] * self.kernel[1]
+
+    @property
+    def out(self) -> tuple[int, int]:
+        (h, w), (kh, kw), (ph, pw) = self.size, self.kernel, self.padding
+        return (h + 2 * ph - kh) // self.stride_h + 1, w + 2 * pw - kw + 1
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        return self.size[0] + 2 * self.padding[0], self.size[1] + 2 * self.padding[1]
+
+    @property
+    def o_tiles(self) -> int:
+        return -(-self.cout // TILE_O)
+
+    def pack_floats(self) -> int:
+        return self.groups * self.o_tiles * self.cin * self.taps * TILE_O
+
+    def image_floats(self) -> int:
+        hp, wp = self.padded
+        return (self.cin * hp * wp + 2 * LANES + LANES - 1) // LANES * LANES  # + read slack
+
+    def table_ints(self) -> int:
+        return (self.cin * self.taps + LANES - 1) // LANES * LANES
+
+    def scratch_bytes(self) -> int:
+        return 4 * (self.pack_floats() + self.image_floats() + self.table_ints())
+
+
+def _pack(b: ir.IRBuilder, d: Direct, w: ir.Value, dst: ir.Value) -> None:
+    """dst[g][tile][c][tap][lane] = weight (g, tile·4 + lane, c, tap); zero past cout."""
+    so, sc, st, t0 = d.w_strides
+    per_g = d.cout * d.cin * d.taps
+    with loop(b, 0, d.groups * d.o_tiles, 1, "pk") as gt:
+        g = b.udiv(gt, i32c(d.o_tiles))
+        o0 = b.mul(b.urem(gt, i32c(d.o_tiles)), i32c(TILE_O))
+        base = b.add(b.mul(g, i32c(per_g)), i32c(t0))
+        out = b.mul(gt, i32c(d.cin * d.taps * TILE_O))
+        with loop(b, 0, d.cin, 1, "pc") as c:
+            for tap in range(d.taps):
+                for lane in range(TILE_O):
+                    o = b.add(o0, i32c(lane))
+                    ok = b.icmp_signed("<", o, i32c(d.cout))
+                    at = b.add(base, b.add(b.mul(b.select(ok, o, i32c(0)), i32c(so)),
+                                           b.add(b.mul(c, i32c(sc)), i32c(tap * st))))
+                    v = b.select(ok, load(b, w, at), ir.Constant(F32, 0.0))
+                    slot = b.add(out, b.mul(c, i32c(d.taps * TILE_O)))
+                    store(b, v, dst, b.add(slot, i32c(tap * TILE_O + lane)))
+
+
+def _zero(b: ir.IRBuilder, dst: ir.Value, count: int) -> None:
+    with loop(b, 0, count // LANES * LANES, LANES, "zi") as i:
+        store4(b, ZERO4, dst, i)
+    for i in range(count // LANES * LANES, count):
+        store(b, ir.Constant(F32, 0.0), dst, i)
+
+
+def _fill(b: ir.IRBuilder, d: Direct, src: ir.Value, img: ir.Value) -> None:
+    """The interior of the padded image ← one example's group of input channels."""
+    (h, w), (hp, wp), (ph, pw) = d.size, d.padded, d.padding
+    with loop(b, 0, d.cin * h, 1, "fr") as r:  # input rows, all channels
+        c, y = b.udiv(r, i32c(h)), b.urem(r, i32c(h))
+        dst = gep(b, img, b.add(b.mul(b.add(b.mul(c, i32c(hp)), b.add(y, i32c(ph))), i32c(wp)),
+                                i32c(pw)))
+        row = gep(b, src, b.mul(r, i32c(w)))
+        with loop(b, 0, w // LANES * LANES, LANES, "fv") as x:
+            store4(b, load4(b, row, x), dst, x)
+        for x in range(w // LANES * LANES, w):
+            store(b, load(b, row, x), dst, x)
+
+
+def _lanes(b: ir.IRBuilder, v: ir.Value) -> list[ir.Value]:
+    """Each lane of v broadcast (shuffles: wasmtime's load32_splat is slow)."""
+    return [b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 4), [r] * 4))
+            for r in range(TILE_O)]
+
+
+def _offsets(b: ir.IRBuilder, d: Direct, table: ir.Value) -> None:
+    """table[c·taps + i·kw + j] = c·plane + i·Wp + j: each step's offset into the image."""
+    hp, wpad = d.padded
+    kh, kw = d.kernel
+    with loop(b, 0, d.cin, 1, "oc") as c:
+        base = b.mul(c, i32c(hp * wpad))
+        for i in range(kh):
+            for j in range(kw):
+                at = b.add(b.mul(c, i32c(d.taps)), i32c(i * kw + j))
+                store(b, b.add(base, i32c(i * wpad + j)), table, at)
+
+
+def _tile(b: ir.IRBuilder, d: Direct, wp: ir.Value, img: ir.Value, table: ir.Value,
+          starts: list[ir.Value], init: list[ir.Value]) -> list[list[ir.Value]]:
+    """acc[r][s] = init[r] + Σ_t wp[t][r] · img[starts[s] + table[t]] over t < cin·taps.
+
+    One step per (channel, tap), not unrolled: with the taps unrolled LLVM hoisted their
+    loads and Cranelift spilled the accumulators."""
+    pre = b.block
+    head = b.append_basic_block("tc.head")
+    body = b.append_basic_block("tc.body")
+    done = b.append_basic_block("tc.done")
+    b.branch(head)
+    b.position_at_end(head)
+    t = b.phi(I32, name="t")
+    t.add_incoming(i32c(0), pre)
+    accs = [b.phi(V4) for _ in range(TILE_O * SEGS)]
+    for a, v in zip(accs, [x for x in init for _ in range(SEGS)], strict=True):
+        a.add_incoming(v, pre)
+    b.cbranch(b.icmp_signed("<", t, i32c(d.cin * d.taps)), body, done)
+    b.position_at_end(body)
+    off = load(b, table, t, I32)
+    rows = _lanes(b, b.load(gep(b, wp, b.mul(t, i32c(TILE_O))), typ=V4, align=16))
+    xs = [load4(b, img, b.add(st, off)) for st in starts]
+    cur = [b.fadd(accs[r * SEGS + s], b.fmul(rows[r], xs[s]))
+           for r in range(TILE_O) for s in range(SEGS)]
+    t.add_incoming(b.add(t, i32c(1)), b.block)
+    for a, v in zip(accs, cur, strict=True):
+        a.add_incoming(v, b.block)
+    b.branch(head)
+    b.position_at_end(done)
+    return [[accs[r * SEGS + s] for s in range(SEGS)] for r in range(TILE_O)]
+
+
+def _store(b: ir.IRBuilder, v: ir.Value, dst: ir.Value, at: ir.Value, partial: ir.Value | None,
+           rem: int) -> None:
+    """All 4 lanes at dst[at], or only the first `rem` where `partial` (a row's last segment)."""
+    if partial is None:
+        store4(b, v, dst, at)
+        return
+    with b.if_else(partial) as (short, full):
+        with short:
+            for lane in range(rem):
+                store(b, b.extract_element(v, i32c(lane)), dst, b.add(at, i32c(lane)))
+        with full:
+            store4(b, v, dst, at)
+
+
+def run(ctx: LowerCtx, d: Direct, src: ir.Value, w: ir.Value, bias: ir.Value | None,
+        out: ir.Value) -> None:
+    """out[n, g·O + o] = Σ conv of src[n, g·C …] for every example n < ctx.n."""
+    b = ctx.b
+    pack = ctx.addr_ptr(ctx.scratch)
+    img = ctx.addr_ptr(ctx.scratch + 4 * d.pack_floats())
+    table = ctx.addr_ptr(ctx.scratch + 4 * (d.pack_floats() + d.image_floats()))
+    _pack(b, d, w, pack)
+    _offsets(b, d, table)
+    _zero(b, img, d.image_floats())  # borders stay zero: each example rewrites the interior
+    (h, w_in), (ho, wo), wpad = d.size, d.out, d.padded[1]
+    seg_row = -(-wo // LANES)
+    n_segs = ho * seg_row
+    with loop(b, 0, ctx.n, 1, "n") as n:
+        with loop(b, 0, d.groups, 1, "g") as g:
+            ex = b.add(b.mul(n, i32c(d.groups)), g)
+            _fill(b, d, gep(b, src, b.mul(ex, i32c(d.cin * h * w_in))), img)
+            dst = gep(b, out, b.mul(ex, i32c(d.cout * ho * wo)))
+            with loop(b, 0, d.o_tiles, 1, "ot") as ot:
+                wp = gep(b, pack, b.mul(b.add(b.mul(g, i32c(d.o_tiles)), ot),
+                                        i32c(d.cin * d.taps * TILE_O)))
+                o0 = b.mul(ot, i32c(TILE_O))
+                init = _bias(b, d, bias, g, o0)
+                with loop(b, 0, n_segs, SEGS, "sg") as s0:
+                    segs = [s0] + [_clamp(b, b.add(s0, i32c(k)), n_segs - 1)
+                                   for k in range(1, SEGS)]
+                    pos = [(b.udiv(s, i32c(seg_row)), b.mul(b.urem(s, i32c(seg_row)), i32c(4)))
+                           for s in segs]
+                    starts = [b.add(b.mul(b.mul(oh, i32c(d.stride_h)), i32c(wpad)), ow)
+                              for oh, ow in pos]
+                    acc = _tile(b, d, wp, img, table, starts, init)
+                    _emit_tile(b, d, acc, dst, o0, segs, pos, s0, n_segs, seg_row)
+
+
+def _clamp(b: ir.IRBuilder, v: ir.Value, hi: int) -> ir.Value:
+    return b.select(b.icmp_signed(">", v, i32c(hi)), i32c(hi), v)
+
+
+def _bias(b: ir.IRBuilder, d: Direct, bias: ir.Value | None, g: ir.Value,
+          o0: ir.Value) -> list[ir.Value]:
+    if bias is None:
+        return [ZERO4] * TILE_O
+    out = []
+    for r in range(TILE_O):
+        o = b.add(o0, i32c(r))
+        ok = b.icmp_signed("<", o, i32c(d.cout))
+        at = b.add(b.mul(g, i32c(d.cout)), b.select(ok, o, i32c(0)))
+        out.append(splat(b, b.select(ok, load(b, bias, at), ir.Constant(F32, 0.0))))
+    return out
+
+
+def _emit_tile(b: ir.IRBuilder, d: Direct, acc: list[list[ir.Value]], dst: ir.Value,
+               o0: ir.Value, segs: list[ir.Value], pos: list[tuple[ir.Value, ir.Value]],
+               s0: ir.Value, n_segs: int, seg_row: int) -> None:
+    """Store the tile's valid rows (o < cout) and segments (s < n_segs), partial at row ends."""
+    ho, wo = d.out
+    rem = wo % LANES
+    for s, (seg, (oh, ow)) in enumerate(zip(segs, pos, strict=True)):
+        partial = (b.icmp_signed("==", b.urem(seg, i32c(seg_row)), i32c(seg_row - 1))
+                   if rem else None)
+        valid = b.icmp_signed("<", b.add(s0, i32c(s)), i32c(n_segs)) if s else None
+        for r in range(TILE_O):
+            o = b.add(o0, i32c(r))
+            ok = b.icmp_signed("<", o, i32c(d.cout)) if d.cout % TILE_O else None
+            cond = ok if valid is None else (valid if ok is None else b.and_(ok, valid))
+            at = b.add(b.mul(b.add(b.mul(o, i32c(ho)), oh), i32c(wo)), ow)
+            if cond is None:
+                _store(b, acc[r][s], dst, at, partial, rem)
+            else:
+                with b.if_then(cond):
+                    _store(b, acc[r][s], dst, at, partial, rem)
