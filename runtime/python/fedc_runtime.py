@@ -306,7 +306,10 @@ class Model:
     def _write(self, xs: dict[str, np.ndarray], y: np.ndarray | None, idx: slice | np.ndarray,
                n: int) -> None:
         for name, arr in xs.items():
-            self.inputs[name][:n] = arr[idx]
+            if isinstance(idx, slice):
+                self.inputs[name][:n] = arr[idx]
+            else:  # gather the shuffled rows straight into linear memory (no temporary)
+                np.take(arr, idx, axis=0, out=self.inputs[name][:n], mode="clip")
         if y is not None:
             self.targets[self.manifest["targets"][0]["name"]][:n] = y[idx]
 
