@@ -106,6 +106,42 @@ def test_every_strategy_matches_the_reference(geom, how, monkeypatch):
                                        err_msg=f"{op} {how} batch {batch}")
 
 
+# (C, spatial, kernel, stride, padding): pair windows (the vectorised path, with and without a
+# scalar tail) and general ones
+POOLS = [
+    (3, (8, 8), (2, 2), (2, 2), (0, 0)),
+    (2, (7, 19), (2, 2), (2, 2), (0, 0)),
+    (2, (9, 10), (3, 2), (3, 2), (0, 0)),
+    (3, (7, 6), (3, 2), (2, 2), (1, 1)),
+    (2, (6, 7), (2, 3), (1, 2), (1, 0)),
+    (4, (21,), (2,), (2,), (0,)),
+    (2, (128,), (2,), (2,), (0,)),
+    (3, (11,), (3,), (2,), (1,)),
+]
+
+
+@pytest.mark.parametrize("geom", POOLS, ids=lambda g: f"{g[1]}-k{g[2]}-s{g[3]}-p{g[4]}")
+def test_pool_kernels_match_the_reference_including_ties(geom):
+    c, spatial, kernel, stride, padding = geom
+    r = len(spatial)
+    attrs = {"kernel": kernel, "stride": stride, "padding": padding}
+    out = tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(spatial, kernel, stride, padding,
+                                                                   strict=True))
+    x, dy = f32("N", c, *spatial), f32("N", c, *out)
+    cases = [(f"max_pool{r}d", (x,), attrs), (f"max_pool{r}d_grad", (dy, x), attrs),
+             (f"avg_pool{r}d", (x,), attrs),
+             (f"avg_pool{r}d_grad", (dy,), {**attrs, "in_size": spatial})]
+    kernels = Kernels(cases)
+    rng = np.random.default_rng(r)
+    for i, (op, tys, at) in enumerate(cases):
+        for batch in (1, 5):
+            arrays = [rng.normal(size=t.concrete(batch)).astype(np.float32) for t in tys]
+            arrays[-1] = np.maximum(arrays[-1], 0)  # after a relu: ties at zero
+            want = REGISTRY[op].ref([a.astype(np.float64) for a in arrays], at)
+            np.testing.assert_allclose(kernels(i, arrays, batch), want, rtol=1e-6, atol=1e-6,
+                                       err_msg=f"{op} batch {batch}")
+
+
 def test_plan_reserves_the_largest_scratch_any_node_asks_for():
     src = """model M:
     input x: f32[3, 16, 16]
