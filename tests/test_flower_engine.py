@@ -22,7 +22,15 @@ pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
 from fedc.cli import main  # noqa: E402
-from tests.flower_util import Proc, SuperLink, flower_env, flwr_run, supernode  # noqa: E402
+from tests.flower_util import (  # noqa: E402
+    Pki,
+    Proc,
+    SuperLink,
+    flower_env,
+    flwr_run,
+    gone,
+    supernode,
+)
 from tests.serve_util import free_port, issue_tokens  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -96,14 +104,6 @@ def test_flower_and_fedc_simulate_reach_the_same_global_model(simulation, fedc_r
 
 # --- deployment: a SuperLink, a SuperNode, and fedc serve as a bridge SuperNode ------------------
 
-def _gone(pid: int) -> bool:
-    """True once `pid` has exited (a zombie left to an init that does not reap counts too)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
-    except (FileNotFoundError, IndexError):
-        return True
-
-
 def _wait_for(url: str, proc: Proc, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,22 +125,43 @@ def edge_bundle(tmp_path_factory) -> Path:
     return out
 
 
+def _edge_server(bundle: Path, state: Path, link: SuperLink, key: Path, home: Path,
+                 log: Path) -> tuple[Proc, str]:
+    """`fedc serve --flower-superlink` over TLS with a registered node key; (process, URL)."""
+    assert link.pki is not None
+    port = free_port()
+    bridge = Proc([sys.executable, "-m", "fedc", "serve", str(bundle), "--state", str(state),
+                   "--port", str(port), "--min-clients", "2",
+                   "--flower-superlink", f"127.0.0.1:{link.port}",
+                   "--flower-root-certificates", str(link.pki.ca),
+                   "--flower-auth-key", str(key)], flower_env(home), log)
+    url = f"http://127.0.0.1:{port}"
+    _wait_for(url + "/api/v1/status", bridge)
+    return bridge, url
+
+
 def test_deployment_with_a_supernode_and_a_fedc_serve_bridge(flower_app, edge_bundle, tmp_path):
+    """TLS and node authentication as in docs/flower.md: SuperNode A trains partition 0; fedc
+    serve is the second SuperNode, its two Python edge clients hold partitions 1 and 2; an
+    unregistered SuperNode is refused."""
     home, results, state = tmp_path / "flwr-home", tmp_path / "results", tmp_path / "edge.db"
+    pki = Pki(tmp_path / "pki")
+    (key_a, pub_a), (key_b, pub_b) = pki.node_key("node-a"), pki.node_key("bridge")
+    rogue_key, _ = pki.node_key("rogue")
     tokens = issue_tokens(edge_bundle, state, 2)
     procs: list[Proc] = []
     try:
-        link = SuperLink(home, simulation=False)
+        link = SuperLink(home, simulation=False, pki=pki, auth=True)
         procs.append(link)
-        procs.append(supernode(home, link, "partition-id=0 num-partitions=3", "node-a.log"))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        bridge = Proc([sys.executable, "-m", "fedc", "serve", str(edge_bundle), "--state",
-                       str(state), "--port", str(port), "--min-clients", "2",
-                       "--flower-superlink", f"127.0.0.1:{link.port}", "--flower-insecure"],
-                      flower_env(home), tmp_path / "bridge.log")
+        link.register(pub_a)
+        link.register(pub_b)
+        procs.append(supernode(home, link, "partition-id=0 num-partitions=3", "node-a.log",
+                               key=key_a))
+        rogue = supernode(home, link, "partition-id=1 num-partitions=3", "rogue.log",
+                          key=rogue_key, extra=("--max-retries", "1"))
+        procs.append(rogue)
+        bridge, url = _edge_server(edge_bundle, state, link, key_b, home, tmp_path / "bridge.log")
         procs.append(bridge)
-        _wait_for(url + "/api/v1/status", bridge)
         for i, token in enumerate(tokens, start=1):  # partitions 1 and 2 stay on the edge
             procs.append(Proc([sys.executable, str(edge_bundle / "client.py"), "--server", url,
                                "--token", token, "--data",
@@ -150,12 +171,15 @@ def test_deployment_with_a_supernode_and_a_fedc_serve_bridge(flower_app, edge_bu
                                                 "seed": SEED, "out-dir": str(results)})
         with urllib.request.urlopen(url + "/api/v1/status", timeout=10) as res:
             status = json.loads(res.read())
+        rogue_exit = rogue.proc.wait(timeout=60)
     finally:
         for p in reversed(procs):
             p.stop()
     child = int(re.search(r"flower-supernode pid (\d+)", bridge.output()).group(1))
-    assert all(not p.alive() for p in procs) and _gone(child), "a Flower process is still running"
+    assert all(not p.alive() for p in procs) and gone(child), "a Flower process is still running"
 
+    assert rogue_exit != 0 and "Failed to activate SuperNode" in rogue.output()
+    assert log.count("Sampled 2 nodes (out of 2)") == ROUNDS, log
     assert log.count("Received 2 results and 0 failures") == ROUNDS, log
     edge_rounds = [r for r in status["rounds_history"] if r["outcome"] == "aggregated"]
     assert len(edge_rounds) == ROUNDS and all(len(r["sampled"]) == 2 for r in edge_rounds)
