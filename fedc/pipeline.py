@@ -13,6 +13,7 @@ from .autodiff import grad
 from .check import CheckedModel, check
 from .diagnostics import Diagnostic, UsageError
 from .emit import FEATURES, Emitted, emit
+from .fuse import fuse
 from .ir import Graph, format_graph, verify
 from .link import ARENA_BASE, link, memory_size
 from .lower.module import EXPORTS, lower_module
@@ -32,6 +33,7 @@ class Options:
     # extra builds of the same module (e.g. "scalar", "relaxed-simd"), written as
     # model.<variant>.wasm and listed in the manifest's "variants" for runtimes to choose from
     variants: tuple[str, ...] = ()
+    fuse: bool = True  # fold relu (and its gradient's mask) into GEMM epilogues (fedc/fuse.py)
     # FedProx μ instead of the federated block's (`fedc simulate --strategy fedprox`): > 0
     # compiles the proximal term and its anchor into train_step, 0 leaves them out
     proximal_mu: float | None = None
@@ -80,6 +82,9 @@ def compile_source(text: str, filename: str = "<input>",
         model = _with_proximal_mu(model, opts.proximal_mu)
     train = grad(model.graph)
     verify(train)
+    if opts.fuse:
+        train = fuse(train)
+        verify(train)
     max_batch = opts.max_batch or max(DEFAULT_MAX_BATCH, int(model.federated["batch_size"]))
     if max_batch < 1:
         raise UsageError([Diagnostic(f"--max-batch must be ≥ 1 but got {max_batch}")])

@@ -28,12 +28,14 @@ class Case:
     kind: gemm.Kind
     n: int
     k: int
-    extra: bool  # nn: bias; tn: row_sum
+    extra: bool  # nn: bias; tn: row_sum; nt: mask (the fused relu gradient)
     accumulate: bool
+    relu: bool = False  # nn only
 
     @property
     def name(self) -> str:
-        return f"{self.kind}_n{self.n}_k{self.k}_{int(self.extra)}{int(self.accumulate)}"
+        return (f"{self.kind}_n{self.n}_k{self.k}_{int(self.extra)}{int(self.accumulate)}"
+                f"{int(self.relu)}")
 
     def shapes(self) -> list[tuple[int, int]]:
         dims = {"m": M_MAX, "n": self.n, "k": self.k}
@@ -42,16 +44,18 @@ class Case:
     def sizes(self) -> list[int]:
         """Bytes of a, b, c, the fused vector (0 if none) and scratch."""
         mats = [4 * r * c for r, c in self.shapes()]
-        return [*mats, 4 * self.n if self.extra else 0,
+        extra = mats[2] if self.kind == "nt" else 4 * self.n  # a mask is shaped like C
+        return [*mats, extra if self.extra else 0,
                 gemm.scratch_bytes(self.kind, M_MAX, self.n, self.k)]
 
 
 def _cases(ns: tuple[int, ...], ks: tuple[int, ...]) -> list[Case]:
-    """Every kind × n × k, cycling through the fused-bias/row-sum and accumulate flags."""
+    """Every kind × n × k, cycling through the fused-bias/mask/row-sum, accumulate and relu
+    flags."""
     out = []
     for i, (kind, n, k) in enumerate(itertools.product(("nn", "nt", "tn"), ns, ks)):
-        out.append(Case(kind, n, k, extra=kind != "nt" and i % 2 == 0,  # type: ignore[arg-type]
-                        accumulate=i % 3 == 1))
+        out.append(Case(kind, n, k, extra=i % 2 == 0, accumulate=i % 3 == 1,  # type: ignore
+                        relu=kind == "nn" and i % 4 < 2))
     return out
 
 
@@ -60,9 +64,11 @@ def _emit_case(mod: ir.Module, case: Case, addrs: list[int], madd: bool = False)
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [gemm.I32]), case.name)
     b = ir.IRBuilder(fn.append_basic_block())
     p = [b.inttoptr(ir.Constant(gemm.I32, x), gemm.PTR) for x in addrs]
-    extra = {("bias" if case.kind == "nn" else "row_sum"): p[3]} if case.extra else {}
+    role = {"nn": "bias", "nt": "mask", "tn": "row_sum"}[case.kind]
+    extra = {role: p[3]} if case.extra else {}
     gemm.emit_matmul(b, kind=case.kind, m=fn.args[0], n=case.n, k=case.k, a=p[0], bmat=p[1],
-                     c=p[2], scratch=p[4], accumulate=case.accumulate, madd=madd, **extra)
+                     c=p[2], scratch=p[4], accumulate=case.accumulate, madd=madd,
+                     relu=case.relu, **extra)
     b.ret_void()
 
 
@@ -111,8 +117,12 @@ def _reference(case: Case, m: int, a: np.ndarray, bm: np.ndarray, c0: np.ndarray
         ref, mag = a64 @ b64, np.abs(a64) @ np.abs(b64)
         if x0 is not None:
             ref, mag = ref + x0, mag + np.abs(x0)
+        if case.relu:
+            ref = np.maximum(ref, 0)
     elif case.kind == "nt":
         ref, mag = a64 @ b64.T, np.abs(a64) @ np.abs(b64.T)
+        if x0 is not None:
+            ref = np.where(x0[:m] > 0, ref, 0)
     else:
         g64 = b64[:m]
         ref, mag = a64.T @ g64, np.abs(a64.T) @ np.abs(g64)
@@ -130,10 +140,11 @@ def _run_and_check(mod: Module, i: int, m: int, rng: np.random.Generator,
     ops = [mod.view(addr, shape) for addr, shape in zip(addrs, case.shapes(), strict=False)]
     for op in ops:
         op[...] = rng.uniform(-1, 1, op.shape)
-    x = mod.view(addrs[3], (case.n,)) if case.extra else None
+    extra_shape = case.shapes()[2] if case.kind == "nt" else (case.n,)
+    x = mod.view(addrs[3], extra_shape) if case.extra else None
     x0 = None
     if x is not None:
-        x[...] = rng.uniform(-1, 1, case.n)
+        x[...] = rng.uniform(-1, 1, extra_shape)
         x0 = x.copy()
     start, end = addrs[0] - GUARD, addrs[4] + case.sizes()[4] + GUARD
     before, c0 = mod.mem[start:end].copy(), ops[2].copy()
@@ -204,9 +215,7 @@ def _flush_module(case: Case, role: int) -> Module:
 @pytest.mark.parametrize("kind", ["nn", "nt", "tn"])
 @pytest.mark.parametrize("role", [0, 1, 2, 3, 4])
 def test_matmul_never_touches_bytes_past_its_operands(kind: str, role: int) -> None:
-    case = Case(kind, 10, 7, extra=kind != "nt", accumulate=True)  # type: ignore[arg-type]
-    if role == 3 and not case.extra:
-        pytest.skip("nt fuses no vector")
+    case = Case(kind, 10, 7, extra=True, accumulate=True, relu=kind == "nn")  # type: ignore
     mod = _flush_module(case, role)
     rng = np.random.default_rng(2)
     for m in (1, 2, 5, M_MAX):
@@ -221,3 +230,7 @@ def test_emit_matmul_rejects_misplaced_fusions() -> None:
         gemm.emit_matmul(b, kind="tn", m=one, n=4, k=4, a=p, bmat=p, c=p, scratch=p, bias=p)
     with pytest.raises(ValueError, match="row_sum"):
         gemm.emit_matmul(b, kind="nn", m=one, n=4, k=4, a=p, bmat=p, c=p, scratch=p, row_sum=p)
+    with pytest.raises(ValueError, match="relu"):
+        gemm.emit_matmul(b, kind="nt", m=one, n=4, k=4, a=p, bmat=p, c=p, scratch=p, relu=True)
+    with pytest.raises(ValueError, match="mask"):
+        gemm.emit_matmul(b, kind="nn", m=one, n=4, k=4, a=p, bmat=p, c=p, scratch=p, mask=p)

@@ -276,10 +276,31 @@ def _store_out(b: ir.IRBuilder, v: ir.Value, p: ir.Value, idx: ir.Value, lanes: 
     _st_part(b, v, p, idx, lanes)
 
 
+@dataclass(frozen=True)
+class Flavor:
+    """The static variations of one kernel (they are part of its name).
+
+    fused: nn adds bias[n]; nt multiplies by [mask > 0] (mask laid out like C, the relu
+    gradient); tn accumulates the row sums of G. relu: nn applies relu after the bias.
+    The epilogue (bias, relu, mask) acts on the product before `accumulate` adds it to C.
+    """
+
+    fused: bool = False
+    accumulate: bool = False
+    madd: bool = False
+    relu: bool = False
+
+    @property
+    def suffix(self) -> str:
+        flags = {"fused": self.fused, "acc": self.accumulate, "madd": self.madd,
+                 "relu": self.relu}
+        return "".join(f".{name}" for name, on in flags.items() if on)
+
+
 def _store_tile(b: ir.IRBuilder, acc: list[list[ir.Value]], c: ir.Value, ldc: int,
                 row0: ir.Value, rows: ir.Value | int, col0: ir.Value, cols: int,
-                bias: ir.Value | None, accumulate: bool) -> None:
-    """C[row0 + r, col0 + j] (+)= acc[r][j] (+ bias[col0 + j]) for row0 + r < rows, j < cols."""
+                bias: ir.Value | None, mask: ir.Value | None, flavor: Flavor) -> None:
+    """C[row0 + r, col0 + j] (+)= epilogue(acc[r][j]) for row0 + r < rows, j < cols."""
     lanes = [min(4, cols - 4 * v) for v in range(len(acc[0]))]
     bias_v = [_ld_part(b, bias, b.add(col0, _c(4 * v)), n) if n > 0 else ZERO4
               for v, n in enumerate(lanes)] if bias is not None else []
@@ -289,8 +310,13 @@ def _store_tile(b: ir.IRBuilder, acc: list[list[ir.Value]], c: ir.Value, ldc: in
             base = b.add(b.mul(b.add(row0, _c(r)), _c(ldc)), col0)
             for v, n in enumerate(lanes):
                 if n > 0:
+                    at = b.add(base, _c(4 * v))
                     x = b.fadd(row[v], bias_v[v]) if bias_v else row[v]
-                    _store_out(b, x, c, b.add(base, _c(4 * v)), n, accumulate)
+                    if flavor.relu:  # relu's select: NaN gives 0, as fedc's relu op
+                        x = _where_positive(b, x, x)
+                    if mask is not None:
+                        x = _where_positive(b, _ld_part(b, mask, at, n), x)
+                    _store_out(b, x, c, at, n, flavor.accumulate)
 
         if r == 0:  # a tile has at least one valid row
             store_row()
@@ -299,10 +325,14 @@ def _store_tile(b: ir.IRBuilder, acc: list[list[ir.Value]], c: ir.Value, ldc: in
                 store_row()
 
 
+def _where_positive(b: ir.IRBuilder, test: ir.Value, x: ir.Value) -> ir.Value:
+    return b.select(b.fcmp_ordered(">", test, ZERO4), x, ZERO4)
+
+
 def _tiles(b: ir.IRBuilder, pa: ir.Value, pb: ir.Value, depth: ir.Value | int,
-           rows: ir.Value | int, cols: int, c: ir.Value, bias: ir.Value | None,
-           accumulate: bool, madd: bool = False) -> None:
-    """C[rows, cols] (+)= packed A · packed B (+ bias), tile by tile.
+           rows: ir.Value | int, cols: int, c: ir.Value, flavor: Flavor,
+           bias: ir.Value | None = None, mask: ir.Value | None = None) -> None:
+    """C[rows, cols] (+)= epilogue(packed A · packed B), tile by tile.
 
     B panels outside, A panels inside: one B panel (depth·32 bytes) stays in L1 while the A
     panels stream; the other order measured the same.
@@ -317,9 +347,9 @@ def _tiles(b: ir.IRBuilder, pa: ir.Value, pb: ir.Value, depth: ir.Value | int,
 
             def tile(ip: ir.Value) -> None:
                 pa_i = _at(b, pa, b.mul(ip, b.mul(_as(depth), _c(MR))))
-                acc = _tile_product(b, g.width, pa_i, pb_j, depth, madd)
+                acc = _tile_product(b, g.width, pa_i, pb_j, depth, flavor.madd)
                 _store_tile(b, acc, c, cols, b.mul(ip, _c(MR)), rows, col0, g.last_valid,
-                            bias, accumulate)
+                            bias, mask, flavor)
 
             _for_each(b, 0, n_row_tiles, 1, tile, "ip")
 
@@ -347,47 +377,42 @@ def scratch_bytes(kind: Kind, m_max: int, n: int, k: int) -> int:
     return 4 * floats
 
 
-def _body_nn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], fused: bool,
-             accumulate: bool, madd: bool) -> None:
+def _body_nn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
     m, a, bm, c, bias, scratch = args
     for g in _groups(n, NR, narrow_edge=True):
         _pack_copy(b, bm, n, k, g, _at(b, scratch, g.first * k))
     pa = _at(b, scratch, _panel_floats(n, NR, True) * k)
     _pack_transpose(b, a, k, m, Group(0, 0, MR, MR), _ceil_div(b, m, MR), pa)
-    _tiles(b, pa, scratch, k, m, n, c, bias if fused else None, accumulate, madd)
+    _tiles(b, pa, scratch, k, m, n, c, flavor, bias=bias if flavor.fused else None)
 
 
-def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], fused: bool,
-             accumulate: bool, madd: bool) -> None:
-    m, a, bm, c, _, scratch = args
+def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
+    m, a, bm, c, mask, scratch = args
     for g in _groups(k, NR, narrow_edge=True):
         _pack_transpose(b, bm, n, k, g, g.count, _at(b, scratch, g.first * n))
     pa = _at(b, scratch, _panel_floats(k, NR, True) * n)
     _pack_transpose(b, a, n, m, Group(0, 0, MR, MR), _ceil_div(b, m, MR), pa)
-    _tiles(b, pa, scratch, n, m, k, c, None, accumulate, madd)
+    _tiles(b, pa, scratch, n, m, k, c, flavor, mask=mask if flavor.fused else None)
 
 
-def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], fused: bool,
-             accumulate: bool, madd: bool) -> None:
+def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
     m, a, g_mat, c, row_sum, scratch = args
     for g in _groups(n, NR, narrow_edge=True):
         _pack_copy(b, g_mat, n, m, g, _at(b, scratch, b.mul(m, _c(g.first))),
-                   row_sum if fused else None, accumulate)
+                   row_sum if flavor.fused else None, flavor.accumulate)
     pa = _at(b, scratch, b.mul(m, _c(_panel_floats(n, NR, True))))
     for g in _groups(k, MR, narrow_edge=False):
         _pack_copy(b, a, k, m, g, _at(b, pa, b.mul(m, _c(g.first))))
-    _tiles(b, pa, scratch, m, k, n, c, None, accumulate, madd)
+    _tiles(b, pa, scratch, m, k, n, c, flavor)
 
 
 _BODIES = {"nn": _body_nn, "nt": _body_nt, "tn": _body_tn}
 
 
-def _kernel(module: ir.Module, kind: Kind, n: int, k: int, fused: bool,
-            accumulate: bool, madd: bool = False) -> ir.Function:
-    """The internal `void(m, a, b, c, bias_or_row_sum, scratch)` for one kind and shape,
-    defined once per module and shared by every call with the same static parameters."""
-    name = f"fedc.gemm.{kind}.n{n}.k{k}" + (".fused" if fused else "") + (
-        ".acc" if accumulate else "") + (".madd" if madd else "")
+def _kernel(module: ir.Module, kind: Kind, n: int, k: int, flavor: Flavor) -> ir.Function:
+    """The internal `void(m, a, b, c, bias_mask_or_row_sum, scratch)` for one kind, shape and
+    flavor, defined once per module and shared by every call with the same static parameters."""
+    name = f"fedc.gemm.{kind}.n{n}.k{k}{flavor.suffix}"
     if name in module.globals:
         return module.globals[name]
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I32, PTR, PTR, PTR, PTR, PTR]), name)
@@ -395,7 +420,7 @@ def _kernel(module: ir.Module, kind: Kind, n: int, k: int, fused: bool,
     for arg in fn.args[1:]:
         arg.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    _BODIES[kind](b, n, k, fn.args, fused, accumulate, madd)
+    _BODIES[kind](b, n, k, fn.args, flavor)
     b.ret_void()
     return fn
 
@@ -403,13 +428,16 @@ def _kernel(module: ir.Module, kind: Kind, n: int, k: int, fused: bool,
 def emit_matmul(b: ir.IRBuilder, *, kind: Kind, m: ir.Value | int, n: int, k: int,
                 a: ir.Value, bmat: ir.Value, c: ir.Value, scratch: ir.Value,
                 bias: ir.Value | None = None, row_sum: ir.Value | None = None,
-                accumulate: bool = False, madd: bool = False) -> None:
+                accumulate: bool = False, madd: bool = False, relu: bool = False,
+                mask: ir.Value | None = None) -> None:
     """Emit at b's position a call computing, with m a runtime i32 and n, k Python ints:
 
     - "nn": c[m,n] (+)= a[m,k] · bmat[k,n] (+ bias[n])                  (forward)
     - "nt": c[m,k] (+)= a[m,n] · bmat[k,n]ᵀ                             (input gradient)
     - "tn": c[k,n] (+)= a[m,k]ᵀ · bmat[m,n]; row_sum[n] (+)= Σ_m bmat[m,:]  (weight gradient)
 
+    Epilogues (on the product, before "(+)="): nn: + bias, then relu if `relu`; nt: where
+    mask[m,k] > 0, else 0 (`mask` laid out like c: a fused relu gradient).
     "(+)=" adds to the output when `accumulate`. `madd` uses f32x4.relaxed_madd (the
     relaxed-simd build variant: results may differ in the last bit between engines). All
     operands are opaque pointers into linear memory, row-major, 4-byte aligned; `scratch` is
@@ -422,8 +450,13 @@ def emit_matmul(b: ir.IRBuilder, *, kind: Kind, m: ir.Value | int, n: int, k: in
         raise ValueError("bias is only fused into the 'nn' (forward) matmul")
     if row_sum is not None and kind != "tn":
         raise ValueError("row_sum is only fused into the 'tn' (weight-gradient) matmul")
+    if relu and kind != "nn":
+        raise ValueError("relu is only fused into the 'nn' (forward) matmul")
+    if mask is not None and kind != "nt":
+        raise ValueError("mask is only fused into the 'nt' (input-gradient) matmul")
     if kind not in _BODIES:
         raise ValueError(f"unknown matmul kind {kind!r}")
-    extra = bias if bias is not None else row_sum
-    fn = _kernel(b.module, kind, n, k, extra is not None, accumulate, madd)
+    extra = bias if bias is not None else row_sum if row_sum is not None else mask
+    flavor = Flavor(extra is not None, accumulate, madd, relu)
+    fn = _kernel(b.module, kind, n, k, flavor)
     b.call(fn, [_as(m), a, bmat, c, ir.Constant(PTR, None) if extra is None else extra, scratch])

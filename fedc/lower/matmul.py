@@ -10,17 +10,18 @@ from .kernels import accumulate, emit_cols, i32c, load_w, store_w, zero_w
 
 
 def nn(ctx: LowerCtx, *, m: ir.Value, n: int, k: int, a: ir.Value, b: ir.Value, c: ir.Value,
-       bias: ir.Value | None = None) -> None:
-    """C[m,n] = A[m,k] · B[k,n] (+ bias[n]): the register-blocked forward kernel."""
+       bias: ir.Value | None = None, relu: bool = False) -> None:
+    """C[m,n] = A[m,k] · B[k,n] (+ bias[n]) (then relu): the register-blocked forward kernel."""
     gemm.emit_matmul(ctx.b, kind="nn", m=m, n=n, k=k, a=a, bmat=b, c=c,
-                     scratch=ctx.addr_ptr(ctx.scratch), bias=bias, madd=madd(ctx))
+                     scratch=ctx.addr_ptr(ctx.scratch), bias=bias, madd=madd(ctx), relu=relu)
 
 
 def nt(ctx: LowerCtx, *, m: ir.Value, n: int, k: int, a: ir.Value, b: ir.Value,
-       c: ir.Value) -> None:
-    """C[m,n] = A[m,k] · Bᵀ with B stored [n,k] (the input gradient; no explicit transpose)."""
+       c: ir.Value, mask: ir.Value | None = None) -> None:
+    """C[m,n] = A[m,k] · Bᵀ with B stored [n,k] (the input gradient; no explicit transpose),
+    zero where mask[m,n] ≤ 0 when a mask (laid out like C) is given."""
     gemm.emit_matmul(ctx.b, kind="nt", m=m, n=k, k=n, a=a, bmat=b, c=c,
-                     scratch=ctx.addr_ptr(ctx.scratch), madd=madd(ctx))
+                     scratch=ctx.addr_ptr(ctx.scratch), madd=madd(ctx), mask=mask)
 
 
 def tn(ctx: LowerCtx, *, m: ir.Value, n: int, k: int, a: ir.Value, b: ir.Value,
