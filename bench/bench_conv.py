@@ -3,6 +3,8 @@ of a model's training graph, and the lowering strategies side by side.
 
 Run: python bench/bench_conv.py examples/digits_cnn.fed [--batch 32]
      python bench/bench_conv.py --strategies     (im2col+GEMM vs direct, interleaved)
+Times are this thread's CPU time, best of --reps: on a shared machine wall time also counts
+other processes' turns on the cores.
 Each kernel becomes an export `rep(iters, n)` that calls it `iters` times inside the module,
 so the host's call cost is not measured. Memory holds small random values.
 """
@@ -78,7 +80,7 @@ def profile_model(path: str, batch: int, reps: int) -> None:
     art = compile_source(Path(path).read_text(), path)
     nodes = list(art.train_graph.nodes)
     k = Kernels(art.train_graph, art.plan, nodes)
-    times = {i: [] for i in range(len(nodes))}  # type: dict[int, list[float]]
+    times: dict[int, list[float]] = {i: [] for i in range(len(nodes))}
     for _ in range(reps):
         for i in times:
             times[i].append(k.time_us(i, batch))
@@ -128,7 +130,7 @@ def strategies(batch: int, reps: int) -> None:
     from fedc.lower import conv
 
     print(f"{'layer':28} {'kernel':4} " + " ".join(f"{s:>12}" for s in conv.STRATEGIES)
-          + "   (µs per call, best of reps, batch %d)" % batch)
+          + f"   (µs per call, best of reps, batch {batch})")
     for name, c, o, spatial, kernel, padding in LAYERS:
         built: dict[str, list[tuple[str, Kernels]]] = {}
         for s in conv.STRATEGIES:
