@@ -15,7 +15,17 @@ from ..lower.context import LowerCtx
 from ..lower.kernels import bcast_w, const_like, emit_map, load_w, loop, store_w
 from ..lower.rows import hmax, hsum, like, row_ptr, rows
 from . import ShapeError, register
-from .surface import NUMBER, REQUIRED, TENSOR, GradBuilder, SurfaceCtx, SurfaceError, bind
+from .surface import (
+    NUMBER,
+    REQUIRED,
+    TENSOR,
+    GradBuilder,
+    SurfaceCtx,
+    SurfaceError,
+    bind,
+    map_lowering,
+    unary_surface,
+)
 
 Sample = tuple[tuple[TensorType, ...], dict[str, Any]]
 _UNARY: Sample = ((f32(BATCH, 7),), {})
@@ -38,22 +48,6 @@ def _same_f32(op: str) -> Callable[[tuple[TensorType, ...], dict[str, Any]], Ten
     return rule
 
 
-def _map(fn: VecFn) -> Callable[[LowerCtx, Node], None]:
-    """Lower an elementwise op: fn gets <4 x float> or float operands and the node's attrs."""
-    def lower(ctx: LowerCtx, node: Node) -> None:
-        attrs = dict(node.attrs)
-        emit_map(ctx.b, ctx.count(node.out.type), lambda b, v: fn(b, v, attrs),
-                 [ctx.ptr(v) for v in node.inputs], ctx.ptr(node.out))
-    return lower
-
-
-def _unary_surface(op: str) -> Callable[[SurfaceCtx, list[Any], dict[str, Any]], Value]:
-    def surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> Value:
-        (x,) = bind(op, args, kwargs, [("x", TENSOR, REQUIRED)])
-        return ctx.emit(op, [x])
-    return surface
-
-
 # --- leaky_relu: x if x > 0 else negative_slope·x (torch.nn.functional.leaky_relu) ---------
 
 def _leaky(b: ir.IRBuilder, x: ir.Value, then: ir.Value, slope: float) -> ir.Value:
@@ -74,7 +68,7 @@ def _leaky_surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> 
 register("leaky_relu", sample=((f32(BATCH, 7),), {"negative_slope": 0.1}),
          shape=_same_f32("leaky_relu"),
          ref=lambda xs, a: np.where(xs[0] > 0, xs[0], a["negative_slope"] * xs[0]),
-         lower=_map(lambda b, v, a: _leaky(b, v[0], v[0], a["negative_slope"])),
+         lower=map_lowering(lambda b, v, a: _leaky(b, v[0], v[0], a["negative_slope"])),
          grad=lambda g, node, dy, needs: (
              g.emit("leaky_relu_grad", [dy, node.inputs[0]], dict(node.attrs)),),
          surface=_leaky_surface,
@@ -83,7 +77,7 @@ register("leaky_relu", sample=((f32(BATCH, 7),), {"negative_slope": 0.1}),
 register("leaky_relu_grad", sample=((f32(BATCH, 7), f32(BATCH, 7)), {"negative_slope": 0.1}),
          shape=_same_f32("leaky_relu_grad"),
          ref=lambda xs, a: np.where(xs[1] > 0, xs[0], a["negative_slope"] * xs[0]),
-         lower=_map(lambda b, v, a: _leaky(b, v[1], v[0], a["negative_slope"])),
+         lower=map_lowering(lambda b, v, a: _leaky(b, v[1], v[0], a["negative_slope"])),
          doc="dy where x > 0, else negative_slope·dy")
 
 # --- gelu, tanh approximation (torch's approximate='tanh') ----------------------------------
@@ -139,13 +133,13 @@ def _gelu_grad(b: ir.IRBuilder, v: Sequence[ir.Value], attrs: dict[str, Any]) ->
     return b.fmul(dy, b.fadd(s, slope))
 
 
-register("gelu", sample=_UNARY, shape=_same_f32("gelu"), ref=_gelu_ref, lower=_map(_gelu),
+register("gelu", sample=_UNARY, shape=_same_f32("gelu"), ref=_gelu_ref, lower=map_lowering(_gelu),
          grad=lambda g, node, dy, needs: (g.emit("gelu_grad", [dy, node.inputs[0]]),),
-         surface=_unary_surface("gelu"),
+         surface=unary_surface("gelu"),
          doc="gelu(x): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), PyTorch approximate='tanh'")
 
 register("gelu_grad", sample=_BINARY, shape=_same_f32("gelu_grad"), ref=_gelu_grad_ref,
-         lower=_map(_gelu_grad), doc="dy · gelu'(x)")
+         lower=map_lowering(_gelu_grad), doc="dy · gelu'(x)")
 
 
 # --- softmax and log_softmax over the last dimension ----------------------------------------
@@ -237,7 +231,7 @@ def _softmax_grad(g: GradBuilder, node: Node, dy: Value,
 
 
 register("softmax", sample=_ROWS, shape=_same_f32("softmax"), ref=_softmax_ref,
-         lower=_softmax_lower, grad=_softmax_grad, surface=_unary_surface("softmax"),
+         lower=_softmax_lower, grad=_softmax_grad, surface=unary_surface("softmax"),
          doc="softmax(x): e^x / Σ e^x over the last dimension (max-shifted)")
 
 register("softmax_grad", sample=_ROWS2, shape=_same_f32("softmax_grad"),
@@ -245,7 +239,7 @@ register("softmax_grad", sample=_ROWS2, shape=_same_f32("softmax_grad"),
          lower=_softmax_grad_lower, doc="y · (dy − Σ dy·y) over the last dim, y = softmax(x)")
 
 register("log_softmax", sample=_ROWS, shape=_same_f32("log_softmax"), ref=_log_softmax_ref,
-         lower=_log_softmax_lower, grad=_softmax_grad, surface=_unary_surface("log_softmax"),
+         lower=_log_softmax_lower, grad=_softmax_grad, surface=unary_surface("log_softmax"),
          doc="log_softmax(x): x − max − log Σ e^(x − max) over the last dimension")
 
 register("log_softmax_grad", sample=_ROWS2, shape=_same_f32("log_softmax_grad"),

@@ -10,9 +10,9 @@ from llvmlite import ir
 
 from ..ir import BATCH, Node, TensorType, Value, f32
 from ..lower.context import LowerCtx
-from ..lower.kernels import const_like, emit_map
+from ..lower.kernels import const_like
 from . import ShapeError, register
-from .surface import REQUIRED, TENSOR, SurfaceCtx, bind
+from .surface import REQUIRED, TENSOR, SurfaceCtx, bind, map_lowering, unary_surface
 
 _UNARY: tuple[tuple[TensorType, ...], dict[str, Any]] = ((f32(BATCH, 7),), {})
 _BINARY: tuple[tuple[TensorType, ...], dict[str, Any]] = ((f32(BATCH, 7), f32(BATCH, 7)), {})
@@ -33,17 +33,7 @@ def _same_f32(op: str) -> Callable[[tuple[TensorType, ...], dict[str, Any]], Ten
 
 
 def _map_lowering(fn: VecFn) -> Callable[[LowerCtx, Node], None]:
-    def lower(ctx: LowerCtx, node: Node) -> None:
-        emit_map(ctx.b, ctx.count(node.out.type), fn, [ctx.ptr(v) for v in node.inputs],
-                 ctx.ptr(node.out))
-    return lower
-
-
-def _unary_surface(op: str) -> Callable[[SurfaceCtx, list[Any], dict[str, Any]], Value]:
-    def surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> Value:
-        (x,) = bind(op, args, kwargs, [("x", TENSOR, REQUIRED)])
-        return ctx.emit(op, [x])
-    return surface
+    return map_lowering(lambda b, v, _attrs: fn(b, v))
 
 
 def _mathfn() -> Any:
@@ -61,7 +51,7 @@ def _select_pos(b: ir.IRBuilder, x: ir.Value, then: ir.Value) -> ir.Value:
 register("relu", sample=_UNARY, shape=_same_f32("relu"), ref=lambda xs, _: np.maximum(xs[0], 0),
          lower=_map_lowering(lambda b, v: _select_pos(b, v[0], v[0])),
          grad=lambda g, node, dy, needs: (g.emit("relu_grad", [dy, node.inputs[0]]),),
-         surface=_unary_surface("relu"), doc="relu(x) = max(x, 0)")
+         surface=unary_surface("relu"), doc="relu(x) = max(x, 0)")
 
 register("relu_grad", sample=_BINARY, shape=_same_f32("relu_grad"),
          ref=lambda xs, _: np.where(xs[1] > 0, xs[0], 0).astype(xs[0].dtype),
@@ -74,7 +64,7 @@ register("sigmoid", sample=_UNARY,
          shape=_same_f32("sigmoid"), ref=lambda xs, _: 1 / (1 + np.exp(-xs[0])),
          lower=_map_lowering(lambda b, v: _mathfn().sigmoid(b, v[0])),
          grad=lambda g, node, dy, needs: (g.emit("sigmoid_grad", [dy, node.out]),),
-         surface=_unary_surface("sigmoid"), doc="sigmoid(x) = 1 / (1 + e^-x)")
+         surface=unary_surface("sigmoid"), doc="sigmoid(x) = 1 / (1 + e^-x)")
 
 
 def _sigmoid_grad(b: ir.IRBuilder, v: Sequence[ir.Value]) -> ir.Value:
@@ -91,7 +81,7 @@ register("sigmoid_grad", sample=_BINARY, shape=_same_f32("sigmoid_grad"),
 register("tanh", sample=_UNARY, shape=_same_f32("tanh"), ref=lambda xs, _: np.tanh(xs[0]),
          lower=_map_lowering(lambda b, v: _mathfn().tanh(b, v[0])),
          grad=lambda g, node, dy, needs: (g.emit("tanh_grad", [dy, node.out]),),
-         surface=_unary_surface("tanh"), doc="tanh(x)")
+         surface=unary_surface("tanh"), doc="tanh(x)")
 
 
 def _tanh_grad(b: ir.IRBuilder, v: Sequence[ir.Value]) -> ir.Value:

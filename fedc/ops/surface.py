@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..diagnostics import Span
-from ..ir import GraphBuilder, TensorType, Value
+from ..ir import GraphBuilder, Node, TensorType, Value
+
+if TYPE_CHECKING:
+    from llvmlite import ir
+
+    from ..lower.context import LowerCtx
 
 
 class SurfaceError(Exception):
@@ -136,3 +142,25 @@ def expect_rank(op: str, t: TensorType, what: str, rank: int) -> None:
 
     if len(t.shape) != rank:
         raise ShapeError(f"{op} expects {what} of rank {rank} but got {t}")
+
+
+def unary_surface(op: str) -> Callable[[SurfaceCtx, list[Any], dict[str, Any]], Value]:
+    """The surface rule of an op called as `op(x)` with one tensor and no options."""
+    def surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> Value:
+        (x,) = bind(op, args, kwargs, [("x", TENSOR, REQUIRED)])
+        return ctx.emit(op, [x])
+    return surface
+
+
+AttrVecFn = Callable[["ir.IRBuilder", Sequence["ir.Value"], dict[str, Any]], "ir.Value"]
+
+
+def map_lowering(fn: AttrVecFn) -> Callable[[LowerCtx, Node], None]:
+    """Lower an elementwise op: fn(builder, operands, attrs) gets <4 x float> or float operands."""
+    from ..lower.kernels import emit_map
+
+    def lower(ctx: LowerCtx, node: Node) -> None:
+        attrs = dict(node.attrs)
+        emit_map(ctx.b, ctx.count(node.out.type), lambda b, v: fn(b, v, attrs),
+                 [ctx.ptr(v) for v in node.inputs], ctx.ptr(node.out))
+    return lower
