@@ -20,7 +20,6 @@ import wasmtime
 __all__ = ["Model", "RuntimeDataError", "Shuffle", "load"]
 
 Arrays = Union[np.ndarray, Mapping[str, np.ndarray]]  # noqa: UP007 - runtime alias, py3.9 hosts
-_WASM_TYPES = {"i32": wasmtime.ValType.i32(), "f32": wasmtime.ValType.f32()}
 
 
 class RuntimeDataError(ValueError):
@@ -149,13 +148,11 @@ class Model:
         if not isinstance(func, wasmtime.Func):
             raise RuntimeDataError(f"model.wasm does not export function {name!r}")
         ty = func.type(self.store)
-        want_p = [_WASM_TYPES[t] for t in sig["params"]]
-        want_r = [_WASM_TYPES[t] for t in sig["results"]]
-        if [str(t) for t in ty.params] != [str(t) for t in want_p] or \
-                [str(t) for t in ty.results] != [str(t) for t in want_r]:
-            raise RuntimeDataError(f"export {name!r} has signature {ty.params}->{ty.results}, "
-                                   f"manifest says {sig}")
-        return _Call(self.store, func, len(want_r))
+        params, results = [str(t) for t in ty.params], [str(t) for t in ty.results]
+        if params != list(sig["params"]) or results != list(sig["results"]):
+            raise RuntimeDataError(f"export {name!r} has signature {params} -> {results}, "
+                                   f"manifest says {sig['params']} -> {sig['results']}")
+        return _Call(self.store, func, len(results))
 
     def _view(self, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
         np_dtype = np.float32 if dtype == "f32" else np.int32
