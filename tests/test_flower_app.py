@@ -115,15 +115,18 @@ def test_compile_target_flower_needs_an_output_folder(capsys):
 
 # --- the ClientApp, called directly ---------------------------------------------------------------
 
+def _import_glue(out: Path, manifest: dict):
+    sys.path.insert(0, str(out))
+    try:
+        return importlib.import_module(f"{package_name(manifest['model'])}.fedc_flower")
+    finally:
+        sys.path.remove(str(out))
+
+
 @pytest.fixture(scope="module")
 def glue(app, digits_mlp):
     pytest.importorskip("flwr")
-    out, _ = app
-    sys.path.insert(0, str(out))
-    try:
-        yield importlib.import_module(f"{package_name(digits_mlp.manifest['model'])}.fedc_flower")
-    finally:
-        sys.path.remove(str(out))
+    return _import_glue(app[0], digits_mlp.manifest)
 
 
 def _message(glue, kind: str, weights: np.ndarray, config: dict):
@@ -163,6 +166,37 @@ def test_client_app_trains_bit_identically_to_fedc_simulate_clients(glue, digits
     metrics = reply.content["metrics"]
     assert metrics["num-examples"] == len(parts[1])
     assert metrics["train-loss"] == pytest.approx(loss)
+
+
+def test_fedprox_client_app_trains_with_the_strategys_mu_as_fedc_simulate_does(
+        digits_mlp_source, tmp_path):
+    pytest.importorskip("flwr")
+    from fedc.data import load_dataset
+    from fedc.fl.clients import ClientSettings, Trainer
+    from fedc.fl.partition import partition
+    from fedc.pipeline import compile_source
+    from fedc.runtime import Model
+
+    source = digits_mlp_source.replace("model DigitsMLP:", "model DigitsProx:").replace(
+        "strategy = fedavg", "strategy = fedprox\n    proximal_mu = 0.5")
+    art = compile_source(source, "digits_prox.fed")
+    write_flower_app(art.wasm, art.manifest, tmp_path / "app", "digits")
+    glue = _import_glue(tmp_path / "app", art.manifest)
+    ref = Model(art.wasm, art.manifest)
+    ref.init_weights(0)
+    start = ref.get_weights()
+    run = {**RUN, "seed": 0, "partition": "iid"}
+    msg = _message(glue, "train", start, {"server-round": 1, "seed": 0, "local-epochs": 1,
+                                          "batch-size": 32, "proximal-mu": 2.0})
+    reply = glue.train_local(msg, _context({"partition-id": 0, "num-partitions": 2}, run))
+    data = load_dataset("digits", seed=0, test_fraction=0.2, task="classification")
+    parts = partition(data.y_train, 2, "iid", 0)
+    trainer = Trainer(ref, data.x_train, data.y_train, parts, ClientSettings(1, 32, 0, None, 2.0))
+    expected, _ = trainer.train(start, 1, 0)
+    assert np.array_equal(glue.from_record(reply.content["arrays"]), expected)
+    plain, _ = Trainer(ref.clone(), data.x_train, data.y_train, parts,
+                       ClientSettings(1, 32, 0)).train(start, 1, 0)
+    assert not np.array_equal(plain, expected)  # μ = 2 (not the compiled 0.5) made a difference
 
 
 def test_client_app_reads_a_data_file_and_evaluates_on_its_test_arrays(glue, digits_mlp,

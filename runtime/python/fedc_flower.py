@@ -195,12 +195,13 @@ def train_local(msg: Message, context: Context) -> Message:
     m, data = model(), node_data(context)
     config, run = msg.content["config"], context.run_config
     weights = from_record(msg.content["arrays"])
-    if float(run.get("lr", 0.0)) > 0:
-        m.set_hparam("lr", float(run["lr"]))
-    mu = float(config.get("proximal-mu", 0.0))
-    order = m.manifest["optimizer"]["hparams_order"]
-    if mu > 0 and "proximal_mu" in order:  # FedProx: the kernel pulls towards the global model
-        m.set_hparam("proximal_mu", mu)
+    # run-time hyper-parameters: this round's values, else the module's (the instance is reused)
+    opt = m.manifest["optimizer"]
+    lr = float(run.get("lr", 0.0))  # 0: the module's own
+    given = {"lr": lr if lr > 0 else None, "proximal_mu": config.get("proximal-mu")}  # FedProx
+    for name, value in given.items():
+        if name in opt["hparams_order"]:
+            m.set_hparam(name, float(opt["hparams"][name] if value is None else value))
     m.set_weights(weights)  # also sets FedProx's anchor when the module has one
     m.reset_optimizer()
     rnd = int(config["server-round"])
