@@ -91,6 +91,7 @@ def test_a_new_upstream_model_supersedes_an_unfinished_edge_round(bridge):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # starlette's TestClient over httpx
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_bridge_endpoints_need_the_bridge_token_and_carry_frames(bridge):
     from starlette.applications import Starlette
     from starlette.testclient import TestClient
