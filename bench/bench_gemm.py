@@ -1,9 +1,10 @@
 """Benchmark: fedc's GEMM kernels in wasmtime vs one-thread numpy and the SIMD128 peak, GFLOP/s.
 
-Run: python bench/bench_gemm.py [--reps 7] [--seconds 0.15]
+Run: python bench/bench_gemm.py [--reps 7] [--seconds 0.15] [--runners wasm simd128,native]
 Each measurement is one call of a module export that loops over the kernel `iters` times (so
-the host's call overhead is amortised); wasm cases, numpy and the peak loop are interleaved rep by
-rep, and the table shows the median with the min–max spread.
+the host's call overhead is amortised). The Wasm builds (simd128, relaxed-simd), the same IR
+compiled natively for the host CPU (MCJIT), numpy and the peak loop are interleaved rep by rep,
+and the table shows the median with the min–max spread.
 """
 
 from __future__ import annotations
@@ -82,14 +83,14 @@ def _loop(b: ir.IRBuilder, count: ir.Value, carried: list[ir.Value],
     return new
 
 
-def _peak_function(mod: ir.Module) -> None:
+def _peak_function(mod: ir.Module, builder: type[ir.IRBuilder] = ir.IRBuilder) -> None:
     """`peak(iters, x, y)`: PEAK_CHAINS independent <4 x float> chains, half `v *= x`, half
     `v += y` (the mix a GEMM issues), results stored so nothing is optimised away."""
     from fedc.lower import gemm
 
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [gemm.I32, gemm.F32, gemm.F32]),
                      "peak")
-    b = ir.IRBuilder(fn.append_basic_block())
+    b = builder(fn.append_basic_block())
     splat = ir.Constant(ir.VectorType(gemm.I32, 4), [0] * 4)
     x, y = (b.shuffle_vector(v, v, splat) for v in (
         b.insert_element(gemm.ZERO4, arg, ir.Constant(gemm.I32, 0)) for arg in fn.args[1:]))
@@ -103,12 +104,17 @@ def _peak_function(mod: ir.Module) -> None:
     b.ret_void()
 
 
-def _build_wasm(variant: str) -> tuple[bytes, list[tuple[str, str, tuple[int, int, int]]]]:
-    """One module: `bench_<kind>_<M>(iters, m)` for every case sharing buffers, and `peak`."""
-    from fedc.emit import emit
-    from fedc.link import ARENA_BASE, link
-    from fedc.lower import gemm
+Cases = list[tuple[str, str, tuple[int, int, int]]]
 
+
+def build_module(madd: bool = False, native: bool = False) -> tuple[ir.Module, Cases, int]:
+    """One module: `bench_<kind>_<M>(iters, m)` for every case sharing buffers, and `peak`;
+    with the arena's end. `native` addresses memory through @fedc_base (fedc/lower/address)."""
+    from fedc.link import ARENA_BASE
+    from fedc.lower import gemm
+    from fedc.lower.address import builder_class
+
+    builder = builder_class(frozenset({"native"} if native else ()))
     roles = [max(4 * r * c for kind in KINDS for size in SIZES
                  for r, c in [_shapes(kind, *size)[i]]) for i in range(3)]
     roles.append(max(gemm.scratch_bytes(kind, m, n, k) for kind in KINDS for m, n, k in SIZES))
@@ -118,54 +124,50 @@ def _build_wasm(variant: str) -> tuple[bytes, list[tuple[str, str, tuple[int, in
         for m, n, k in SIZES:
             name = f"bench_{kind}_{m}x{n}x{k}"
             fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [gemm.I32, gemm.I32]), name)
-            b = ir.IRBuilder(fn.append_basic_block())
+            b = builder(fn.append_basic_block())
             p = [b.inttoptr(ir.Constant(gemm.I32, x), gemm.PTR) for x in addrs]
 
             def body(_: list[ir.Value], b: ir.IRBuilder = b, fn: ir.Function = fn,
                      p: list[ir.Value] = p, kind: str = kind, n: int = n, k: int = k,
                      ) -> list[ir.Value]:
                 gemm.emit_matmul(b, kind=kind, m=fn.args[1], n=n, k=k,  # type: ignore[arg-type]
-                                 a=p[0], bmat=p[1], c=p[2], scratch=p[3],
-                                 madd=variant == "relaxed-simd")
+                                 a=p[0], bmat=p[1], c=p[2], scratch=p[3], madd=madd)
                 return []
 
             _loop(b, fn.args[0], [], body)
             b.ret_void()
             cases.append((name, kind, (m, n, k)))
-    _peak_function(mod)
+    _peak_function(mod, builder)
+    return mod, cases, addrs[3] + roles[3]
+
+
+def _build_wasm(variant: str) -> tuple[bytes, Cases]:
+    from fedc.emit import emit
+    from fedc.link import link
+
+    mod, cases, end = build_module(madd=variant == "relaxed-simd")
     obj = emit(str(mod), variant).object_code
-    return link(obj, addrs[3] + roles[3], [c[0] for c in cases] + ["peak"]), cases
+    return link(obj, end, [c[0] for c in cases] + ["peak"]), cases
 
 
-class WasmRunner:
-    """The benchmark module instantiated in wasmtime; `rate(name)` measures one export."""
+class _Runner:
+    """Calibrated calls of the benchmark exports; subclasses provide `_invoke`."""
 
-    def __init__(self, variant: str, seconds: float) -> None:
-        import wasmtime
+    cases: Cases
+    iters: dict[str, int]
 
-        wasm, self.cases = _build_wasm(variant)
-        engine = wasmtime.Engine()
-        self.store = wasmtime.Store(engine)
-        self.exports = wasmtime.Instance(self.store, wasmtime.Module(engine, wasm), []).exports(
-            self.store)
-        mem = self.exports["memory"]
-        buf = np.ctypeslib.as_array(mem.data_ptr(self.store), shape=(mem.data_len(self.store),))
-        from fedc.link import ARENA_BASE
+    def _invoke(self, name: str, iters: int, m: int) -> None:
+        raise NotImplementedError
 
-        arena = buf[ARENA_BASE:].view(np.uint8)
-        words = arena[:len(arena) // 4 * 4].view(np.float32)
-        words[:] = np.random.default_rng(0).uniform(-1, 1, words.shape)
+    def _calibrate_all(self, seconds: float) -> None:
         self.iters = {name: self._calibrate(name, seconds) for name, _, _ in self.cases}
         self.iters["peak"] = self._calibrate("peak", seconds)
 
     def _call(self, name: str, iters: int) -> float:
-        args = (iters, 1.0, 0.0) if name == "peak" else (iters, self._m(name))
+        m = 0 if name == "peak" else next(size[0] for n, _, size in self.cases if n == name)
         t0 = time.perf_counter()
-        self.exports[name](self.store, *args)
+        self._invoke(name, iters, m)
         return time.perf_counter() - t0
-
-    def _m(self, name: str) -> int:
-        return next(size[0] for n, _, size in self.cases if n == name)
 
     def _calibrate(self, name: str, seconds: float) -> int:
         iters = 1
@@ -180,6 +182,72 @@ class WasmRunner:
             return PEAK_CHAINS * 4 * iters / dt / 1e9
         m, n, k = next(size for nm, _, size in self.cases if nm == name)
         return 2 * m * n * k * iters / dt / 1e9
+
+
+def _random_fill(buf: np.ndarray, start: int) -> None:
+    arena = buf[start:].view(np.uint8)
+    words = arena[:len(arena) // 4 * 4].view(np.float32)
+    words[:] = np.random.default_rng(0).uniform(-1, 1, words.shape)
+
+
+class NativeRunner(_Runner):
+    """The same IR compiled for the host CPU (llvmlite MCJIT), memory in a numpy buffer."""
+
+    def __init__(self, seconds: float) -> None:
+        import ctypes
+
+        import llvmlite.binding as llvm
+
+        from fedc.emit import optimize
+        from fedc.link import ARENA_BASE, memory_size
+        from fedc.lower.address import BASE_GLOBAL
+        from fedc.native import ALIGN, host_target_machine
+
+        mod, self.cases, end = build_module(native=True)
+        tm = host_target_machine()
+        self.engine = llvm.create_mcjit_compiler(optimize(str(mod), tm), tm)
+        self.engine.finalize_object()
+        size = memory_size(end)
+        raw = np.zeros(size + ALIGN, np.uint8)
+        self.buf = raw[-raw.ctypes.data % ALIGN:][:size]
+        ctypes.c_void_p.from_address(
+            self.engine.get_global_value_address(BASE_GLOBAL)).value = self.buf.ctypes.data
+        _random_fill(self.buf, ARENA_BASE)
+        proto = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_int32)
+        peak = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_float, ctypes.c_float)
+        self.fns = {name: proto(self.engine.get_function_address(name))
+                    for name, _, _ in self.cases}
+        self.fns["peak"] = peak(self.engine.get_function_address("peak"))
+        self._calibrate_all(seconds)
+
+    def _invoke(self, name: str, iters: int, m: int) -> None:
+        if name == "peak":
+            self.fns[name](iters, 1.0, 0.0)
+        else:
+            self.fns[name](iters, m)
+
+
+class WasmRunner(_Runner):
+    """The benchmark module of one build variant instantiated in wasmtime."""
+
+    def __init__(self, variant: str, seconds: float) -> None:
+        import wasmtime
+
+        from fedc.link import ARENA_BASE
+
+        wasm, self.cases = _build_wasm(variant)
+        engine = wasmtime.Engine()
+        self.store = wasmtime.Store(engine)
+        self.exports = wasmtime.Instance(self.store, wasmtime.Module(engine, wasm), []).exports(
+            self.store)
+        mem = self.exports["memory"]
+        buf = np.ctypeslib.as_array(mem.data_ptr(self.store), shape=(mem.data_len(self.store),))
+        _random_fill(buf, ARENA_BASE)
+        self._calibrate_all(seconds)
+
+    def _invoke(self, name: str, iters: int, m: int) -> None:
+        args = (iters, 1.0, 0.0) if name == "peak" else (iters, m)
+        self.exports[name](self.store, *args)
 
 
 def _numpy_process(seconds: float) -> tuple[subprocess.Popen[str], list[dict[str, object]]]:
@@ -198,39 +266,55 @@ def _summary(rates: list[float]) -> str:
     return f"{np.median(rates):6.1f} ({min(rates):5.1f}–{max(rates):5.1f})"
 
 
+RUNNERS = ("wasm simd128", "wasm relaxed-simd", "native")
+
+
+def run(reps: int, seconds: float, runners: tuple[str, ...] = RUNNERS
+        ) -> tuple[Cases, dict[str, dict[str, list[float]]], list[dict[str, object]]]:
+    """GFLOP/s per runner ("numpy" added) and case name ("peak" too), one entry per rep."""
+    ours: dict[str, _Runner] = {
+        name: NativeRunner(seconds) if name == "native" else
+        WasmRunner(name.removeprefix("wasm "), seconds) for name in runners}
+    proc, blas = _numpy_process(seconds)
+    assert proc.stdin and proc.stdout
+    cases = next(iter(ours.values())).cases
+    rates: dict[str, dict[str, list[float]]] = {r: {} for r in [*ours, "numpy"]}
+    for _ in range(reps):  # one measurement at a time: the runners may share a core
+        for name, _, _ in [*cases, ("peak", "", (0, 0, 0))]:
+            for r, runner in ours.items():
+                rates[r].setdefault(name, []).append(runner.rate(name))
+        proc.stdin.write("rep\n")
+        proc.stdin.flush()
+        for key, value in json.loads(proc.stdout.readline()).items():
+            kind, size = key.split()
+            rates["numpy"].setdefault(f"bench_{kind}_{size}", []).append(value)
+    proc.stdin.close()
+    proc.wait()
+    return cases, rates, blas
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=0.15, help="per measurement")
-    parser.add_argument("--variant", default="simd128",
-                        choices=["simd128", "scalar", "relaxed-simd"])
+    parser.add_argument("--runners", default=",".join(RUNNERS),
+                        help=f"comma-separated subset of {', '.join(RUNNERS)}")
     parser.add_argument("--numpy-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.numpy_worker:
         _numpy_worker()
         return
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    wasm = WasmRunner(args.variant, args.seconds)
-    proc, blas = _numpy_process(args.seconds)
-    assert proc.stdin and proc.stdout
-    ours: dict[str, list[float]] = {name: [] for name in [*wasm.iters]}
-    theirs: dict[str, list[float]] = {}
-    for _ in range(args.reps):  # one process runs at a time: the two may share a core
-        for name in ours:
-            ours[name].append(wasm.rate(name))
-        proc.stdin.write("rep\n")
-        proc.stdin.flush()
-        for key, value in json.loads(proc.stdout.readline()).items():
-            theirs.setdefault(key, []).append(value)
-    proc.stdin.close()
-    proc.wait()
-    print(f"GFLOP/s, median (min–max) of {args.reps} interleaved reps; variant {args.variant}")
+    runners = tuple(args.runners.split(","))
+    cases, rates, blas = run(args.reps, args.seconds, runners)
+    print(f"GFLOP/s, median (min–max) of {args.reps} interleaved reps")
     print(f"numpy: {blas}")
-    print(f"SIMD128 peak (f32x4.mul and f32x4.add chains): {_summary(ours.pop('peak'))}")
-    print(f"{'kind':4} {'M×N×K':>12}  {'fedc wasm':>20}  {'numpy 1 thread':>20}")
-    for name, kind, (m, n, k) in wasm.cases:
-        print(f"{kind:4} {f'{m}x{n}x{k}':>12}  {_summary(ours[name]):>20}  "
-              f"{_summary(theirs[f'{kind} {m}x{n}x{k}']):>20}")
+    cols = [*runners, "numpy"]
+    print(f"{'kind':4} {'M×N×K':>12}  " + "  ".join(f"{c:>20}" for c in cols))
+    for name, kind, (m, n, k) in [*cases, ("peak", "peak", (0, 0, 0))]:
+        label = "SIMD128 mul+add peak" if name == "peak" else f"{kind:4} {f'{m}x{n}x{k}':>12}"
+        print(f"{label:17}  " + "  ".join(
+            f"{_summary(rates[c][name]) if name in rates[c] else '':>20}" for c in cols))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,169 @@
+"""Benchmark: training throughput, GEMM, compile time and module size in one run → one table.
+
+Run: python bench/run_all.py [--reps 7] [--quick]
+Prints the machine, the detailed training tables of bench_train.py, and then ONE markdown table
+with every figure beside its target (docs/performance.md). Each section interleaves its
+contenders within the run; medians, with the min–max of the repetitions in parentheses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+import bench_gemm  # noqa: E402
+import bench_train  # noqa: E402
+
+Row = tuple[str, str, str, str]  # metric, measured, target, met
+
+
+def machine() -> str:
+    from importlib.metadata import version
+
+    import llvmlite.binding as llvm
+
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    flags = Path("/proc/cpuinfo").read_text()
+    isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "SSE"
+    llvm_version = ".".join(map(str, llvm.llvm_version_info))
+    return (f"{cpu} ({isa}), {os.cpu_count()} vCPUs, load average {os.getloadavg()[0]:.1f}; "
+            f"Python {platform.python_version()}, wasmtime {version('wasmtime')}, llvmlite "
+            f"{version('llvmlite')} (LLVM {llvm_version}), torch {version('torch')}, numpy "
+            f"{version('numpy')}")
+
+
+def _med(v: list[float]) -> float:
+    return float(np.median(v))
+
+
+def _fmt(v: list[float], scale: float = 1.0, spec: str = ",.0f") -> str:
+    a = np.asarray(v) * scale
+    return f"{np.median(a):{spec}} ({a.min():{spec}}–{a.max():{spec}})"
+
+
+def _ratio(a: list[float], b: list[float]) -> list[float]:
+    """Per-repetition ratios a/b (the two ran next to each other)."""
+    return [x / y for x, y in zip(a, b, strict=True)]
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
+TRAIN_TARGETS = {  # case → (× torch 1 thread, × numpy step)
+    "digits_mlp": (6.0, 2.0),
+    "mnist_mlp": (0.8, None),
+    "digits_cnn": (5.0, None),
+}
+
+
+def training_rows(reps: int, seconds: float) -> list[Row]:
+    rows: list[Row] = []
+    for case in bench_train.available(list(bench_train.CASES)):
+        rates = bench_train.run_case(case, reps, seconds)
+        print(bench_train.table(case, rates), "\n", flush=True)
+        label = f"{case.name} (batch {case.batch})"
+        for name, v in rates.items():
+            rows.append((f"{label}: {name}, samples/s", _fmt(v), "", ""))
+        torch1, wasm = rates["torch eager 1 thread"], rates["fedc wasm simd128"]
+        want_torch, want_numpy = TRAIN_TARGETS[case.name]
+        r = _ratio(wasm, torch1)
+        rows.append((f"{label}: fedc wasm ÷ torch eager 1 thread", _fmt(r, spec=".2f"),
+                     f"≥ {want_torch}", _met(_med(wasm) / _med(torch1) >= want_torch)))
+        best = max(("fedc wasm simd128", "fedc wasm relaxed-simd"), key=lambda k: _med(rates[k]))
+        if best != "fedc wasm simd128":
+            rows.append((f"{label}: best Wasm variant ({best.split()[-1]}) ÷ torch 1 thread",
+                         _fmt(_ratio(rates[best], torch1), spec=".2f"), "", ""))
+        if "numpy step 1 thread" in rates:
+            r = _ratio(wasm, rates["numpy step 1 thread"])
+            rows.append((f"{label}: fedc wasm ÷ numpy step", _fmt(r, spec=".2f"),
+                         f"≥ {want_numpy}" if want_numpy else "",
+                         _met(_med(r) >= want_numpy) if want_numpy else ""))
+        rows.append((f"{label}: fedc wasm ÷ fedc native (the sandbox's cost)",
+                     _fmt(_ratio(wasm, rates["fedc native"]), spec=".2f"), "", ""))
+    return rows
+
+
+def gemm_rows(reps: int, seconds: float) -> list[Row]:
+    cases, rates, _ = bench_gemm.run(reps, seconds)
+    rows: list[Row] = []
+    big = [name for name, _, (m, _, _) in cases if m >= 128]
+    for name, kind, (m, n, k) in cases:
+        cells = "; ".join(f"{r.replace('wasm ', '')} {_fmt(rates[r][name], spec='.1f')}"
+                          for r in ("wasm simd128", "wasm relaxed-simd", "native", "numpy"))
+        rows.append((f"GEMM {kind} {m}×{n}×{k}, GFLOP/s", cells, "", ""))
+    medians = [_med(rates["wasm simd128"][n]) for n in big]
+    rows.append(("GEMM 128³–512³ (nn, nt, tn): Wasm simd128 medians, GFLOP/s",
+                 f"{statistics.median(medians):.1f} (lowest {min(medians):.1f})", "≥ 28",
+                 _met(statistics.median(medians) >= 28)))
+    ratios = [_med(rates["wasm simd128"][n]) / _med(rates["native"][n]) for n in big]
+    rows.append(("GEMM 128³–512³: Wasm ÷ native on the same IR",
+                 f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})",
+                 "≥ 0.8", _met(statistics.median(ratios) >= 0.8)))
+    rows.append(("SIMD128 mul+add peak (Wasm), GFLOP/s", _fmt(rates["wasm simd128"]["peak"],
+                                                              spec=".1f"), "", ""))
+    return rows
+
+
+def compile_rows(reps: int) -> list[Row]:
+    rows: list[Row] = []
+    for path in sorted((ROOT / "examples").glob("*.fed")):
+        times = []
+        with tempfile.TemporaryDirectory(prefix="fedc-bench-") as out:
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                proc = subprocess.run([sys.executable, "-m", "fedc", "compile", str(path),
+                                       "-o", out], capture_output=True, text=True, cwd=ROOT)
+                times.append(time.perf_counter() - t0)
+                if proc.returncode:
+                    break
+            if proc.returncode:
+                rows.append((f"compile {path.name}", "failed: " +
+                             (proc.stderr.strip().splitlines() or ["?"])[-1], "≤ 1.5 s", "no"))
+                continue
+            wasm = (Path(out) / "model.wasm").read_bytes()
+        rows.append((f"`fedc compile {path.name}` in a fresh process, s", _fmt(times,
+                                                                                spec=".2f"),
+                     "≤ 1.5", _met(_med(times) <= 1.5)))
+        gz = len(gzip.compress(wasm, 9))
+        rows.append((f"{path.name}: model.wasm raw / gzip -9, bytes", f"{len(wasm):,} / {gz:,}",
+                     "≤ 16 KB gzipped", _met(gz <= 16 * 1024)))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="3 reps, shorter measurements")
+    args = ap.parse_args()
+    reps = 3 if args.quick else args.reps
+    seconds = 0.15 if args.quick else 0.3
+    print(f"Machine: {machine()}\n", flush=True)
+    rows = [*training_rows(reps, seconds), *gemm_rows(reps, seconds / 2),
+            *compile_rows(3 if args.quick else 5)]
+    print(f"| metric | median (min–max of {reps} reps) | target | met |")
+    print("| --- | --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
