@@ -21,10 +21,17 @@ FEATURES = {
 }
 
 
+# LLVM's O3 unrolls loops costing up to 300 "instructions"; fedc's kernels are unrolled and
+# vectorised by hand where it pays. At 100, measured on the examples: the same step times,
+# ~30% less optimisation and code generation time, ~35% smaller modules.
+UNROLL_THRESHOLD = 100
+
+
 @functools.cache
 def _init() -> None:
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
+    llvm.set_option("fedc", f"-unroll-threshold={UNROLL_THRESHOLD}")  # process-wide
 
 
 @functools.cache
