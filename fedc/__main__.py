@@ -1,7 +1,5 @@
 """`python -m fedc`: the same as the `fedc` command."""
 
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()

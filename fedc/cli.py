@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -453,5 +454,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
+def entry() -> None:
+    """The `fedc` command and `python -m fedc`: main(), then exit at once. Skipping the
+    interpreter's teardown (freeing a compilation's LLVM and IR objects) saves 0.2–0.5 s per
+    command; every file fedc writes is closed by then."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
