@@ -62,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     _compile_flags(c)
     c.add_argument("--bundle", action="store_true",
                    help="with -o: also write the client bundle (JS, Python, page; fedc bundle)")
-    c.add_argument("--target", choices=["wasm", "flower"], default="wasm",
-                   help="wasm (default): model.wasm + manifest.json; flower: a Flower app in -o")
+    c.add_argument("--target", choices=["wasm", "flower", "native"], default="wasm",
+                   help="wasm (default): model.wasm + manifest.json; flower: a Flower app in -o; "
+                        "native: the same module for this CPU, run in-process (--emit llvm or "
+                        "llvm-opt shows it; fedc train --target native trains with it)")
     c.add_argument("--data", help="--target flower: the run config's dataset (for partition-id "
                                    "nodes and central evaluation)")
     c.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -79,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=_nonneg, default=0)
     c.add_argument("--test-fraction", type=float, default=0.2)
     c.add_argument("--save", help="write model.wasm, manifest.json and weights.npy here")
+    c.add_argument("--target", choices=["wasm", "native"], default="wasm",
+                   help="train in the Wasm module (default) or in the same module compiled for "
+                        "this CPU (fedc.native; measures what the sandbox costs)")
     _compile_flags(c)
     c.add_argument("--json", action="store_true", help="one JSON object on stdout")
     c.set_defaults(run=cmd_train)
@@ -134,9 +139,14 @@ def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError.at("--target flower needs -o DIR (the Flower app's folder)")
     if args.data and args.target != "flower":
         raise UsageError.at("--data sets a Flower app's dataset: use it with --target flower")
+    if args.target == "native" and args.emit not in ("ir", "llvm", "llvm-opt"):
+        raise UsageError.at("a native build runs in-process (fedc train --target native, "
+                            "fedc.native.NativeModel): use --emit ir, llvm or llvm-opt to see it")
     start = time.perf_counter()
     art = compile_source(_read(args.file), args.file, _options(args))
     seconds = time.perf_counter() - start
+    if args.target == "native":
+        return _compile_native(args, art, seconds)
     if args.emit and not args.json:
         text = {"ir": art.ir_text, "llvm": art.llvm_ir, "llvm-opt": art.optimized_ir,
                 "manifest": json.dumps(art.manifest, indent=2)}[args.emit]
@@ -159,6 +169,20 @@ def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
     return {"out": args.out, "wasm_bytes": len(art.wasm), "memory": mem,
             "sha256": art.manifest["wasm"]["sha256"], "compile_seconds": seconds,
             **({"emit": args.emit} if args.emit else {})}
+
+
+def _compile_native(args: argparse.Namespace, art: Any, seconds: float) -> dict[str, Any]:
+    """`fedc compile --target native --emit FORM`: the host build's IR (JIT-compiled to check)."""
+    from .native import jit, native_ir
+    start = time.perf_counter()
+    code = jit(art)
+    jit_seconds = time.perf_counter() - start
+    text = {"ir": art.ir_text, "llvm": native_ir(art), "llvm-opt": code.optimized_ir}[args.emit]
+    if not args.json:
+        print(text)
+        print(f"native build for this CPU: {seconds + jit_seconds:.2f} s", file=sys.stderr)
+    return {"target": "native", "emit": args.emit, "compile_seconds": seconds,
+            "jit_seconds": jit_seconds}
 
 
 def _compile_flower(args: argparse.Namespace, art: Any, seconds: float) -> dict[str, Any]:
@@ -187,7 +211,11 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     data = load_dataset(args.data, seed=args.seed, test_fraction=args.test_fraction,
                         task=art.model.task)
     check_fits(art.manifest, data)
-    model = Model(art.wasm, art.manifest)
+    if args.target == "native":
+        from .native import NativeModel
+        model = NativeModel.from_artifacts(art)
+    else:
+        model = Model(art.wasm, art.manifest)
     batch = args.batch_size or int(art.manifest["federated"]["batch_size"])
     if batch > model.max_batch:
         raise UsageError.at(f"--batch-size {batch} exceeds the module's max batch "
@@ -209,7 +237,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         np.save(out / "weights.npy", model.get_weights())
     return {"model": art.model.name, "data": data.name, "train_samples": len(data.y_train),
             "test_samples": len(data.y_test), "batch_size": batch, "seed": args.seed,
-            "compile_seconds": compile_s, "wasm_bytes": len(art.wasm), **result.summary()}
+            "compile_seconds": compile_s, "wasm_bytes": len(art.wasm), "target": args.target,
+            **result.summary()}
 
 
 # --- fedc simulate -------------------------------------------------------------------------------

@@ -82,3 +82,19 @@ def test_a_second_jit_works_after_the_first_engine_is_freed():
         del model
         gc.collect()
     assert losses[0] == losses[1]
+
+
+def test_cli_trains_the_same_with_target_native(capsys):
+    import json
+
+    from fedc.cli import main
+
+    runs = {}
+    for target in ("wasm", "native"):
+        assert main(["train", "examples/digits_mlp.fed", "--data", "digits", "--epochs", "2",
+                     "--target", target, "--json"]) == 0
+        runs[target] = json.loads(capsys.readouterr().out)
+    assert runs["native"]["target"] == "native"
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        assert runs["native"][key] == pytest.approx(runs["wasm"][key], rel=1e-5), key
+    assert main(["compile", "examples/digits_mlp.fed", "--target", "native", "-o", "x"]) == 2
