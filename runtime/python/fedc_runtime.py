@@ -492,11 +492,32 @@ class Shuffle:
                 return r % bound
 
     def permutation(self, n: int) -> np.ndarray:
-        """Fisher–Yates from the top: for i = n-1 … 1 swap order[i] with order[below(i+1)]."""
+        """Fisher–Yates from the top: for i = n-1 … 1 swap order[i] with order[below(i+1)].
+
+        The stream is stepped inline, with next_u32's and below's exact arithmetic: the same
+        permutation ~5× faster (0.7 instead of 3.5 µs per row, which was more than a training
+        step of a small model per row of its batch)."""
         order = list(range(n))
+        s0, s1, s2, s3 = self.s
+        m32 = _M32
         for i in range(n - 1, 0, -1):
-            j = self.below(i + 1)
+            bound = i + 1
+            threshold = (0x100000000 - bound) % bound
+            while True:
+                r = (s1 * 5) & m32
+                r = (((r << 7) | (r >> 25)) & m32) * 9 & m32
+                t = (s1 << 9) & m32
+                s2 ^= s0
+                s3 ^= s1
+                s1 ^= s2
+                s0 ^= s3
+                s2 ^= t
+                s3 = ((s3 << 11) | (s3 >> 21)) & m32
+                if r >= threshold:
+                    break
+            j = r % bound
             order[i], order[j] = order[j], order[i]
+        self.s = [s0, s1, s2, s3]
         return np.array(order, dtype=np.int64)
 
 
