@@ -299,6 +299,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.15, help="per measurement")
     parser.add_argument("--runners", default=",".join(RUNNERS),
                         help=f"comma-separated subset of {', '.join(RUNNERS)}")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--numpy-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.numpy_worker:
@@ -307,6 +308,9 @@ def main() -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     runners = tuple(args.runners.split(","))
     cases, rates, blas = run(args.reps, args.seconds, runners)
+    if args.json:
+        print(json.dumps({"cases": cases, "rates": rates, "blas": blas}))
+        return
     print(f"GFLOP/s, median (min–max) of {args.reps} interleaved reps")
     print(f"numpy: {blas}")
     cols = [*runners, "numpy"]

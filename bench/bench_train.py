@@ -11,6 +11,7 @@ processes hits all of them; the tables show the median and the min–max of the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -298,13 +299,16 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=0.3, help="per measurement")
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--json", action="store_true", help="one JSON object per case on stdout")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         _worker(args.worker, CASES[args.cases])
         return
     for case in available(args.cases.split(",")):
-        print(table(case, run_case(case, args.reps, args.seconds)), "\n", flush=True)
+        rates = run_case(case, args.reps, args.seconds)
+        print(json.dumps({"case": case.name, "rates": rates}) if args.json else
+              table(case, rates) + "\n", flush=True)
 
 
 if __name__ == "__main__":
