@@ -8,6 +8,8 @@ from typing import Literal
 
 from llvmlite import ir
 
+from .kernels import carry_loop
+
 I32 = ir.IntType(32)
 F32 = ir.FloatType()
 PTR = ir.PointerType()
@@ -73,32 +75,7 @@ def _lane(b: ir.IRBuilder, v: ir.Value, j: int) -> ir.Value:
     return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 4), [j] * 4))
 
 
-LoopBody = Callable[[ir.Value, list[ir.Value]], list[ir.Value]]
-
-
-def _for(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step: int,
-         carried: Sequence[ir.Value], body: LoopBody, name: str) -> list[ir.Value]:
-    """`for i in range(start, stop, step)` carrying values through phis; returns their finals."""
-    pre = b.block
-    head = b.append_basic_block(f"{name}.head")
-    loop = b.append_basic_block(f"{name}.body")
-    done = b.append_basic_block(f"{name}.done")
-    b.branch(head)
-    b.position_at_end(head)
-    i = b.phi(I32, name=name)
-    i.add_incoming(_as(start), pre)
-    phis = [b.phi(v.type) for v in carried]
-    for phi, v in zip(phis, carried, strict=True):
-        phi.add_incoming(v, pre)
-    b.cbranch(b.icmp_signed("<", i, _as(stop)), loop, done)
-    b.position_at_end(loop)
-    new = body(i, list(phis))
-    i.add_incoming(b.add(i, _c(step), flags=["nsw", "nuw"]), b.block)
-    for phi, v in zip(phis, new, strict=True):
-        phi.add_incoming(v, b.block)
-    b.branch(head)
-    b.position_at_end(done)
-    return list(phis)
+_for = carry_loop
 
 
 def _for_each(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step: int,

@@ -130,9 +130,12 @@ def fsum(b: ir.IRBuilder, base: ir.Value, count: ir.Value | int) -> ir.Value:
                        start=vec_end)
 
 
-def _accumulate(b: ir.IRBuilder, stop: ir.Value, body: Callable[[ir.Value, ir.Value], ir.Value],
-                init: ir.Value, step: int, name: str, start: ir.Value | int = 0) -> ir.Value:
-    """A loop carrying one accumulator: acc = body(i, acc) for i in range(start, stop, step)."""
+CarryBody = Callable[[ir.Value, list[ir.Value]], list[ir.Value]]
+
+
+def carry_loop(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step: int,
+               carried: Sequence[ir.Value], body: CarryBody, name: str) -> list[ir.Value]:
+    """`for i in range(start, stop, step)` carrying values through phis; returns their finals."""
     pre = b.block
     head = b.append_basic_block(f"{name}.head")
     bodyb = b.append_basic_block(f"{name}.body")
@@ -140,17 +143,25 @@ def _accumulate(b: ir.IRBuilder, stop: ir.Value, body: Callable[[ir.Value, ir.Va
     b.branch(head)
     b.position_at_end(head)
     i = b.phi(I32, name=name)
-    acc = b.phi(init.type, name=f"{name}.acc")
     i.add_incoming(as_value(start), pre)
-    acc.add_incoming(init, pre)
-    b.cbranch(b.icmp_signed("<", i, stop), bodyb, done)
+    phis = [b.phi(v.type) for v in carried]
+    for phi, v in zip(phis, carried, strict=True):
+        phi.add_incoming(v, pre)
+    b.cbranch(b.icmp_signed("<", i, as_value(stop)), bodyb, done)
     b.position_at_end(bodyb)
-    nxt_acc = body(i, acc)
-    i.add_incoming(b.add(i, i32c(step)), b.block)
-    acc.add_incoming(nxt_acc, b.block)
+    new = body(i, list(phis))
+    i.add_incoming(b.add(i, i32c(step), flags=["nsw", "nuw"]), b.block)
+    for phi, v in zip(phis, new, strict=True):
+        phi.add_incoming(v, b.block)
     b.branch(head)
     b.position_at_end(done)
-    return acc
+    return list(phis)
+
+
+def _accumulate(b: ir.IRBuilder, stop: ir.Value, body: Callable[[ir.Value, ir.Value], ir.Value],
+                init: ir.Value, step: int, name: str, start: ir.Value | int = 0) -> ir.Value:
+    """A loop carrying one accumulator: acc = body(i, acc) for i in range(start, stop, step)."""
+    return carry_loop(b, start, stop, step, [init], lambda i, acc: [body(i, acc[0])], name)[0]
 
 
 accumulate = _accumulate
