@@ -263,34 +263,9 @@ def _per_round(text: str) -> int | float:
     return v
 
 
-def _probability(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
-    return v
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction, got {text!r}") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
-    return v
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}")
-    return v
+_probability = _number(float, lambda v: 0 <= v < 1, "a probability in [0, 1)")
+_fraction = _number(float, lambda v: 0 < v < 1, "a fraction between 0 and 1")
+_nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "a number ≥ 0")
 
 
 def _checked(parse: Callable[[str], Any]) -> Callable[[str], str]:
