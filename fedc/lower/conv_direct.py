@@ -17,7 +17,21 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from .context import LowerCtx
-from .kernels import F32, I32, LANES, V4, gep, i32c, load, load4, loop, splat, store, store4
+from .kernels import (
+    F32,
+    I32,
+    LANES,
+    V4,
+    carry_loop,
+    gep,
+    i32c,
+    load,
+    load4,
+    loop,
+    splat,
+    store,
+    store4,
+)
 
 ZERO4 = ir.Constant(V4, [0.0] * 4)
 TILE_O = 4  # output channels per tile (the lanes of one packed weight vector)
@@ -139,29 +153,15 @@ def _tile(b: ir.IRBuilder, d: Direct, wp: ir.Value, img: ir.Value, table: ir.Val
 
     One step per (channel, tap), not unrolled: with the taps unrolled LLVM hoisted their
     loads and Cranelift spilled the accumulators."""
-    pre = b.block
-    head = b.append_basic_block("tc.head")
-    body = b.append_basic_block("tc.body")
-    done = b.append_basic_block("tc.done")
-    b.branch(head)
-    b.position_at_end(head)
-    t = b.phi(I32, name="t")
-    t.add_incoming(i32c(0), pre)
-    accs = [b.phi(V4) for _ in range(TILE_O * SEGS)]
-    for a, v in zip(accs, [x for x in init for _ in range(SEGS)], strict=True):
-        a.add_incoming(v, pre)
-    b.cbranch(b.icmp_signed("<", t, i32c(d.cin * d.taps)), body, done)
-    b.position_at_end(body)
-    off = load(b, table, t, I32)
-    rows = _lanes(b, b.load(gep(b, wp, b.mul(t, i32c(TILE_O))), typ=V4, align=16))
-    xs = [load4(b, img, b.add(st, off)) for st in starts]
-    cur = [b.fadd(accs[r * SEGS + s], b.fmul(rows[r], xs[s]))
-           for r in range(TILE_O) for s in range(SEGS)]
-    t.add_incoming(b.add(t, i32c(1)), b.block)
-    for a, v in zip(accs, cur, strict=True):
-        a.add_incoming(v, b.block)
-    b.branch(head)
-    b.position_at_end(done)
+    def step(t: ir.Value, accs: list[ir.Value]) -> list[ir.Value]:
+        off = load(b, table, t, I32)
+        rows = _lanes(b, b.load(gep(b, wp, b.mul(t, i32c(TILE_O))), typ=V4, align=16))
+        xs = [load4(b, img, b.add(st, off)) for st in starts]
+        return [b.fadd(accs[r * SEGS + s], b.fmul(rows[r], xs[s]))
+                for r in range(TILE_O) for s in range(SEGS)]
+
+    first = [x for x in init for _ in range(SEGS)]
+    accs = carry_loop(b, 0, d.cin * d.taps, 1, first, step, "tc")
     return [[accs[r * SEGS + s] for s in range(SEGS)] for r in range(TILE_O)]
 
 
