@@ -222,9 +222,10 @@ def _madd(b: ir.IRBuilder, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
     return b.call(fn, [x, y, acc])
 
 
-def _tile_product(b: ir.IRBuilder, nr: int, pa: ir.Value, pb: ir.Value,
-                  depth: ir.Value | int, madd: bool = False) -> list[list[ir.Value]]:
-    """acc[r][v] = Σ_d pa[d][r] · pb[d][4v:4v+4] over packed panels pa [depth][4], pb [depth][nr].
+def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Panels,
+                  pb_j: ir.Value, depth: ir.Value | int, madd: bool = False
+                  ) -> list[list[ir.Value]]:
+    """acc[r][v] = Σ_d pa_i[d·lda + r] · pb_j[d·ldb + 4v …] over one A and one B panel.
 
     Per step: one A vector load broadcast to four rows by shuffles, nr/4 B vector loads and
     4·nr/4 mul+add pairs. Unrolling did not help: LLVM hoisted the second step's loads and
@@ -233,8 +234,8 @@ def _tile_product(b: ir.IRBuilder, nr: int, pa: ir.Value, pb: ir.Value,
     nv = nr // 4
 
     def step(d: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
-        bv = [_ld4(b, pb, b.add(b.mul(d, _c(nr)), _c(4 * v)), 16) for v in range(nv)]
-        av = _ld4(b, pa, b.mul(d, _c(MR)), 16)
+        bv = [_ld4(b, pb_j, b.add(b.mul(d, _c(pb.ld)), _c(4 * v)), pb.align) for v in range(nv)]
+        av = _ld4(b, pa_i, b.mul(d, _c(pa.ld)), pa.align)
         rows = [_lane(b, av, r) for r in range(MR)]
         if madd:  # Cranelift (wasmtime 50) lowers it to vfmadd213ps plus register copies
             return [_madd(b, rows[r], bv[v], acc[r * nv + v])
@@ -306,31 +307,54 @@ def _where_positive(b: ir.IRBuilder, test: ir.Value, x: ir.Value) -> ir.Value:
     return b.select(b.fcmp_ordered(">", test, ZERO4), x, ZERO4)
 
 
-def _tiles(b: ir.IRBuilder, pa: ir.Value, pb: ir.Value, depth: ir.Value | int,
-           rows: ir.Value | int, cols: int, c: ir.Value, flavor: Flavor,
+@dataclass(frozen=True)
+class Panels:
+    """Where `count` panels of one operand live: panel p at base[p·stride], its depth-d vector
+    at + d·ld. Packed panels have ld = width (16-byte aligned); panels read in place from a
+    row-major operand have ld = its row length (full panels only: no padding lanes exist)."""
+
+    group: Group
+    base: ir.Value
+    count: ir.Value | int
+    stride: ir.Value | int
+    ld: int
+    align: int = 16
+
+
+def _packed(group: Group, base: ir.Value, depth: ir.Value | int, b: ir.IRBuilder,
+            count: ir.Value | int | None = None) -> Panels:
+    stride = group.width * depth if isinstance(depth, int) else b.mul(depth, _c(group.width))
+    return Panels(group, base, group.count if count is None else count, stride, group.width)
+
+
+def _in_place(b: ir.IRBuilder, src: ir.Value, group: Group, ld: int) -> Panels:
+    """Full panels read straight from a row-major operand whose rows (depth) are ld long."""
+    return Panels(group, _at(b, src, group.first), group.count, group.width, ld, align=4)
+
+
+def _tiles(b: ir.IRBuilder, a_panels: Sequence[Panels], b_panels: Sequence[Panels],
+           depth: ir.Value | int, rows: ir.Value | int, cols: int, c: ir.Value, flavor: Flavor,
            bias: ir.Value | None = None, mask: ir.Value | None = None) -> None:
-    """C[rows, cols] (+)= epilogue(packed A · packed B), tile by tile.
+    """C[rows, cols] (+)= epilogue(A panels · B panels), tile by tile.
 
-    B panels outside, A panels inside: one B panel (depth·32 bytes) stays in L1 while the A
-    panels stream; the other order measured the same.
+    B panels outside, A panels inside: one B panel stays in L1 while the A panels stream; the
+    other order measured the same.
     """
-    n_row_tiles = _ceil_div(b, rows, MR)
-    for g in _groups(cols, NR, narrow_edge=True):
-        pb_g = _at(b, pb, b.mul(_as(depth), _c(g.first)))
+    for pb in b_panels:
+        def col_tiles(jp: ir.Value, pb: Panels = pb) -> None:
+            pb_j = _at(b, pb.base, b.mul(jp, _as(pb.stride)))
+            col0 = b.add(_c(pb.group.first), b.mul(jp, _c(pb.group.width)))
+            for pa in a_panels:
+                def tile(ip: ir.Value, pa: Panels = pa) -> None:
+                    pa_i = _at(b, pa.base, b.mul(ip, _as(pa.stride)))
+                    acc = _tile_product(b, pb.group.width, pa, pa_i, pb, pb_j, depth, flavor.madd)
+                    row0 = b.add(_c(pa.group.first), b.mul(ip, _c(MR)))
+                    _store_tile(b, acc, c, cols, row0, rows, col0, pb.group.last_valid,
+                                bias, mask, flavor)
 
-        def col_tiles(jp: ir.Value, g: Group = g, pb_g: ir.Value = pb_g) -> None:
-            pb_j = _at(b, pb_g, b.mul(jp, b.mul(_as(depth), _c(g.width))))
-            col0 = b.add(_c(g.first), b.mul(jp, _c(g.width)))
+                _for_each(b, 0, pa.count, 1, tile, "ip")
 
-            def tile(ip: ir.Value) -> None:
-                pa_i = _at(b, pa, b.mul(ip, b.mul(_as(depth), _c(MR))))
-                acc = _tile_product(b, g.width, pa_i, pb_j, depth, flavor.madd)
-                _store_tile(b, acc, c, cols, b.mul(ip, _c(MR)), rows, col0, g.last_valid,
-                            bias, mask, flavor)
-
-            _for_each(b, 0, n_row_tiles, 1, tile, "ip")
-
-        _for_each(b, 0, g.count, 1, col_tiles, "jp")
+        _for_each(b, 0, pb.group.count, 1, col_tiles, "jp")
 
 
 def _ceil_div(b: ir.IRBuilder, x: ir.Value | int, d: int) -> ir.Value | int:
@@ -338,49 +362,112 @@ def _ceil_div(b: ir.IRBuilder, x: ir.Value | int, d: int) -> ir.Value | int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Drivers: pack both operands into scratch (B's panels first, then A's), then tile C.
+# Drivers. A row-major operand whose panels are contiguous runs of its rows (B in nn and tn,
+# A in tn) is read in place, full panels only; the remainder panel, and the operands that need
+# a transpose (A in nn and nt, B in nt), are packed into scratch. Reading in place saves a copy
+# of the operand per call (the weight, for a dense layer's forward pass).
+
+
+# Longest static depth whose B panels are read in place: a panel read in place touches a cache
+# line per unit of depth, so past ~256 it no longer stays in L1 across the A panels (MNIST's
+# 784-deep forward had a lower median in place than packed; 64- and 256-deep ones ran the same,
+# minus the copy: a convolution's per-example column matrix, or a small layer's weight).
+IN_PLACE_DEPTH = 256
+# Longest row of tn's A (X in dW = Xᵀ·G) whose 4-column panels are read in place. Reading
+# MNIST's 784-wide input rows in place ran ~3% slower than packing them, rows of 64–144 floats
+# (digits, the CNN's 144-wide kernels) 2–4% faster (whole training steps, interleaved A/B).
+TN_A_IN_PLACE_MAX_K = 160
+
+
+def _in_place_b(kind: Kind, n: int, k: int) -> bool:
+    """Whether B's full panels are read in place. Not in tn: reading G in place as well as A
+    ran 5–30% slower at MNIST's 64×784×256 weight gradient (two strided streams)."""
+    return kind == "nn" and k <= IN_PLACE_DEPTH
+
+
+def _packed_b_floats(kind: Kind, m_max: int, n: int, k: int) -> int:
+    if kind == "nt":
+        return _panel_floats(k, NR, True) * n
+    depth = k if kind == "nn" else m_max
+    if not _in_place_b(kind, n, k):
+        return _panel_floats(n, NR, True) * depth
+    rest = _groups(n, NR, True)[-1]
+    if rest.last_valid == rest.width:  # no padding lanes: every panel is read in place
+        return 0
+    return rest.width * depth
 
 
 def scratch_bytes(kind: Kind, m_max: int, n: int, k: int) -> int:
     """Bytes of scratch emit_matmul needs for a batch of at most m_max rows."""
-    if kind == "nn":  # packed B: [K][N] in NR-column panels; packed A: [K] × 4-row panels
-        floats = (_panel_floats(n, NR, True) + _up(m_max, MR)) * k
-    elif kind == "nt":
-        floats = (_panel_floats(k, NR, True) + _up(m_max, MR)) * n
-    elif kind == "tn":
-        floats = (_panel_floats(n, NR, True) + _up(k, MR)) * m_max
-    else:
+    if kind not in _BODIES:
         raise ValueError(f"unknown matmul kind {kind!r}")
-    return 4 * floats
+    return 4 * (_packed_b_floats(kind, m_max, n, k) + _packed_a_floats(kind, m_max, n, k))
+
+
+def _packed_a_floats(kind: Kind, m_max: int, n: int, k: int) -> int:
+    if kind != "tn":
+        return _up(m_max, MR) * (k if kind == "nn" else n)
+    if k <= TN_A_IN_PLACE_MAX_K:  # only the last 1–3 columns are packed
+        return MR * m_max if k % MR else 0
+    return _up(k, MR) * m_max
+
+
+def _b_panels(b: ir.IRBuilder, src: ir.Value, n: int, depth: ir.Value | int,
+              scratch: ir.Value, in_place: bool, row_sum: ir.Value | None = None,
+              accumulate: bool = False) -> list[Panels]:
+    """B[depth, n] as panels: those without padding lanes in place (if in_place), the others
+    packed at scratch[0…]. With row_sum, also row_sum[j] (+)= Σ_d B[d, j] (tn's bias gradient)."""
+    panels, packed = [], 0  # lanes packed so far
+    for g in _groups(n, NR, narrow_edge=True):
+        if in_place and g.last_valid == g.width:
+            assert row_sum is None, "row sums are fused into the packing copy"
+            panels.append(_in_place(b, src, g, n))
+        else:
+            dst = _at(b, scratch, b.mul(_as(depth), _c(packed)))
+            _pack_copy(b, src, n, depth, g, dst, row_sum, accumulate)
+            panels.append(_packed(g, dst, depth, b))
+            packed += g.count * g.width
+    return panels
 
 
 def _body_nn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
     m, a, bm, c, bias, scratch = args
-    for g in _groups(n, NR, narrow_edge=True):
-        _pack_copy(b, bm, n, k, g, _at(b, scratch, g.first * k))
-    pa = _at(b, scratch, _panel_floats(n, NR, True) * k)
-    _pack_transpose(b, a, k, m, Group(0, 0, MR, MR), _ceil_div(b, m, MR), pa)
-    _tiles(b, pa, scratch, k, m, n, c, flavor, bias=bias if flavor.fused else None)
+    pb = _b_panels(b, bm, n, k, scratch, _in_place_b("nn", n, k))
+    pa = _at(b, scratch, _packed_b_floats("nn", 0, n, k))
+    count = _ceil_div(b, m, MR)
+    _pack_transpose(b, a, k, m, Group(0, 0, MR, MR), count, pa)
+    _tiles(b, [_packed(Group(0, 0, MR, MR), pa, k, b, count)], pb, k, m, n, c, flavor,
+           bias=bias if flavor.fused else None)
 
 
 def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
     m, a, bm, c, mask, scratch = args
+    pb = []
     for g in _groups(k, NR, narrow_edge=True):
-        _pack_transpose(b, bm, n, k, g, g.count, _at(b, scratch, g.first * n))
-    pa = _at(b, scratch, _panel_floats(k, NR, True) * n)
-    _pack_transpose(b, a, n, m, Group(0, 0, MR, MR), _ceil_div(b, m, MR), pa)
-    _tiles(b, pa, scratch, n, m, k, c, flavor, mask=mask if flavor.fused else None)
+        dst = _at(b, scratch, g.first * n)
+        _pack_transpose(b, bm, n, k, g, g.count, dst)
+        pb.append(_packed(g, dst, n, b))
+    pa = _at(b, scratch, _packed_b_floats("nt", 0, n, k))
+    count = _ceil_div(b, m, MR)
+    _pack_transpose(b, a, n, m, Group(0, 0, MR, MR), count, pa)
+    _tiles(b, [_packed(Group(0, 0, MR, MR), pa, n, b, count)], pb, n, m, k, c, flavor,
+           mask=mask if flavor.fused else None)
 
 
 def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
     m, a, g_mat, c, row_sum, scratch = args
-    for g in _groups(n, NR, narrow_edge=True):
-        _pack_copy(b, g_mat, n, m, g, _at(b, scratch, b.mul(m, _c(g.first))),
-                   row_sum if flavor.fused else None, flavor.accumulate)
-    pa = _at(b, scratch, b.mul(m, _c(_panel_floats(n, NR, True))))
+    pb = _b_panels(b, g_mat, n, m, scratch, False, row_sum if flavor.fused else None,
+                   flavor.accumulate)
+    rest = _at(b, scratch, b.mul(m, _c(_packed_b_floats("tn", 1, n, k))))
+    pa, in_place = [], k <= TN_A_IN_PLACE_MAX_K
     for g in _groups(k, MR, narrow_edge=False):
-        _pack_copy(b, a, k, m, g, _at(b, pa, b.mul(m, _c(g.first))))
-    _tiles(b, pa, scratch, m, k, n, c, flavor)
+        if in_place and g.last_valid == MR:
+            pa.append(_in_place(b, a, g, k))
+        else:
+            dst = _at(b, rest, b.mul(m, _c(0 if in_place else g.first)))
+            _pack_copy(b, a, k, m, g, dst)
+            pa.append(_packed(g, dst, m, b))
+    _tiles(b, pa, pb, m, k, n, c, flavor)
 
 
 _BODIES = {"nn": _body_nn, "nt": _body_nt, "tn": _body_tn}
