@@ -236,3 +236,6 @@ def test_emit_matmul_rejects_misplaced_fusions() -> None:
         gemm.emit_matmul(b, kind="nt", m=one, n=4, k=4, a=p, bmat=p, c=p, scratch=p, relu=True)
     with pytest.raises(ValueError, match="mask"):
         gemm.emit_matmul(b, kind="nn", m=one, n=4, k=4, a=p, bmat=p, c=p, scratch=p, mask=p)
+    with pytest.raises(ValueError, match="pre-packed"):
+        gemm.emit_matmul(b, kind="tn", m=one, n=4, k=4, a=p, bmat=p, c=p, scratch=p,
+                         a_packed=True)

@@ -162,7 +162,15 @@ def _forward_each(ctx: LowerCtx, s: ConvShape, x: ir.Value, w: ir.Value,
                   bias: ir.Value | None, out: ir.Value) -> None:
     b = ctx.b
     col = ctx.addr_ptr(ctx.scratch)
-    pack = ctx.addr_ptr(ctx.scratch + s.col_bytes())
+    weights = ctx.scratch + s.col_bytes()  # every group's packed weight, packed once per call
+    pack = ctx.addr_ptr(weights + s.groups * gemm.packed_a_bytes(s.og, s.k))
+
+    def packed_w(g: ir.Value) -> ir.Value:
+        return gep(b, ctx.addr_ptr(weights), b.mul(g, i32c(gemm.packed_a_bytes(s.og, s.k) // 4)))
+
+    with loop(b, 0, s.groups, 1, "pw") as g:
+        gemm.emit_pack_a(b, m=s.og, k=s.k, a=gep(b, w, b.mul(g, i32c(s.og * s.k))),
+                         dst=packed_w(g))
 
     def body(n: ir.Value, g: ir.Value) -> None:
         _each_tap(b, s, _slice(b, x, n, s.channels * s.win.plane, g, s.cg * s.win.plane), col,
@@ -174,9 +182,8 @@ def _forward_each(ctx: LowerCtx, s: ConvShape, x: ir.Value, w: ir.Value,
                 row = gep(b, dst, b.mul(o, i32c(s.p)))
                 emit_cols(b, s.p, lambda j, vec: store_w(b, splat(b, v) if vec else v, row, j,
                                                          vec), "bf")
-        gemm.emit_matmul(b, kind="nn", m=s.og, n=s.p, k=s.k,
-                         a=gep(b, w, b.mul(g, i32c(s.og * s.k))), bmat=col, c=dst, scratch=pack,
-                         accumulate=bias is not None)
+        gemm.emit_matmul(b, kind="nn", m=s.og, n=s.p, k=s.k, a=packed_w(g), bmat=col, c=dst,
+                         scratch=pack, accumulate=bias is not None, a_packed=True)
 
     _each_group(ctx, s, body)
 
@@ -300,8 +307,9 @@ def scratch_bytes(s: ConvShape, which: Which, max_batch: int) -> int:
     d = _direct(s, which)
     if strategy(s, which) == "direct" and d is not None:
         return d.scratch_bytes()
-    kind = ("nn", "tn", "nt")[which]
-    return s.col_bytes() + gemm.scratch_bytes(kind, s.og, s.p, s.k)  # type: ignore[arg-type]
+    kind: gemm.Kind = ("nn", "tn", "nt")[which]  # type: ignore[assignment]
+    packed_w = s.groups * gemm.packed_a_bytes(s.og, s.k) if which == 0 else 0
+    return s.col_bytes() + packed_w + gemm.scratch_bytes(kind, s.og, s.p, s.k, a_packed=which == 0)
 
 
 def channel_sum(ctx: LowerCtx, *, channels: int, plane: int, src: ir.Value,

@@ -267,11 +267,12 @@ class Flavor:
     accumulate: bool = False
     madd: bool = False
     relu: bool = False
+    a_packed: bool = False  # nn: `a` already holds pack_a's panels
 
     @property
     def suffix(self) -> str:
         flags = {"fused": self.fused, "acc": self.accumulate, "madd": self.madd,
-                 "relu": self.relu}
+                 "relu": self.relu, "pa": self.a_packed}
         return "".join(f".{name}" for name, on in flags.items() if on)
 
 
@@ -397,11 +398,12 @@ def _packed_b_floats(kind: Kind, m_max: int, n: int, k: int) -> int:
     return rest.width * depth
 
 
-def scratch_bytes(kind: Kind, m_max: int, n: int, k: int) -> int:
+def scratch_bytes(kind: Kind, m_max: int, n: int, k: int, a_packed: bool = False) -> int:
     """Bytes of scratch emit_matmul needs for a batch of at most m_max rows."""
     if kind not in _BODIES:
         raise ValueError(f"unknown matmul kind {kind!r}")
-    return 4 * (_packed_b_floats(kind, m_max, n, k) + _packed_a_floats(kind, m_max, n, k))
+    a_floats = 0 if a_packed else _packed_a_floats(kind, m_max, n, k)
+    return 4 * (_packed_b_floats(kind, m_max, n, k) + a_floats)
 
 
 def _packed_a_floats(kind: Kind, m_max: int, n: int, k: int) -> int:
@@ -430,12 +432,26 @@ def _b_panels(b: ir.IRBuilder, src: ir.Value, n: int, depth: ir.Value | int,
     return panels
 
 
+def packed_a_bytes(m: int, k: int) -> int:
+    """Bytes of the panels pack_a writes for an nn product's A[m, k]."""
+    return 4 * _up(m, MR) * k
+
+
+def emit_pack_a(b: ir.IRBuilder, *, m: int, k: int, a: ir.Value, dst: ir.Value) -> None:
+    """Pack an nn product's A[m, k] (m static) into dst (16-byte aligned, packed_a_bytes), for
+    emit_matmul(a_packed=True): a convolution packs its weight once instead of per example."""
+    _pack_transpose(b, a, k, m, Group(0, 0, MR, MR), _ceil_div(b, m, MR), dst)
+
+
 def _body_nn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
     m, a, bm, c, bias, scratch = args
     pb = _b_panels(b, bm, n, k, scratch, _in_place_b("nn", n, k))
-    pa = _at(b, scratch, _packed_b_floats("nn", 0, n, k))
     count = _ceil_div(b, m, MR)
-    _pack_transpose(b, a, k, m, Group(0, 0, MR, MR), count, pa)
+    if flavor.a_packed:
+        pa = a
+    else:
+        pa = _at(b, scratch, _packed_b_floats("nn", 0, n, k))
+        _pack_transpose(b, a, k, m, Group(0, 0, MR, MR), count, pa)
     _tiles(b, [_packed(Group(0, 0, MR, MR), pa, k, b, count)], pb, k, m, n, c, flavor,
            bias=bias if flavor.fused else None)
 
@@ -493,7 +509,7 @@ def emit_matmul(b: ir.IRBuilder, *, kind: Kind, m: ir.Value | int, n: int, k: in
                 a: ir.Value, bmat: ir.Value, c: ir.Value, scratch: ir.Value,
                 bias: ir.Value | None = None, row_sum: ir.Value | None = None,
                 accumulate: bool = False, madd: bool = False, relu: bool = False,
-                mask: ir.Value | None = None) -> None:
+                mask: ir.Value | None = None, a_packed: bool = False) -> None:
     """Emit at b's position a call computing, with m a runtime i32 and n, k Python ints:
 
     - "nn": c[m,n] (+)= a[m,k] · bmat[k,n] (+ bias[n])                  (forward)
@@ -501,7 +517,8 @@ def emit_matmul(b: ir.IRBuilder, *, kind: Kind, m: ir.Value | int, n: int, k: in
     - "tn": c[k,n] (+)= a[m,k]ᵀ · bmat[m,n]; row_sum[n] (+)= Σ_m bmat[m,:]  (weight gradient)
 
     Epilogues (on the product, before "(+)="): nn: + bias, then relu if `relu`; nt: where
-    mask[m,k] > 0, else 0 (`mask` laid out like c: a fused relu gradient).
+    mask[m,k] > 0, else 0 (`mask` laid out like c: a fused relu gradient). nn with `a_packed`:
+    `a` holds emit_pack_a's panels of A (then scratch needs no room for them).
     "(+)=" adds to the output when `accumulate`. `madd` uses f32x4.relaxed_madd (the
     relaxed-simd build variant: results may differ in the last bit between engines). All
     operands are opaque pointers into linear memory, row-major, 4-byte aligned; `scratch` is
@@ -518,9 +535,11 @@ def emit_matmul(b: ir.IRBuilder, *, kind: Kind, m: ir.Value | int, n: int, k: in
         raise ValueError("relu is only fused into the 'nn' (forward) matmul")
     if mask is not None and kind != "nt":
         raise ValueError("mask is only fused into the 'nt' (input-gradient) matmul")
+    if a_packed and kind != "nn":
+        raise ValueError("only the 'nn' matmul takes a pre-packed A")
     if kind not in _BODIES:
         raise ValueError(f"unknown matmul kind {kind!r}")
     extra = bias if bias is not None else row_sum if row_sum is not None else mask
-    flavor = Flavor(extra is not None, accumulate, madd, relu)
+    flavor = Flavor(extra is not None, accumulate, madd, relu, a_packed)
     fn = _kernel(b.module, kind, n, k, flavor)
     b.call(fn, [_as(m), a, bmat, c, ir.Constant(PTR, None) if extra is None else extra, scratch])
