@@ -2,9 +2,9 @@
 
 One loop over the N·C planes, two over the output positions, and the window's taps unrolled
 at compile time; a bounds check is emitted only along a padded dimension. The common
-non-overlapping pair windows (kernel = stride, width 2, no padding: pool 2 or 2×2) run four
-windows at a time on <4 x float>: a row's 8 inputs split into even and odd taps by shuffles
-(3–8× faster than the scalar loop measured); the row's last Wo mod 4 windows stay scalar.
+non-overlapping pair windows (kernel = stride, width 2, no padding: pool 2 or 2×2) run on
+<4 x float>: max pooling through fedc/lower/pairpool.py (any size, no scalar tail), average
+pooling four windows of a row at a time (the row's last Wo mod 4 windows stay scalar).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Callable
 from llvmlite import ir
 
 from ..ops.window import Window
+from . import pairpool
 from .context import LowerCtx
 from .kernels import (
     I32,
-    V4,
     const_like,
     emit_cols,
     emit_map,
@@ -109,17 +109,6 @@ def _store_taps(b: ir.IRBuilder, rows: list[ir.Value], taps: list[ir.Value]) -> 
         store4(b, b.shuffle_vector(even, odd, ir.Constant(_MASK, [2, 6, 3, 7])), row, 4)
 
 
-def _argmax4(b: ir.IRBuilder, taps: list[ir.Value]) -> tuple[ir.Value, ir.Value]:
-    """_argmax lane-wise: (max, index of the tap in scan order) of four windows."""
-    best: ir.Value = ir.Constant(V4, [float("-inf")] * 4)
-    at: ir.Value = ir.Constant(_MASK, [0] * 4)
-    for t, v in enumerate(taps):
-        take = b.or_(b.fcmp_ordered(">", v, best), b.fcmp_unordered("uno", v, v))
-        best = b.select(take, v, best)
-        at = b.select(take, ir.Constant(_MASK, [t] * 4), at)
-    return best, at
-
-
 def _plane(b: ir.IRBuilder, base: ir.Value, q: ir.Value, size: int) -> ir.Value:
     return gep(b, base, b.mul(q, i32c(size)))
 
@@ -147,47 +136,61 @@ def _zero(b: ir.IRBuilder, dst: ir.Value, count: ir.Value) -> None:
     emit_map(b, count, lambda bb, v: const_like(v[0], 0.0), [dst], dst)
 
 
-def max_pool(ctx: LowerCtx, win: Window, planes: int, x: ir.Value, out: ir.Value) -> None:
+def max_pool(ctx: LowerCtx, win: Window, planes: int, x: ir.Value, out: ir.Value,
+             relu: bool = False) -> None:
+    """out = max over each window; relu(max) where `relu` (= max over relu(x): max commutes
+    with relu, and a window of values ≤ 0 gives +0 either way)."""
     b = ctx.b
 
     def body(q: ir.Value, o: ir.Value, taps: list[Tap]) -> None:
         best, _ = _argmax(b, _plane(b, x, q, win.plane), taps)
-        store(b, best, _plane(b, out, q, win.out_plane), o)
+        store(b, _positive(b, best, best) if relu else best, _plane(b, out, q, win.out_plane), o)
 
-    def vec_body(q: ir.Value, oh: ir.Value, ow: ir.Value) -> None:
-        best, _ = _argmax4(b, _load_taps(b, _rows(b, win, _plane(b, x, q, win.plane), oh, ow)))
-        store4(b, best, _plane(b, out, q, win.out_plane), _out_at(b, win, oh, ow))
-    _each_output(ctx, win, planes, body, vec_body)
+    if pairpool.applies(win):
+        pairpool.max_pool(ctx, win, planes, x, out, relu,
+                          lambda: _each_output(ctx, win, planes, body))
+    else:
+        _each_output(ctx, win, planes, body)
 
 
 def max_pool_grad(ctx: LowerCtx, win: Window, planes: int, dy: ir.Value, x: ir.Value,
-                  dx: ir.Value) -> None:
-    """dx[argmax of each window] += dy; the argmax is recomputed.
+                  dx: ir.Value, relu: bool = False) -> None:
+    """dx[argmax of each window] += dy; the argmax is recomputed. Where `relu`, x is relu's
+    input and only windows whose maximum is > 0 pass dy on (relu's gradient, fused).
 
     Windows that cannot overlap or leave the input (stride ≥ kernel, no padding) write each
     tap (dy or 0) instead of a data-dependent read-modify-write: 3–4× faster measured."""
     b = ctx.b
-    _zero(b, dx, b.mul(ctx.n, i32c(planes * win.plane)))
     disjoint = all(s >= k for s, k in zip(win.stride, win.kernel, strict=True)) and \
         win.padding == (0, 0)
 
     def body(q: ir.Value, o: ir.Value, taps: list[Tap]) -> None:
-        _, at = _argmax(b, _plane(b, x, q, win.plane), taps)
+        best, at = _argmax(b, _plane(b, x, q, win.plane), taps)
         d = _plane(b, dx, q, win.plane)
         g = load(b, _plane(b, dy, q, win.out_plane), o)
+        if relu:
+            g = _positive(b, best, g)
         if disjoint:
             for idx, _ in taps:
                 store(b, b.select(b.icmp_signed("==", idx, at), g, f32c(0.0)), d, idx)
         else:
             store(b, b.fadd(load(b, d, at), g), d, at)
 
-    def vec_body(q: ir.Value, oh: ir.Value, ow: ir.Value) -> None:
-        _, at = _argmax4(b, _load_taps(b, _rows(b, win, _plane(b, x, q, win.plane), oh, ow)))
-        g = load4(b, _plane(b, dy, q, win.out_plane), _out_at(b, win, oh, ow))
-        grads = [b.select(b.icmp_signed("==", at, ir.Constant(_MASK, [t] * 4)), g,
-                          const_like(g, 0.0)) for t in range(win.taps)]
-        _store_taps(b, _rows(b, win, _plane(b, dx, q, win.plane), oh, ow), grads)
-    _each_output(ctx, win, planes, body, vec_body)
+    if pairpool.applies(win):
+        pairpool.max_pool_grad(ctx, win, planes, dy, x, dx, relu,
+                               lambda: _zero_then(ctx, win, planes, dx, body))
+    else:
+        _zero_then(ctx, win, planes, dx, body)
+
+
+def _zero_then(ctx: LowerCtx, win: Window, planes: int, dx: ir.Value, body: Body) -> None:
+    _zero(ctx.b, dx, ctx.b.mul(ctx.n, i32c(planes * win.plane)))
+    _each_output(ctx, win, planes, body)
+
+
+def _positive(b: ir.IRBuilder, x: ir.Value, then: ir.Value) -> ir.Value:
+    """then where x > 0, else 0: fedc's relu (NaN gives 0) and its gradient's mask."""
+    return b.select(b.fcmp_ordered(">", x, f32c(0.0)), then, f32c(0.0))
 
 
 def avg_pool(ctx: LowerCtx, win: Window, planes: int, x: ir.Value, out: ir.Value) -> None:

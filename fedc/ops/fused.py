@@ -16,8 +16,9 @@ import numpy as np
 
 from ..ir import BATCH, Node, TensorType, Value, f32
 from ..lower import matmul
+from ..lower import pool as lpool
 from ..lower.context import LowerCtx
-from . import ShapeError, register
+from . import ShapeError, pool, register
 from .dense import _dense_ref, _dense_shape, _nt_shape
 
 
@@ -116,3 +117,85 @@ register("matmul_nt_relu_grad", sample=((f32(BATCH, 10), f32(13, 10), f32(BATCH,
          scratch=lambda node, mb: matmul.scratch("nt", mb, *node.inputs[1].type.row_shape),
          doc="(a · wᵀ) where mask > 0, else 0: a relu gradient in the GEMM epilogue (fusion)")
 RULES.append(("relu_grad", _fuse_nt_relu_grad))
+
+
+# --- max_poolNd_relu: max pooling of relu(x) computed as relu of the max (max commutes with relu)
+
+def _relu_pool_ref(xs: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return pool._max_ref([np.maximum(xs[0], 0)], attrs)
+
+
+def _relu_pool_lower(ctx: LowerCtx, node: Node) -> None:
+    c, win = pool._planes(node)
+    lpool.max_pool(ctx, win, c, ctx.ptr(node.inputs[0]), ctx.ptr(node.out), relu=True)
+
+
+def _fuse_relu_pool(uses: Uses, mp: Node) -> Fusion | None:
+    """max_pool(relu(z)) where relu's output feeds only the pooling (its gradient has already
+    been fused below, so nothing else needs it): one pass over z, no relu output stored."""
+    h = mp.inputs[0]
+    relu = uses.producer.get(h.id)
+    if relu is None or relu.op != "relu" or not uses.only_read_by(h, lambda n: n is mp):
+        return None
+    return Fusion(mp, Node(f"{mp.op}_relu", relu.inputs, mp.attrs, mp.out, mp.span), [relu])
+
+
+# --- max_poolNd_relu_grad: relu_grad(max_pool_grad(dy, relu(z)), z) from z alone ------------
+
+def _relu_pool_grad_ref(xs: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    dy, z = xs
+    dh = pool._max_grad_ref([dy, np.maximum(z, 0)], attrs)
+    return np.where(z > 0, dh, 0).astype(dy.dtype)
+
+
+def _relu_pool_grad_lower(ctx: LowerCtx, node: Node) -> None:
+    c, win = pool._planes(node)
+    dy, z = node.inputs
+    lpool.max_pool_grad(ctx, win, c, ctx.ptr(dy), ctx.ptr(z), ctx.ptr(node.out), relu=True)
+
+
+def _fuse_relu_pool_grad(uses: Uses, grad: Node) -> Fusion | None:
+    """relu_grad(max_pool_grad(dy, relu(z)), z) where the pooling gradient feeds only this
+    relu_grad. The first maximum of relu(z) in a window is the first maximum of z when that is
+    > 0, and relu's mask is 0 everywhere in the window otherwise; so dy goes to z's first
+    maximum if it is > 0, else nowhere: the same values, bit for bit, without relu's output."""
+    dh, z = grad.inputs
+    mpg = uses.producer.get(dh.id)
+    if mpg is None or mpg.op not in ("max_pool1d_grad", "max_pool2d_grad"):
+        return None
+    dy, h = mpg.inputs
+    relu = uses.producer.get(h.id)
+    if relu is None or relu.op != "relu" or relu.inputs[0].id != z.id:
+        return None
+    if not uses.only_read_by(dh, lambda n: n is grad):
+        return None
+    op = mpg.op.replace("_grad", "_relu_grad")
+    return Fusion(mpg, Node(op, (dy, z), mpg.attrs, grad.out, mpg.span), [grad])
+
+
+_PAIRS1 = {"kernel": (2,), "stride": (2,), "padding": (0,)}
+_PAIRS2 = {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0)}
+
+register("max_pool1d_relu", sample=((f32(BATCH, 3, 11),), _PAIRS1),
+         shape=pool._pool_shape("max_pool1d"), ref=_relu_pool_ref, lower=_relu_pool_lower,
+         doc="max_pool1d(relu(x)) as relu of the window max, in one pass (made by fusion)")
+
+register("max_pool2d_relu", sample=((f32(BATCH, 3, 5, 7),), _PAIRS2),
+         shape=pool._pool_shape("max_pool2d"), ref=_relu_pool_ref, lower=_relu_pool_lower,
+         doc="max_pool2d(relu(x)) as relu of the window max, in one pass (made by fusion)")
+
+register("max_pool1d_relu_grad", sample=((f32(BATCH, 3, 5), f32(BATCH, 3, 11)), _PAIRS1),
+         shape=pool._max_grad_shape("max_pool1d_grad"), ref=_relu_pool_grad_ref,
+         lower=_relu_pool_grad_lower,
+         doc="dy to each window's first maximum of z where it is > 0: the gradient of "
+             "max_pool1d(relu(z)) (made by fusion)")
+
+register("max_pool2d_relu_grad", sample=((f32(BATCH, 3, 2, 3), f32(BATCH, 3, 5, 7)), _PAIRS2),
+         shape=pool._max_grad_shape("max_pool2d_grad"), ref=_relu_pool_grad_ref,
+         lower=_relu_pool_grad_lower,
+         doc="dy to each window's first maximum of z where it is > 0: the gradient of "
+             "max_pool2d(relu(z)) (made by fusion)")
+
+RULES.append(("relu_grad", _fuse_relu_pool_grad))  # first: it frees relu's output of readers
+RULES.append(("max_pool1d", _fuse_relu_pool))
+RULES.append(("max_pool2d", _fuse_relu_pool))
