@@ -31,8 +31,8 @@ def _repeat(mod: ir.Module, target: ir.Function, name: str) -> None:
     b.ret_void()
 
 
-def build(path: str, variant: str, features: frozenset[str] | None = None
-          ) -> tuple[bytes, list[str], object]:
+def build(path: str, variant: str, features: frozenset[str] | None = None,
+          fuse: bool = True) -> tuple[bytes, list[str], object]:
     """The profiling module, the export names (one per node, then `update`, then `step`)."""
     from fedc.emit import emit
     from fedc.link import link
@@ -40,7 +40,7 @@ def build(path: str, variant: str, features: frozenset[str] | None = None
     from fedc.lower.update import emit_update
     from fedc.pipeline import Options, compile_source
 
-    art = compile_source(open(path).read(), path, Options(variant=variant))
+    art = compile_source(open(path).read(), path, Options(variant=variant, fuse=fuse))
     train, plan, spec = art.train_graph, art.plan, art.model.optimizer
     exports: dict[str, tuple[list, object, Callable[[ir.IRBuilder], None] | None]] = {
         f"n{i}_{node.op}": ([node], None, None) for i, node in enumerate(train.nodes)}
@@ -55,10 +55,10 @@ def build(path: str, variant: str, features: frozenset[str] | None = None
 
 
 class Profile:
-    def __init__(self, path: str, variant: str = "simd128") -> None:
+    def __init__(self, path: str, variant: str = "simd128", fuse: bool = True) -> None:
         import wasmtime
 
-        wasm, self.names, plan = build(path, variant)
+        wasm, self.names, plan = build(path, variant, fuse=fuse)
         engine = wasmtime.Engine()
         self.store = wasmtime.Store(engine)
         inst = wasmtime.Instance(self.store, wasmtime.Module(engine, wasm), [])
@@ -92,8 +92,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=0.05)
     ap.add_argument("--variant", default="simd128")
+    ap.add_argument("--no-fuse", action="store_true", help="profile the unfused graph")
     args = ap.parse_args()
-    prof = Profile(args.file, args.variant)
+    prof = Profile(args.file, args.variant, fuse=not args.no_fuse)
     times: dict[str, list[float]] = {n: [] for n in prof.names}
     for _ in range(args.reps):
         for name in prof.names:

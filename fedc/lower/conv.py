@@ -106,9 +106,10 @@ def _move_run(b: ir.IRBuilder, dst: ir.Value, dst_stride: int, src: ir.Value, sr
 
 
 def _each_tap(b: ir.IRBuilder, s: ConvShape, image: ir.Value, col: ir.Value,
-              gather: bool) -> None:
+              gather: bool, ld: int | None = None) -> None:
     """im2col (gather: col ← image) or its adjoint col2im (image += col) for one example and
-    group; `image` points at the group's first channel [C/g, H, W], col is [K, P]."""
+    group; `image` points at the group's first channel [C/g, H, W], col is [K, P] with rows
+    `ld` floats apart (default P)."""
     win = s.win
     (h, w), (kh, kw), (sh, sw), (ph, pw) = win.size, win.kernel, win.stride, win.padding
     ho, wo = win.out
@@ -118,7 +119,7 @@ def _each_tap(b: ir.IRBuilder, s: ConvShape, image: ir.Value, col: ir.Value,
             ow_lo, ow_hi = _inside(wo, j, pw, sw, w)
             with loop(b, 0, s.cg, 1, "c") as c:
                 tap = b.add(b.mul(c, i32c(kh * kw)), i32c(i * kw + j))
-                row = gep(b, col, b.mul(tap, i32c(s.p)))
+                row = gep(b, col, b.mul(tap, i32c(ld or s.p)))
                 plane = gep(b, image, b.mul(c, i32c(h * w)))
                 if gather:  # window rows wholly in the padding
                     _zero_run(b, row, oh_lo * wo)
@@ -204,20 +205,73 @@ def _grad_input_each(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value, dx:
     _each_group(ctx, s, body)
 
 
+# The weight gradient reduces over examples and positions: a GEMM per example reduces over only
+# P positions (16 for an 8×8 image after one pooling), so each 4×8 tile of dW is loaded, added
+# to and stored again after a few steps. Chunks of CHUNK_DEPTH // P examples side by side in
+# one column matrix make the reduction CHUNK_DEPTH deep; the examples past the last whole
+# chunk take the per-example path.
+CHUNK_DEPTH = 256
+MAX_CHUNK = 16
+
+
+def _chunk(s: ConvShape) -> int:
+    return max(1, min(MAX_CHUNK, CHUNK_DEPTH // s.p))
+
+
 def _grad_weight_each(ctx: LowerCtx, s: ConvShape, x: ir.Value, dy: ir.Value, dw: ir.Value) -> None:
     b = ctx.b
-    col = ctx.addr_ptr(ctx.scratch)
-    pack = ctx.addr_ptr(ctx.scratch + s.col_bytes())
+    e, col = _chunk(s), ctx.addr_ptr(ctx.scratch)
     _zero(b, dw, i32c(s.out_channels * s.k))
+    whole = b.mul(b.udiv(ctx.n, i32c(e)), i32c(e)) if e > 1 else i32c(0)
+    if e > 1:
+        col_b, dys_b, _ = _chunk_bytes(s)
+        dys = ctx.addr_ptr(ctx.scratch + col_b)  # [O/g, e·P]
+        pack = ctx.addr_ptr(ctx.scratch + col_b + dys_b)
+        with loop(b, 0, whole, e, "ch") as n0:
+            with loop(b, 0, s.groups, 1, "g") as g:
+                with loop(b, 0, e, 1, "e") as i:
+                    n = b.add(n0, i)
+                    _each_tap(b, s, _slice(b, x, n, s.channels * s.win.plane, g,
+                                           s.cg * s.win.plane), gep(b, col, b.mul(i, i32c(s.p))),
+                              gather=True, ld=e * s.p)
+                    src = _slice(b, dy, n, s.out_channels * s.p, g, s.og * s.p)
+                    _move_rows(b, s.og, s.p, src, s.p, gep(b, dys, b.mul(i, i32c(s.p))), e * s.p)
+                gemm.emit_matmul(b, kind="nt", m=s.og, n=e * s.p, k=s.k, a=dys, bmat=col,
+                                 c=gep(b, dw, b.mul(g, i32c(s.og * s.k))), scratch=pack,
+                                 accumulate=True)
+    pack = ctx.addr_ptr(ctx.scratch + s.col_bytes())
+    with loop(b, whole, ctx.n, 1, "n") as n:
+        with loop(b, 0, s.groups, 1, "g") as g:
+            _each_tap(b, s, _slice(b, x, n, s.channels * s.win.plane, g, s.cg * s.win.plane),
+                      col, gather=True)
+            gemm.emit_matmul(b, kind="nt", m=s.og, n=s.p, k=s.k,
+                             a=_slice(b, dy, n, s.out_channels * s.p, g, s.og * s.p), bmat=col,
+                             c=gep(b, dw, b.mul(g, i32c(s.og * s.k))), scratch=pack,
+                             accumulate=True)
 
-    def body(n: ir.Value, g: ir.Value) -> None:
-        _each_tap(b, s, _slice(b, x, n, s.channels * s.win.plane, g, s.cg * s.win.plane), col,
-                  gather=True)
-        gemm.emit_matmul(b, kind="nt", m=s.og, n=s.p, k=s.k,
-                         a=_slice(b, dy, n, s.out_channels * s.p, g, s.og * s.p), bmat=col,
-                         c=gep(b, dw, b.mul(g, i32c(s.og * s.k))), scratch=pack, accumulate=True)
 
-    _each_group(ctx, s, body)
+def _move_rows(b: ir.IRBuilder, rows: int, count: int, src: ir.Value, src_ld: int,
+               dst: ir.Value, dst_ld: int) -> None:
+    """dst[r·dst_ld + j] = src[r·src_ld + j] for r < rows, j < count."""
+    with loop(b, 0, rows, 1, "mr") as r:
+        _move_run(b, gep(b, dst, b.mul(r, i32c(dst_ld))), 1, gep(b, src, b.mul(r, i32c(src_ld))),
+                  1, count, add=False)
+
+
+def _chunk_bytes(s: ConvShape) -> tuple[int, int, int]:
+    """A chunk's column matrix [K, e·P], dy rows [O/g, e·P] and GEMM scratch, 16-byte units."""
+    e = _chunk(s)
+    return (_up16(4 * s.k * e * s.p), _up16(4 * s.og * e * s.p),
+            gemm.scratch_bytes("nt", s.og, e * s.p, s.k))
+
+
+def _up16(n: int) -> int:
+    return (n + 15) // 16 * 16
+
+
+def _grad_weight_bytes(s: ConvShape) -> int:
+    per_example = s.col_bytes() + gemm.scratch_bytes("nt", s.og, s.p, s.k)
+    return per_example if _chunk(s) == 1 else max(per_example, sum(_chunk_bytes(s)))
 
 
 # --- strategy "direct": no column matrix (fedc.lower.conv_direct), horizontal stride 1 -------
@@ -307,6 +361,8 @@ def scratch_bytes(s: ConvShape, which: Which, max_batch: int) -> int:
     d = _direct(s, which)
     if strategy(s, which) == "direct" and d is not None:
         return d.scratch_bytes()
+    if which == 2:
+        return _grad_weight_bytes(s)
     kind: gemm.Kind = ("nn", "tn", "nt")[which]  # type: ignore[assignment]
     packed_w = s.groups * gemm.packed_a_bytes(s.og, s.k) if which == 0 else 0
     return s.col_bytes() + packed_w + gemm.scratch_bytes(kind, s.og, s.p, s.k, a_packed=which == 0)
