@@ -1,11 +1,12 @@
-"""Shuffle.permutation steps the stream inline for speed: it must equal the definition
-(Fisher–Yates over below() and next_u32()), rejection steps included."""
+"""Shuffle.permutation runs in Wasm for speed (fedc_runtime._PERMUTE_WAT): it must equal the
+definition (Fisher–Yates over the Python below() and next_u32()), rejection steps included,
+and leave the stream in the same state."""
 
 from __future__ import annotations
 
 import pytest
 
-from fedc.runtime import Shuffle
+from fedc.runtime import RuntimeDataError, Shuffle
 
 
 def _reference(stream: Shuffle, n: int) -> list[int]:
@@ -17,7 +18,7 @@ def _reference(stream: Shuffle, n: int) -> list[int]:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 42, 2**40 + 7, 2**53 - 1])
-@pytest.mark.parametrize("n", [0, 1, 2, 3, 10, 1000])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 10, 1000, 20_000])
 def test_inline_permutation_equals_the_definition(seed, n):
     fast, slow = Shuffle(seed), Shuffle(seed)
     assert fast.permutation(n).tolist() == _reference(slow, n)
@@ -31,3 +32,15 @@ def test_rejected_draws_are_skipped_like_below_does():
                                                                 0x0F1E2D3C]
     assert fast.permutation(3).tolist() == _reference(slow, 3)
     assert fast.s == slow.s
+
+
+def test_permutations_grow_the_memory_and_continue_one_stream():
+    fast, slow = Shuffle(9), Shuffle(9)
+    for n in (5, 70_000, 3, 17_000):  # 70,000 rows need more than one 64 KiB page
+        assert fast.permutation(n).tolist() == _reference(slow, n)
+    assert fast.s == slow.s
+
+
+def test_a_permutation_of_an_impossible_size_is_refused():
+    with pytest.raises(RuntimeDataError, match="0..2\\*\\*31-1 rows"):
+        Shuffle(1).permutation(-1)
