@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import bench_train  # noqa: E402
+import flops  # noqa: E402
 
 Row = tuple[str, str, str, str]  # metric, measured, target, met
 
@@ -84,7 +85,9 @@ def _child(script: str, *args: str) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
-def training_rows(reps: int, seconds: float) -> list[Row]:
+def training_rows(reps: int, seconds: float, peak: float) -> list[Row]:
+    """The training tables and ratios; `peak` (the SIMD128 mul+add peak, GFLOP/s, measured in
+    this run) bounds each step from below by its products' arithmetic."""
     rows: list[Row] = []
     for result in _child("bench_train.py", "--reps", str(reps), "--seconds", str(seconds)):
         case, rates = bench_train.CASES[result["case"]], result["rates"]
@@ -108,10 +111,25 @@ def training_rows(reps: int, seconds: float) -> list[Row]:
                          _met(_med(r) >= want_numpy) if want_numpy else ""))
         rows.append((f"{label}: fedc wasm ÷ fedc native (the sandbox's cost)",
                      _fmt(_ratio(wasm, rates["fedc native"]), spec=".2f"), "", ""))
+        rows.append(_bound_row(case, label, torch1, want_torch, peak))
     return rows
 
 
-def gemm_rows(reps: int, seconds: float) -> list[Row]:
+def _bound_row(case: bench_train.Case, label: str, torch1: list[float], want: float,
+               peak: float) -> Row:
+    """Whether the × torch target fits under the SIMD128 peak at all: the step's products
+    (bench/flops.py) take at least flops / peak; the target allows torch's step time / want."""
+    work = flops.step_flops((ROOT / case.source).read_text(), case.source, case.batch)
+    floor_us = work / (peak * 1e3)
+    allowed_us = case.batch / _med(torch1) * 1e6 / want
+    return (f"{label}: products per step {work / 1e6:.2f} MFLOP → at the SIMD128 peak "
+            f"{peak:.1f} GFLOP/s ≥ {floor_us:,.0f} µs; ≥ {want}× torch allows ≤ "
+            f"{allowed_us:,.0f} µs", f"needs {work / (allowed_us * 1e3):.1f} GFLOP/s sustained",
+            "≤ the peak", _met(floor_us <= allowed_us))
+
+
+def gemm_rows(reps: int, seconds: float) -> tuple[list[Row], float]:
+    """The GEMM rows, and the median SIMD128 mul+add peak (GFLOP/s)."""
     (result,) = _child("bench_gemm.py", "--reps", str(reps), "--seconds", str(seconds))
     cases, rates = [(n, k, tuple(s)) for n, k, s in result["cases"]], result["rates"]
     rows: list[Row] = []
@@ -130,7 +148,7 @@ def gemm_rows(reps: int, seconds: float) -> list[Row]:
                  "≥ 0.8", _met(statistics.median(ratios) >= 0.8)))
     rows.append(("SIMD128 mul+add peak (Wasm), GFLOP/s", _fmt(rates["wasm simd128"]["peak"],
                                                               spec=".1f"), "", ""))
-    return rows
+    return rows, _med(rates["wasm simd128"]["peak"])
 
 
 def compile_rows(reps: int) -> list[Row]:
@@ -170,8 +188,8 @@ def main() -> None:
     reps = 3 if args.quick else args.reps
     seconds = args.seconds
     print(f"Machine: {machine()}\n", flush=True)
-    rows = [*gemm_rows(reps, seconds / 2), *training_rows(reps, seconds),
-            *compile_rows(3 if args.quick else 5)]
+    gemm, peak = gemm_rows(reps, seconds / 2)
+    rows = [*gemm, *training_rows(reps, seconds, peak), *compile_rows(3 if args.quick else 5)]
     print(f"| metric | median (min–max of {reps} reps) | target | met |")
     print("| --- | --- | --- | --- |")
     for row in rows:
