@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ..ops.window import Window
-from . import conv_direct, gemm
+from . import conv_direct, gemm, winograd
 from .context import LowerCtx
 from .kernels import (
     LANES,
@@ -311,13 +311,35 @@ def _grad_input_direct(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value,
 
 # --- dispatch ------------------------------------------------------------------------------
 
-STRATEGIES = ("each", "direct")
+def _wino(s: ConvShape) -> winograd.Wino:
+    wg = winograd.of(s)
+    assert wg is not None
+    return wg
+
+
+def _forward_wino(ctx: LowerCtx, s: ConvShape, x: ir.Value, w: ir.Value, bias: ir.Value | None,
+                  out: ir.Value) -> None:
+    winograd.forward(ctx, _wino(s), x, w, bias, out)
+
+
+def _grad_input_wino(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value,
+                     dx: ir.Value) -> None:
+    winograd.grad_input(ctx, _wino(s), dy, w, dx)
+
+
+def _grad_weight_wino(ctx: LowerCtx, s: ConvShape, x: ir.Value, dy: ir.Value,
+                      dw: ir.Value) -> None:
+    winograd.grad_weight(ctx, _wino(s), x, dy, dw)
+
+
+STRATEGIES = ("each", "direct", "winograd")
 FORCE: str | None = None  # tests and benchmarks pin a strategy here (where it applies)
 Which = int  # 0 forward, 1 input gradient, 2 weight gradient
 
 _KERNELS: dict[str, tuple[Callable[..., None] | None, ...]] = {
     "each": (_forward_each, _grad_input_each, _grad_weight_each),
     "direct": (_forward_direct, _grad_input_direct, None),
+    "winograd": (_forward_wino, _grad_input_wino, _grad_weight_wino),
 }
 
 
@@ -330,7 +352,10 @@ def strategy(s: ConvShape, which: Which) -> str:
     at least 4 output channels to fill a tile's lanes and output rows of 8 or more."""
     d = _direct(s, which)
     if FORCE is not None:
-        return FORCE if FORCE != "direct" or d is not None else "each"
+        usable = {"direct": d is not None, "winograd": winograd.of(s) is not None}
+        return FORCE if usable.get(FORCE, True) else "each"
+    if winograd.of(s) is not None:
+        return "winograd"
     return "direct" if d is not None and d.cout >= 4 and d.out[1] >= 8 else "each"
 
 
@@ -359,8 +384,11 @@ def _run(s: ConvShape, which: Which) -> Callable[..., None]:
 def scratch_bytes(s: ConvShape, which: Which, max_batch: int) -> int:
     """Scratch for one of the three kernels (0 forward, 1 input, 2 weight gradient)."""
     d = _direct(s, which)
-    if strategy(s, which) == "direct" and d is not None:
+    how = strategy(s, which)
+    if how == "direct" and d is not None:
         return d.scratch_bytes()
+    if how == "winograd":
+        return _wino(s).scratch_bytes()
     if which == 2:
         return _grad_weight_bytes(s)
     kind: gemm.Kind = ("nn", "tn", "nt")[which]  # type: ignore[assignment]

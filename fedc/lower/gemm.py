@@ -8,7 +8,7 @@ from typing import Literal
 
 from llvmlite import ir
 
-from .kernels import carry_loop
+from .kernels import carry_loop, transpose4
 
 I32 = ir.IntType(32)
 F32 = ir.FloatType()
@@ -150,19 +150,6 @@ def _pack_copy(b: ir.IRBuilder, src: ir.Value, ld: int, depth: ir.Value | int, g
     _for_each(b, 0, g.count, 1, panel, "pcp")
 
 
-def _transpose4(b: ir.IRBuilder, rows: Sequence[ir.Value]) -> list[ir.Value]:
-    """The columns of a 4×4 block given as four row vectors."""
-    m = ir.VectorType(I32, 4)
-    t0 = b.shuffle_vector(rows[0], rows[1], ir.Constant(m, [0, 4, 1, 5]))
-    t1 = b.shuffle_vector(rows[2], rows[3], ir.Constant(m, [0, 4, 1, 5]))
-    t2 = b.shuffle_vector(rows[0], rows[1], ir.Constant(m, [2, 6, 3, 7]))
-    t3 = b.shuffle_vector(rows[2], rows[3], ir.Constant(m, [2, 6, 3, 7]))
-    return [b.shuffle_vector(t0, t1, ir.Constant(m, [0, 1, 4, 5])),
-            b.shuffle_vector(t0, t1, ir.Constant(m, [2, 3, 6, 7])),
-            b.shuffle_vector(t2, t3, ir.Constant(m, [0, 1, 4, 5])),
-            b.shuffle_vector(t2, t3, ir.Constant(m, [2, 3, 6, 7]))]
-
-
 def _pack_transpose(b: ir.IRBuilder, src: ir.Value, depth: int, rows: ir.Value | int,
                     g: Group, count: ir.Value | int, dst: ir.Value) -> None:
     """dst[p][d][r] = src[first + p·width + r, d] for `count` panels; src is [rows, depth].
@@ -188,7 +175,7 @@ def _pack_transpose(b: ir.IRBuilder, src: ir.Value, depth: int, rows: ir.Value |
                     _st4(b, v, dst, b.add(o, _c(4 * q)), align=16)
 
         def step4(d: ir.Value) -> None:
-            blocks = [_transpose4(b, [_ld4(b, src, b.add(starts[4 * q + r], d)) for r in range(4)])
+            blocks = [transpose4(b, [_ld4(b, src, b.add(starts[4 * q + r], d)) for r in range(4)])
                       for q in range(g.width // 4)]
             store_cols(d, [[blk[j] for blk in blocks] for j in range(4)])
 

@@ -193,3 +193,17 @@ def zero_w(vec: bool) -> ir.Constant:
 
 def bcast_w(b: ir.IRBuilder, x: ir.Value, vec: bool) -> ir.Value:
     return splat(b, x) if vec else x
+
+
+def transpose4(b: ir.IRBuilder, rows: Sequence[ir.Value]) -> list[ir.Value]:
+    """The columns of a 4×4 block given as four row vectors."""
+    m = ir.VectorType(I32, 4)
+    t0 = b.shuffle_vector(rows[0], rows[1], ir.Constant(m, [0, 4, 1, 5]))
+    t1 = b.shuffle_vector(rows[2], rows[3], ir.Constant(m, [0, 4, 1, 5]))
+    t2 = b.shuffle_vector(rows[0], rows[1], ir.Constant(m, [2, 6, 3, 7]))
+    t3 = b.shuffle_vector(rows[2], rows[3], ir.Constant(m, [2, 6, 3, 7]))
+    return [b.shuffle_vector(t0, t1, ir.Constant(m, [0, 1, 4, 5])),
+            b.shuffle_vector(t0, t1, ir.Constant(m, [2, 3, 6, 7])),
+            b.shuffle_vector(t2, t3, ir.Constant(m, [0, 1, 4, 5])),
+            b.shuffle_vector(t2, t3, ir.Constant(m, [2, 3, 6, 7]))]
+

@@ -1,0 +1,427 @@
+"""Lowering: 3×3 stride-1 convolutions by Winograd F(2×2, 3×3) → transforms and 16 GEMMs a chunk.
+
+Each 2×2 block of outputs (a tile) is computed from the 4×4 input patch under it:
+
+    Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A          (per output channel, summed over input channels)
+
+so with U_ξ = (G g Gᵀ)_ξ [C, O] and V_ξ = (Bᵀ d B)_ξ [T, C] for the 16 positions ξ of a 4×4
+transform and the T tiles of a chunk of images, the products are 16 GEMMs M_ξ = V_ξ · U_ξ
+(fedc.lower.gemm "nn"), 16 multiplies per tile and channel pair instead of 36. The gradients
+are the adjoints of that same algorithm, so they are exact in real arithmetic like it:
+
+    Z_ξ  = (A dy Aᵀ)_ξ                        [T, O]   (the output transform's adjoint)
+    dV_ξ = Z_ξ · U_ξᵀ,  dx += B dV Bᵀ          [T, C]   ("nn" on a transposed U, then the
+                                                       input transform's adjoint)
+    dU_ξ = Σ_T V_ξᵀ · Z_ξ,  dW = Gᵀ dU G      [C, O]   ("tn" accumulated over chunks)
+
+Transforms run on <4 x float> over four channels, so images are first transposed to
+channels-last ([H·W, C]) in scratch and back. Tile positions are unrolled at compile time: the
+patch cells that fall in the padding, and the outputs past an odd edge, are known statically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
+
+from llvmlite import ir
+
+from . import gemm
+from .context import LowerCtx
+from .kernels import LANES, V4, gep, i32c, load, load4, loop, store, store4, transpose4
+
+if TYPE_CHECKING:
+    from .conv import ConvShape
+
+Matrix = tuple[tuple[float, ...], ...]
+BT: Matrix = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+G: Matrix = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+AT: Matrix = ((1, 1, 1, 0), (0, 1, -1, -1))
+
+
+def _t(m: Matrix) -> Matrix:
+    return tuple(zip(*m, strict=True))
+
+
+CHUNK_TILES = 8  # tiles per chunk: its V, M or Z and dV stay in L1 (64 tiles, in L2: 25% slower)
+MAX_TILES = 16  # tiles per image unrolled (outputs up to 8×8)
+
+Cell: TypeAlias = ir.Value | None  # None: an exact zero (padding), folded away
+
+
+@dataclass(frozen=True)
+class Wino:
+    c: int
+    o: int
+    h: int
+    w: int
+    ph: int
+    pw: int
+
+    @property
+    def ho(self) -> int:
+        return self.h + 2 * self.ph - 2
+
+    @property
+    def wo(self) -> int:
+        return self.w + 2 * self.pw - 2
+
+    @property
+    def tiles_hw(self) -> tuple[int, int]:
+        return (self.ho + 1) // 2, (self.wo + 1) // 2
+
+    @property
+    def tiles(self) -> int:
+        th, tw = self.tiles_hw
+        return th * tw
+
+    @property
+    def chunk(self) -> int:
+        """Images per chunk."""
+        return max(1, CHUNK_TILES // self.tiles)
+
+    @property
+    def tmax(self) -> int:
+        return self.chunk * self.tiles
+
+    def _areas(self) -> list[tuple[str, int]]:
+        img = self.chunk * max(self.h * self.w * self.c, self.ho * self.wo * self.o)
+        g = max(gemm.scratch_bytes("nn", self.tmax, self.o, self.c),
+                gemm.scratch_bytes("nn", self.tmax, self.c, self.o),
+                gemm.scratch_bytes("tn", self.tmax, self.o, self.c)) // 4
+        return [("u", 16 * self.c * self.o), ("img1", img), ("img2", img),
+                ("v", 16 * self.tmax * self.c), ("z", 16 * self.tmax * self.o),
+                ("dv", 16 * self.tmax * self.c), ("gemm", g)]
+
+    def offset(self, name: str) -> int:
+        """Byte offset of a scratch area (each 16-byte aligned)."""
+        at = 0
+        for area, floats in self._areas():
+            if area == name:
+                return at
+            at += (floats + 3) // 4 * 16
+        raise KeyError(name)
+
+    def scratch_bytes(self) -> int:
+        return sum((floats + 3) // 4 * 16 for _, floats in self._areas())
+
+
+def of(s: ConvShape) -> Wino | None:
+    """The Winograd plan of a convolution, or None where F(2×2, 3×3) does not apply: 2-D, 3×3,
+    stride 1, one group, channel counts that fill vectors, padding ≤ 2, ≤ MAX_TILES tiles."""
+    win = s.win
+    if len(win.size) != 2 or win.kernel != (3, 3) or win.stride != (1, 1):
+        return None
+    if s.groups != 1 or s.channels % LANES or s.out_channels % LANES or max(win.padding) > 2:
+        return None
+    (h, w), (ph, pw) = win.size, win.padding
+    wg = Wino(s.channels, s.out_channels, h, w, ph, pw)
+    return wg if wg.ho >= 1 and wg.wo >= 1 and wg.tiles <= MAX_TILES else None
+
+
+# --- linear transforms on 4-channel vectors, with constant coefficients ------------------------
+
+def _combine(b: ir.IRBuilder, terms: list[tuple[float, ir.Value]]) -> Cell:
+    """Σ coef·v, coefficients grouped by magnitude: (±v ±v …)·|coef| (one multiply each)."""
+    out: Cell = None
+    for mag in sorted({abs(c) for c, _ in terms}, reverse=True):
+        group = [(c, v) for c, v in terms if abs(c) == mag]
+        pos = [v for c, v in group if c > 0]
+        neg = [v for c, v in group if c < 0]
+        acc = pos[0] if pos else b.fsub(ir.Constant(V4, [0.0] * LANES), neg.pop(0))
+        for v in pos[1:]:
+            acc = b.fadd(acc, v)
+        for v in neg:
+            acc = b.fsub(acc, v)
+        if mag != 1:
+            acc = b.fmul(acc, ir.Constant(V4, [mag] * LANES))
+        out = acc if out is None else b.fadd(out, acc)
+    return out
+
+
+def _apply(b: ir.IRBuilder, m: Matrix, items: Sequence[Cell]) -> list[Cell]:
+    return [_combine(b, [(c, v) for c, v in zip(row, items, strict=True)
+                         if c != 0 and v is not None]) for row in m]
+
+
+def two_sided(b: ir.IRBuilder, left: Matrix, x: Sequence[Sequence[Cell]], right: Matrix
+              ) -> list[list[Cell]]:
+    """left · x · rightᵀ on a grid of vectors (None = 0)."""
+    cols = len(x[0])
+    t = [_apply(b, left, [x[p][q] for p in range(len(x))]) for q in range(cols)]  # t[q][r]
+    return [_apply(b, right, [t[q][r] for q in range(cols)]) for r in range(len(left))]
+
+
+def _zero() -> ir.Constant:
+    return ir.Constant(V4, [0.0] * LANES)
+
+
+# --- layouts -----------------------------------------------------------------------------------
+
+def channels_last(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, ch: int, hw: int,
+                  inverse: bool = False) -> None:
+    """dst[p, c] = src[c, p] for one image (src [ch, hw]); `inverse`: dst[c, p] = src[p, c]."""
+    whole = hw - hw % LANES
+
+    def at(c: ir.Value, p: ir.Value | int, last: bool) -> ir.Value:  # index into [ch, hw]
+        return b.add(b.mul(c, i32c(hw)), i32c(p) if isinstance(p, int) else p) if not last \
+            else b.add(b.mul(i32c(p) if isinstance(p, int) else p, i32c(ch)), c)
+
+    with loop(b, 0, ch, LANES, "hc") as c:
+        if whole:
+            with loop(b, 0, whole, LANES, "hp") as p:
+                if not inverse:
+                    rows = [load4(b, src, at(b.add(c, i32c(r)), p, False)) for r in range(4)]
+                    for j, v in enumerate(transpose4(b, rows)):
+                        store4(b, v, dst, at(c, b.add(p, i32c(j)), True))
+                else:
+                    rows = [load4(b, src, at(c, b.add(p, i32c(j)), True)) for j in range(4)]
+                    for r, v in enumerate(transpose4(b, rows)):
+                        store4(b, v, dst, at(b.add(c, i32c(r)), p, False))
+        for p in range(whole, hw):
+            for r in range(LANES):
+                cr = b.add(c, i32c(r))
+                if not inverse:
+                    store(b, load(b, src, at(cr, p, False)), dst, at(cr, p, True))
+                else:
+                    store(b, load(b, src, at(cr, p, True)), dst, at(cr, p, False))
+
+
+# --- the transforms of one chunk ---------------------------------------------------------------
+
+def _patch(wg: Wino, ty: int, tx: int) -> list[list[tuple[int, int] | None]]:
+    """The input pixel (y, x) under each cell of a tile's 4×4 patch, None in the padding."""
+    return [[(y, x) if 0 <= (y := 2 * ty + a - wg.ph) < wg.h and 0 <= (x := 2 * tx + c - wg.pw)
+             < wg.w else None for c in range(4)] for a in range(4)]
+
+
+def _outputs(wg: Wino, ty: int, tx: int) -> list[list[tuple[int, int] | None]]:
+    return [[(y, x) if (y := 2 * ty + u) < wg.ho and (x := 2 * tx + v) < wg.wo else None
+             for v in range(2)] for u in range(2)]
+
+
+def _each_tile(wg: Wino) -> Iterator[tuple[int, int, int]]:
+    """(tile index, tile row, tile column) of every tile of an image."""
+    th, tw = wg.tiles_hw
+    for ty in range(th):
+        for tx in range(tw):
+            yield ty * tw + tx, ty, tx
+
+
+def _at(b: ir.IRBuilder, base: ir.Value, p: tuple[int, int], width: int, ch: int,
+        c: ir.Value) -> ir.Value:
+    """Index of channel c of pixel p = (y, x) in a channels-last image at base."""
+    return b.add(base, b.add(i32c((p[0] * width + p[1]) * ch), c))
+
+
+def _xi(b: ir.IRBuilder, xi: int, tmax: int, ch: int, t: ir.Value, c: ir.Value) -> ir.Value:
+    """Index of V/Z/dV[ξ][t][c] (rows of ch floats)."""
+    return b.add(b.add(i32c(xi * tmax * ch), b.mul(t, i32c(ch))), c)
+
+
+def input_transform(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, v: ir.Value) -> None:
+    """V[ξ][i·tiles + t][c] from the channels-last images img[e][h·w][C]."""
+    b = ctx.b
+    with loop(b, 0, e, 1, "wi") as i, loop(b, 0, wg.c, LANES, "wc") as c:
+        base = b.mul(i, i32c(wg.h * wg.w * wg.c))
+        for t, ty, tx in _each_tile(wg):
+            d = [[None if p is None else load4(b, img, _at(b, base, p, wg.w, wg.c, c))
+                  for p in row] for row in _patch(wg, ty, tx)]
+            out = two_sided(b, BT, d, BT)
+            tt = b.add(b.mul(i, i32c(wg.tiles)), i32c(t))
+            for xi in range(16):
+                cell = out[xi // 4][xi % 4]
+                store4(b, _zero() if cell is None else cell, v, _xi(b, xi, wg.tmax, wg.c, tt, c))
+
+
+def output_transform(ctx: LowerCtx, wg: Wino, m: ir.Value, e: ir.Value, bias: ir.Value | None,
+                     img: ir.Value) -> None:
+    """img[e][ho·wo][O] = Aᵀ M A (+ bias) from M[ξ][T][O]."""
+    b = ctx.b
+    with loop(b, 0, e, 1, "wi") as i, loop(b, 0, wg.o, LANES, "wo") as o:
+        base = b.mul(i, i32c(wg.ho * wg.wo * wg.o))
+        bv = load4(b, bias, o) if bias is not None else None
+        for t, ty, tx in _each_tile(wg):
+            tt = b.add(b.mul(i, i32c(wg.tiles)), i32c(t))
+            cells = [[load4(b, m, _xi(b, 4 * a + c, wg.tmax, wg.o, tt, o)) for c in range(4)]
+                     for a in range(4)]
+            y = two_sided(b, AT, cells, AT)
+            for u, row in enumerate(_outputs(wg, ty, tx)):
+                for vv, p in enumerate(row):
+                    if p is not None:
+                        val = y[u][vv]
+                        assert val is not None
+                        store4(b, val if bv is None else b.fadd(val, bv), img,
+                               _at(b, base, p, wg.wo, wg.o, o))
+
+
+def output_adjoint(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, z: ir.Value) -> None:
+    """Z[ξ][T][O] = A dy Aᵀ from the channels-last output gradients img[e][ho·wo][O]."""
+    b = ctx.b
+    a_mat = _t(AT)
+    with loop(b, 0, e, 1, "wi") as i, loop(b, 0, wg.o, LANES, "wo") as o:
+        base = b.mul(i, i32c(wg.ho * wg.wo * wg.o))
+        for t, ty, tx in _each_tile(wg):
+            dy = [[None if p is None else load4(b, img, _at(b, base, p, wg.wo, wg.o, o))
+                   for p in row] for row in _outputs(wg, ty, tx)]
+            out = two_sided(b, a_mat, dy, a_mat)
+            tt = b.add(b.mul(i, i32c(wg.tiles)), i32c(t))
+            for xi in range(16):
+                cell = out[xi // 4][xi % 4]
+                store4(b, _zero() if cell is None else cell, z, _xi(b, xi, wg.tmax, wg.o, tt, o))
+
+
+def input_adjoint(ctx: LowerCtx, wg: Wino, dv: ir.Value, e: ir.Value, img: ir.Value) -> None:
+    """img[e][h·w][C] = Σ over tiles of B dV Bᵀ on each patch's cells inside the image."""
+    b = ctx.b
+    b_mat = _t(BT)
+    count = b.mul(e, i32c(wg.h * wg.w * wg.c))
+    with loop(b, 0, count, LANES, "wz") as j:
+        store4(b, _zero(), img, j)
+    with loop(b, 0, e, 1, "wi") as i, loop(b, 0, wg.c, LANES, "wc") as c:
+        base = b.mul(i, i32c(wg.h * wg.w * wg.c))
+        for t, ty, tx in _each_tile(wg):
+            tt = b.add(b.mul(i, i32c(wg.tiles)), i32c(t))
+            cells = [[load4(b, dv, _xi(b, 4 * a + q, wg.tmax, wg.c, tt, c)) for q in range(4)]
+                     for a in range(4)]
+            dd = two_sided(b, b_mat, cells, b_mat)
+            for a, row in enumerate(_patch(wg, ty, tx)):
+                for q, p in enumerate(row):
+                    val = dd[a][q]
+                    if p is not None and val is not None:
+                        at = _at(b, base, p, wg.w, wg.c, c)
+                        store4(b, b.fadd(load4(b, img, at), val), img, at)
+
+
+def kernel_transform(ctx: LowerCtx, wg: Wino, w: ir.Value, u: ir.Value,
+                     transposed: bool = False) -> None:
+    """U[ξ][c][o] = (G g Gᵀ)_ξ for g = w[o, c], vectors over four output channels; or
+    `transposed`, Uᵀ[ξ][o][c], vectors over four input channels."""
+    b = ctx.b
+    rows, lanes = (wg.o, wg.c) if transposed else (wg.c, wg.o)
+    with loop(b, 0, rows, 1, "kr") as r, loop(b, 0, lanes, LANES, "kl") as q:
+        o, c = (r, q) if transposed else (q, r)
+        first = b.add(b.mul(o, i32c(wg.c * 9)), b.mul(c, i32c(9)))  # w[o, c, 0, 0]
+        stride = 9 if transposed else wg.c * 9  # between the lanes' weights
+        g = [[_gather4(b, w, b.add(first, i32c(3 * i + j)), stride) for j in range(3)]
+             for i in range(3)]
+        out = two_sided(b, G, g, G)
+        for xi in range(16):
+            cell = out[xi // 4][xi % 4]
+            assert cell is not None
+            store4(b, cell, u, b.add(b.add(i32c(xi * wg.c * wg.o), b.mul(r, i32c(lanes))), q))
+
+
+def kernel_adjoint(ctx: LowerCtx, wg: Wino, du: ir.Value, dw: ir.Value) -> None:
+    """dw[o, c] = Gᵀ dU[ξ][c][o] G."""
+    b = ctx.b
+    gt = _t(G)
+    with loop(b, 0, wg.c, 1, "kc") as c, loop(b, 0, wg.o, LANES, "ko") as o:
+        cells = [[load4(b, du, b.add(b.add(i32c((4 * a + q) * wg.c * wg.o),
+                                           b.mul(c, i32c(wg.o))), o)) for q in range(4)]
+                 for a in range(4)]
+        out = two_sided(b, gt, cells, gt)
+        first = b.add(b.mul(o, i32c(wg.c * 9)), b.mul(c, i32c(9)))
+        for i in range(3):
+            for j in range(3):
+                val = out[i][j]
+                assert val is not None
+                for r in range(LANES):
+                    store(b, b.extract_element(val, i32c(r)), dw,
+                          b.add(first, i32c(3 * i + j + r * wg.c * 9)))
+
+
+def _gather4(b: ir.IRBuilder, base: ir.Value, first: ir.Value, stride: int) -> ir.Value:
+    v: ir.Value = _zero()
+    for r in range(LANES):
+        v = b.insert_element(v, load(b, base, b.add(first, i32c(r * stride))), i32c(r))
+    return v
+
+
+# --- the three kernels -------------------------------------------------------------------------
+
+class _Chunks:
+    """The scratch areas and the loop over chunks of images."""
+
+    def __init__(self, ctx: LowerCtx, wg: Wino) -> None:
+        self.ctx, self.wg = ctx, wg
+
+    def area(self, name: str) -> ir.Value:
+        return self.ctx.addr_ptr(self.ctx.scratch + self.wg.offset(name))
+
+    def each(self, body: Callable[[ir.Value, ir.Value], None]) -> None:
+        """body(first image, images in the chunk) over chunks of at most wg.chunk images."""
+        b, e_max = self.ctx.b, self.wg.chunk
+        with loop(b, 0, self.ctx.n, e_max, "wn") as n0:
+            left = b.sub(self.ctx.n, n0)
+            body(n0, b.select(b.icmp_signed("<", left, i32c(e_max)), left, i32c(e_max)))
+
+    def to_last(self, src: ir.Value, n0: ir.Value, e: ir.Value, ch: int, hw: int,
+                dst: ir.Value, inverse: bool = False) -> None:
+        """channels_last (or its inverse) on images n0 … n0+e−1 of src into dst[0 … e−1]."""
+        b = self.ctx.b
+        with loop(b, 0, e, 1, "wl") as i:
+            nchw = gep(b, src, b.mul(b.add(n0, i), i32c(ch * hw)))
+            nhwc = gep(b, dst, b.mul(i, i32c(ch * hw)))
+            if inverse:
+                channels_last(b, nhwc, nchw, ch, hw, inverse=True)
+            else:
+                channels_last(b, nchw, nhwc, ch, hw)
+
+    def products(self, kind: gemm.Kind, e: ir.Value, a: str, bmat: str, c: str,
+                 n: int, k: int, accumulate: bool = False) -> None:
+        """The 16 GEMMs of one chunk, area by area (emit_matmul's n and k)."""
+        b, wg = self.ctx.b, self.wg
+        t = b.mul(e, i32c(wg.tiles))
+        rows = {"v": wg.tmax * wg.c, "z": wg.tmax * wg.o, "dv": wg.tmax * wg.c,
+                "u": wg.c * wg.o}
+        for xi in range(16):
+            gemm.emit_matmul(b, kind=kind, m=t, n=n, k=k,
+                             a=gep(b, self.area(a), xi * rows[a]),
+                             bmat=gep(b, self.area(bmat), xi * rows[bmat]),
+                             c=gep(b, self.area(c), xi * rows[c]), scratch=self.area("gemm"),
+                             accumulate=accumulate)
+
+
+def forward(ctx: LowerCtx, wg: Wino, x: ir.Value, w: ir.Value, bias: ir.Value | None,
+            out: ir.Value) -> None:
+    ch = _Chunks(ctx, wg)
+    kernel_transform(ctx, wg, w, ch.area("u"))
+
+    def chunk(n0: ir.Value, e: ir.Value) -> None:
+        ch.to_last(x, n0, e, wg.c, wg.h * wg.w, ch.area("img1"))
+        input_transform(ctx, wg, ch.area("img1"), e, ch.area("v"))
+        ch.products("nn", e, "v", "u", "z", n=wg.o, k=wg.c)
+        output_transform(ctx, wg, ch.area("z"), e, bias, ch.area("img2"))
+        ch.to_last(out, n0, e, wg.o, wg.ho * wg.wo, ch.area("img2"), inverse=True)
+    ch.each(chunk)
+
+
+def grad_input(ctx: LowerCtx, wg: Wino, dy: ir.Value, w: ir.Value, dx: ir.Value) -> None:
+    ch = _Chunks(ctx, wg)
+    kernel_transform(ctx, wg, w, ch.area("u"), transposed=True)  # dV = Z · Uᵀ as "nn"
+
+    def chunk(n0: ir.Value, e: ir.Value) -> None:
+        ch.to_last(dy, n0, e, wg.o, wg.ho * wg.wo, ch.area("img1"))
+        output_adjoint(ctx, wg, ch.area("img1"), e, ch.area("z"))
+        ch.products("nn", e, "z", "u", "dv", n=wg.c, k=wg.o)
+        input_adjoint(ctx, wg, ch.area("dv"), e, ch.area("img2"))
+        ch.to_last(dx, n0, e, wg.c, wg.h * wg.w, ch.area("img2"), inverse=True)
+    ch.each(chunk)
+
+
+def grad_weight(ctx: LowerCtx, wg: Wino, x: ir.Value, dy: ir.Value, dw: ir.Value) -> None:
+    ch, b = _Chunks(ctx, wg), ctx.b
+    du = ch.area("u")
+    with loop(b, 0, 16 * wg.c * wg.o, LANES, "wz") as j:
+        store4(b, _zero(), du, j)
+
+    def chunk(n0: ir.Value, e: ir.Value) -> None:
+        ch.to_last(x, n0, e, wg.c, wg.h * wg.w, ch.area("img1"))
+        input_transform(ctx, wg, ch.area("img1"), e, ch.area("v"))
+        ch.to_last(dy, n0, e, wg.o, wg.ho * wg.wo, ch.area("img2"))
+        output_adjoint(ctx, wg, ch.area("img2"), e, ch.area("z"))
+        ch.products("tn", e, "v", "z", "u", n=wg.o, k=wg.c, accumulate=True)
+    ch.each(chunk)
+    kernel_adjoint(ctx, wg, du, dw)
