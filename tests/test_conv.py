@@ -107,7 +107,10 @@ def test_every_strategy_matches_the_reference(geom, how, monkeypatch):
         for batch in (1, 5, 37):  # 37: whole chunks of examples and a remainder (dw)
             arrays = [rng.normal(size=t.concrete(batch)).astype(np.float32) for t in tys]
             want = REGISTRY[op].ref([a.astype(np.float64) for a in arrays], attrs)
-            np.testing.assert_allclose(kernels(i, arrays, batch), want, rtol=1e-4, atol=1e-4,
+            # F(4×4)'s transforms (coefficients up to 8) round ~30× more than a direct sum:
+            # its error is bounded against the result's scale, 1e-5 of its largest element
+            atol = 1e-4 + (1e-5 * np.abs(want).max() if how == "winograd4" else 0)
+            np.testing.assert_allclose(kernels(i, arrays, batch), want, rtol=1e-4, atol=atol,
                                        err_msg=f"{op} {how} batch {batch}")
 
 

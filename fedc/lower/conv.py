@@ -311,35 +311,36 @@ def _grad_input_direct(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value,
 
 # --- dispatch ------------------------------------------------------------------------------
 
-def _wino(s: ConvShape) -> winograd.Wino:
-    wg = winograd.of(s)
+WINOGRAD = {"winograd": 2, "winograd4": 4}  # strategy → output tile size m of F(m×m, 3×3)
+
+
+def _wino(s: ConvShape, how: str) -> winograd.Wino:
+    wg = winograd.of(s, WINOGRAD[how])
     assert wg is not None
     return wg
 
 
-def _forward_wino(ctx: LowerCtx, s: ConvShape, x: ir.Value, w: ir.Value, bias: ir.Value | None,
-                  out: ir.Value) -> None:
-    winograd.forward(ctx, _wino(s), x, w, bias, out)
+def _wino_kernels(how: str) -> tuple[Callable[..., None], ...]:
+    def fwd(ctx: LowerCtx, s: ConvShape, x: ir.Value, w: ir.Value, bias: ir.Value | None,
+            out: ir.Value) -> None:
+        winograd.forward(ctx, _wino(s, how), x, w, bias, out)
+
+    def dx(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value, dx: ir.Value) -> None:
+        winograd.grad_input(ctx, _wino(s, how), dy, w, dx)
+
+    def dw(ctx: LowerCtx, s: ConvShape, x: ir.Value, dy: ir.Value, dw: ir.Value) -> None:
+        winograd.grad_weight(ctx, _wino(s, how), x, dy, dw)
+    return fwd, dx, dw
 
 
-def _grad_input_wino(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value,
-                     dx: ir.Value) -> None:
-    winograd.grad_input(ctx, _wino(s), dy, w, dx)
-
-
-def _grad_weight_wino(ctx: LowerCtx, s: ConvShape, x: ir.Value, dy: ir.Value,
-                      dw: ir.Value) -> None:
-    winograd.grad_weight(ctx, _wino(s), x, dy, dw)
-
-
-STRATEGIES = ("each", "direct", "winograd")
+STRATEGIES = ("each", "direct", "winograd", "winograd4")
 FORCE: str | None = None  # tests and benchmarks pin a strategy here (where it applies)
 Which = int  # 0 forward, 1 input gradient, 2 weight gradient
 
 _KERNELS: dict[str, tuple[Callable[..., None] | None, ...]] = {
     "each": (_forward_each, _grad_input_each, _grad_weight_each),
     "direct": (_forward_direct, _grad_input_direct, None),
-    "winograd": (_forward_wino, _grad_input_wino, _grad_weight_wino),
+    **{how: _wino_kernels(how) for how in WINOGRAD},
 }
 
 
@@ -352,8 +353,11 @@ def strategy(s: ConvShape, which: Which) -> str:
     at least 4 output channels to fill a tile's lanes and output rows of 8 or more."""
     d = _direct(s, which)
     if FORCE is not None:
-        usable = {"direct": d is not None, "winograd": winograd.of(s) is not None}
+        usable = {"direct": d is not None,
+                  **{how: winograd.of(s, m) is not None for how, m in WINOGRAD.items()}}
         return FORCE if usable.get(FORCE, True) else "each"
+    if winograd.of(s, 4) is not None and all(n % 4 == 0 for n in s.win.out):
+        return "winograd4"
     if winograd.of(s) is not None:
         return "winograd"
     return "direct" if d is not None and d.cout >= 4 and d.out[1] >= 8 else "each"
@@ -387,8 +391,8 @@ def scratch_bytes(s: ConvShape, which: Which, max_batch: int) -> int:
     how = strategy(s, which)
     if how == "direct" and d is not None:
         return d.scratch_bytes()
-    if how == "winograd":
-        return _wino(s).scratch_bytes()
+    if how in WINOGRAD:
+        return _wino(s, how).scratch_bytes()
     if which == 2:
         return _grad_weight_bytes(s)
     kind: gemm.Kind = ("nn", "tn", "nt")[which]  # type: ignore[assignment]

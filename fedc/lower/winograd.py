@@ -1,13 +1,15 @@
-"""Lowering: 3×3 stride-1 convolutions by Winograd F(2×2, 3×3) → transforms and 16 GEMMs a chunk.
+"""Lowering: 3×3 stride-1 convolutions by Winograd F(m×m, 3×3) → transforms and a² GEMMs a chunk.
 
-Each 2×2 block of outputs (a tile) is computed from the 4×4 input patch under it:
+Each m×m block of outputs (a tile; m = 2 or 4) is computed from the a×a input patch under it
+(a = m + 2):
 
     Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A          (per output channel, summed over input channels)
 
-so with U_ξ = (G g Gᵀ)_ξ [C, O] and V_ξ = (Bᵀ d B)_ξ [T, C] for the 16 positions ξ of a 4×4
-transform and the T tiles of a chunk of images, the products are 16 GEMMs M_ξ = V_ξ · U_ξ
-(fedc.lower.gemm "nn"), 16 multiplies per tile and channel pair instead of 36. The gradients
-are the adjoints of that same algorithm, so they are exact in real arithmetic like it:
+so with U_ξ = (G g Gᵀ)_ξ [C, O] and V_ξ = (Bᵀ d B)_ξ [T, C] for the a² positions ξ of a
+transformed tile and the T tiles of a chunk of images, the products are a² GEMMs
+M_ξ = V_ξ · U_ξ (fedc.lower.gemm "nn"): a² multiplies per tile and channel pair instead of
+9·m² (16 instead of 36 for F(2×2), 36 instead of 144 for F(4×4)). The gradients are the
+adjoints of that same algorithm, so they are exact in real arithmetic like it:
 
     Z_ξ  = (A dy Aᵀ)_ξ                        [T, O]   (the output transform's adjoint)
     dV_ξ = Z_ξ · U_ξᵀ,  dx += B dV Bᵀ          [T, C]   ("nn" on a transposed U, then the
@@ -17,6 +19,8 @@ are the adjoints of that same algorithm, so they are exact in real arithmetic li
 Transforms run on <4 x float> over four channels, so images are first transposed to
 channels-last ([H·W, C]) in scratch and back. Tile positions are unrolled at compile time: the
 patch cells that fall in the padding, and the outputs past an odd edge, are known statically.
+Chunks are a few images, so a chunk's transformed tiles stay in L1 between the transforms and
+the GEMMs.
 """
 
 from __future__ import annotations
@@ -35,16 +39,40 @@ if TYPE_CHECKING:
     from .conv import ConvShape
 
 Matrix = tuple[tuple[float, ...], ...]
-BT: Matrix = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-G: Matrix = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
-AT: Matrix = ((1, 1, 1, 0), (0, 1, -1, -1))
+
+
+@dataclass(frozen=True)
+class Transforms:
+    """F(m×m, 3×3): Bᵀ (a×a, a = m + 2), G (a×3) and Aᵀ (m×a) (Lavin & Gray's points 0, ±1
+    for m = 2; 0, ±1, ±2 for m = 4, whose larger coefficients cost ~30× the rounding error of
+    a direct sum: ~1e-5 relative in float32)."""
+
+    m: int
+    bt: Matrix
+    g: Matrix
+    at: Matrix
+
+    @property
+    def a(self) -> int:
+        return self.m + 2
+
+
+F2 = Transforms(2, ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+                ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1)),
+                ((1, 1, 1, 0), (0, 1, -1, -1)))
+F4 = Transforms(4, ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+                    (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
+                ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+                 (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
+                ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0),
+                 (0, 1, -1, 8, -8, 1)))
 
 
 def _t(m: Matrix) -> Matrix:
     return tuple(zip(*m, strict=True))
 
 
-CHUNK_TILES = 8  # tiles per chunk: its V, M or Z and dV stay in L1 (64 tiles, in L2: 25% slower)
+CHUNK_CELLS = 160  # tiles × ξ per chunk (2 images of 4 tiles × 16 or 4 of 1 × 36): L1-resident
 MAX_TILES = 16  # tiles per image unrolled (outputs up to 8×8)
 
 Cell: TypeAlias = ir.Value | None  # None: an exact zero (padding), folded away
@@ -52,6 +80,7 @@ Cell: TypeAlias = ir.Value | None  # None: an exact zero (padding), folded away
 
 @dataclass(frozen=True)
 class Wino:
+    f: Transforms
     c: int
     o: int
     h: int
@@ -68,8 +97,14 @@ class Wino:
         return self.w + 2 * self.pw - 2
 
     @property
+    def xis(self) -> int:
+        """Positions ξ of a transformed tile (a²): the number of GEMMs per chunk."""
+        return self.f.a * self.f.a
+
+    @property
     def tiles_hw(self) -> tuple[int, int]:
-        return (self.ho + 1) // 2, (self.wo + 1) // 2
+        m = self.f.m
+        return -(-self.ho // m), -(-self.wo // m)
 
     @property
     def tiles(self) -> int:
@@ -79,7 +114,7 @@ class Wino:
     @property
     def chunk(self) -> int:
         """Images per chunk."""
-        return max(1, CHUNK_TILES // self.tiles)
+        return max(1, CHUNK_CELLS // (self.tiles * self.xis))
 
     @property
     def tmax(self) -> int:
@@ -90,9 +125,10 @@ class Wino:
         g = max(gemm.scratch_bytes("nn", self.tmax, self.o, self.c),
                 gemm.scratch_bytes("nn", self.tmax, self.c, self.o),
                 gemm.scratch_bytes("tn", self.tmax, self.o, self.c)) // 4
-        return [("u", 16 * self.c * self.o), ("img1", img), ("img2", img),
-                ("v", 16 * self.tmax * self.c), ("z", 16 * self.tmax * self.o),
-                ("dv", 16 * self.tmax * self.c), ("gemm", g)]
+        x = self.xis
+        return [("u", x * self.c * self.o), ("img1", img), ("img2", img),
+                ("v", x * self.tmax * self.c), ("z", x * self.tmax * self.o),
+                ("dv", x * self.tmax * self.c), ("gemm", g)]
 
     def offset(self, name: str) -> int:
         """Byte offset of a scratch area (each 16-byte aligned)."""
@@ -107,16 +143,17 @@ class Wino:
         return sum((floats + 3) // 4 * 16 for _, floats in self._areas())
 
 
-def of(s: ConvShape) -> Wino | None:
+def of(s: ConvShape, m: int = 2) -> Wino | None:
     """The Winograd plan of a convolution, or None where F(2×2, 3×3) does not apply: 2-D, 3×3,
-    stride 1, one group, channel counts that fill vectors, padding ≤ 2, ≤ MAX_TILES tiles."""
+    stride 1, one group, channel counts that fill vectors, padding ≤ 2, ≤ MAX_TILES tiles;
+    output tiles of m×m (2 or 4)."""
     win = s.win
     if len(win.size) != 2 or win.kernel != (3, 3) or win.stride != (1, 1):
         return None
     if s.groups != 1 or s.channels % LANES or s.out_channels % LANES or max(win.padding) > 2:
         return None
     (h, w), (ph, pw) = win.size, win.padding
-    wg = Wino(s.channels, s.out_channels, h, w, ph, pw)
+    wg = Wino(F4 if m == 4 else F2, s.channels, s.out_channels, h, w, ph, pw)
     return wg if wg.ho >= 1 and wg.wo >= 1 and wg.tiles <= MAX_TILES else None
 
 
@@ -192,13 +229,15 @@ def channels_last(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, ch: int, hw: in
 
 def _patch(wg: Wino, ty: int, tx: int) -> list[list[tuple[int, int] | None]]:
     """The input pixel (y, x) under each cell of a tile's 4×4 patch, None in the padding."""
-    return [[(y, x) if 0 <= (y := 2 * ty + a - wg.ph) < wg.h and 0 <= (x := 2 * tx + c - wg.pw)
-             < wg.w else None for c in range(4)] for a in range(4)]
+    m, a = wg.f.m, wg.f.a
+    return [[(y, x) if 0 <= (y := m * ty + r - wg.ph) < wg.h and 0 <= (x := m * tx + q - wg.pw)
+             < wg.w else None for q in range(a)] for r in range(a)]
 
 
 def _outputs(wg: Wino, ty: int, tx: int) -> list[list[tuple[int, int] | None]]:
-    return [[(y, x) if (y := 2 * ty + u) < wg.ho and (x := 2 * tx + v) < wg.wo else None
-             for v in range(2)] for u in range(2)]
+    m = wg.f.m
+    return [[(y, x) if (y := m * ty + u) < wg.ho and (x := m * tx + v) < wg.wo else None
+             for v in range(m)] for u in range(m)]
 
 
 def _each_tile(wg: Wino) -> Iterator[tuple[int, int, int]]:
@@ -228,10 +267,10 @@ def input_transform(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, v: ir.V
         for t, ty, tx in _each_tile(wg):
             d = [[None if p is None else load4(b, img, _at(b, base, p, wg.w, wg.c, c))
                   for p in row] for row in _patch(wg, ty, tx)]
-            out = two_sided(b, BT, d, BT)
+            out = two_sided(b, wg.f.bt, d, wg.f.bt)
             tt = b.add(b.mul(i, i32c(wg.tiles)), i32c(t))
-            for xi in range(16):
-                cell = out[xi // 4][xi % 4]
+            for xi in range(wg.xis):
+                cell = out[xi // wg.f.a][xi % wg.f.a]
                 store4(b, _zero() if cell is None else cell, v, _xi(b, xi, wg.tmax, wg.c, tt, c))
 
 
@@ -244,9 +283,10 @@ def output_transform(ctx: LowerCtx, wg: Wino, m: ir.Value, e: ir.Value, bias: ir
         bv = load4(b, bias, o) if bias is not None else None
         for t, ty, tx in _each_tile(wg):
             tt = b.add(b.mul(i, i32c(wg.tiles)), i32c(t))
-            cells = [[load4(b, m, _xi(b, 4 * a + c, wg.tmax, wg.o, tt, o)) for c in range(4)]
-                     for a in range(4)]
-            y = two_sided(b, AT, cells, AT)
+            a = wg.f.a
+            cells = [[load4(b, m, _xi(b, a * r + q, wg.tmax, wg.o, tt, o)) for q in range(a)]
+                     for r in range(a)]
+            y = two_sided(b, wg.f.at, cells, wg.f.at)
             for u, row in enumerate(_outputs(wg, ty, tx)):
                 for vv, p in enumerate(row):
                     if p is not None:
@@ -259,7 +299,7 @@ def output_transform(ctx: LowerCtx, wg: Wino, m: ir.Value, e: ir.Value, bias: ir
 def output_adjoint(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, z: ir.Value) -> None:
     """Z[ξ][T][O] = A dy Aᵀ from the channels-last output gradients img[e][ho·wo][O]."""
     b = ctx.b
-    a_mat = _t(AT)
+    a_mat = _t(wg.f.at)
     with loop(b, 0, e, 1, "wi") as i, loop(b, 0, wg.o, LANES, "wo") as o:
         base = b.mul(i, i32c(wg.ho * wg.wo * wg.o))
         for t, ty, tx in _each_tile(wg):
@@ -267,15 +307,15 @@ def output_adjoint(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, z: ir.Va
                    for p in row] for row in _outputs(wg, ty, tx)]
             out = two_sided(b, a_mat, dy, a_mat)
             tt = b.add(b.mul(i, i32c(wg.tiles)), i32c(t))
-            for xi in range(16):
-                cell = out[xi // 4][xi % 4]
+            for xi in range(wg.xis):
+                cell = out[xi // wg.f.a][xi % wg.f.a]
                 store4(b, _zero() if cell is None else cell, z, _xi(b, xi, wg.tmax, wg.o, tt, o))
 
 
 def input_adjoint(ctx: LowerCtx, wg: Wino, dv: ir.Value, e: ir.Value, img: ir.Value) -> None:
     """img[e][h·w][C] = Σ over tiles of B dV Bᵀ on each patch's cells inside the image."""
     b = ctx.b
-    b_mat = _t(BT)
+    b_mat = _t(wg.f.bt)
     count = b.mul(e, i32c(wg.h * wg.w * wg.c))
     with loop(b, 0, count, LANES, "wz") as j:
         store4(b, _zero(), img, j)
@@ -283,8 +323,9 @@ def input_adjoint(ctx: LowerCtx, wg: Wino, dv: ir.Value, e: ir.Value, img: ir.Va
         base = b.mul(i, i32c(wg.h * wg.w * wg.c))
         for t, ty, tx in _each_tile(wg):
             tt = b.add(b.mul(i, i32c(wg.tiles)), i32c(t))
-            cells = [[load4(b, dv, _xi(b, 4 * a + q, wg.tmax, wg.c, tt, c)) for q in range(4)]
-                     for a in range(4)]
+            a = wg.f.a
+            cells = [[load4(b, dv, _xi(b, a * r + q, wg.tmax, wg.c, tt, c)) for q in range(a)]
+                     for r in range(a)]
             dd = two_sided(b, b_mat, cells, b_mat)
             for a, row in enumerate(_patch(wg, ty, tx)):
                 for q, p in enumerate(row):
@@ -306,9 +347,9 @@ def kernel_transform(ctx: LowerCtx, wg: Wino, w: ir.Value, u: ir.Value,
         stride = 9 if transposed else wg.c * 9  # between the lanes' weights
         g = [[_gather4(b, w, b.add(first, i32c(3 * i + j)), stride) for j in range(3)]
              for i in range(3)]
-        out = two_sided(b, G, g, G)
-        for xi in range(16):
-            cell = out[xi // 4][xi % 4]
+        out = two_sided(b, wg.f.g, g, wg.f.g)
+        for xi in range(wg.xis):
+            cell = out[xi // wg.f.a][xi % wg.f.a]
             assert cell is not None
             store4(b, cell, u, b.add(b.add(i32c(xi * wg.c * wg.o), b.mul(r, i32c(lanes))), q))
 
@@ -316,11 +357,12 @@ def kernel_transform(ctx: LowerCtx, wg: Wino, w: ir.Value, u: ir.Value,
 def kernel_adjoint(ctx: LowerCtx, wg: Wino, du: ir.Value, dw: ir.Value) -> None:
     """dw[o, c] = Gᵀ dU[ξ][c][o] G."""
     b = ctx.b
-    gt = _t(G)
+    gt = _t(wg.f.g)
     with loop(b, 0, wg.c, 1, "kc") as c, loop(b, 0, wg.o, LANES, "ko") as o:
-        cells = [[load4(b, du, b.add(b.add(i32c((4 * a + q) * wg.c * wg.o),
-                                           b.mul(c, i32c(wg.o))), o)) for q in range(4)]
-                 for a in range(4)]
+        a = wg.f.a
+        cells = [[load4(b, du, b.add(b.add(i32c((a * r + q) * wg.c * wg.o),
+                                           b.mul(c, i32c(wg.o))), o)) for q in range(a)]
+                 for r in range(a)]
         out = two_sided(b, gt, cells, gt)
         first = b.add(b.mul(o, i32c(wg.c * 9)), b.mul(c, i32c(9)))
         for i in range(3):
@@ -371,12 +413,12 @@ class _Chunks:
 
     def products(self, kind: gemm.Kind, e: ir.Value, a: str, bmat: str, c: str,
                  n: int, k: int, accumulate: bool = False) -> None:
-        """The 16 GEMMs of one chunk, area by area (emit_matmul's n and k)."""
+        """The a² GEMMs of one chunk, area by area (emit_matmul's n and k)."""
         b, wg = self.ctx.b, self.wg
         t = b.mul(e, i32c(wg.tiles))
         rows = {"v": wg.tmax * wg.c, "z": wg.tmax * wg.o, "dv": wg.tmax * wg.c,
                 "u": wg.c * wg.o}
-        for xi in range(16):
+        for xi in range(wg.xis):
             gemm.emit_matmul(b, kind=kind, m=t, n=n, k=k,
                              a=gep(b, self.area(a), xi * rows[a]),
                              bmat=gep(b, self.area(bmat), xi * rows[bmat]),
@@ -414,7 +456,7 @@ def grad_input(ctx: LowerCtx, wg: Wino, dy: ir.Value, w: ir.Value, dx: ir.Value)
 def grad_weight(ctx: LowerCtx, wg: Wino, x: ir.Value, dy: ir.Value, dw: ir.Value) -> None:
     ch, b = _Chunks(ctx, wg), ctx.b
     du = ch.area("u")
-    with loop(b, 0, 16 * wg.c * wg.o, LANES, "wz") as j:
+    with loop(b, 0, wg.xis * wg.c * wg.o, LANES, "wz") as j:
         store4(b, _zero(), du, j)
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:

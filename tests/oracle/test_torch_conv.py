@@ -112,28 +112,28 @@ logits = dense(flatten(h), 3)
 
 
 def test_winograd_3x3_convolutions_match_torch():
-    """Two 3×3 stride-1 convolutions that lower to Winograd F(2×2, 3×3) (one with odd outputs
-    and padding 2): losses, gradients and parameters as PyTorch's direct convolutions."""
-    from fedc.lower import conv, winograd
+    """3×3 stride-1 convolutions lowered to Winograd F(4×4, 3×3) (8×8 outputs) and F(2×2, 3×3)
+    (6×6 outputs, no padding): losses, gradients and parameters as PyTorch's direct ones."""
+    from fedc.lower import conv
     from fedc.ops.window import Window
 
-    for c, o, size, pad in ((4, 8, (6, 5), (1, 1)), (8, 4, (6, 5), (2, 2))):
-        shape = conv.ConvShape(Window.of(size, (3, 3), (1, 1), pad), c, o, 1)
-        assert winograd.of(shape) is not None and conv.strategy(shape, 2) == "winograd"
-    src = _model("4, 6, 5", """
+    for c, o, pad, how in ((4, 8, (1, 1), "winograd4"), (8, 4, (0, 0), "winograd")):
+        shape = conv.ConvShape(Window.of((8, 8), (3, 3), (1, 1), pad), c, o, 1)
+        assert all(conv.strategy(shape, which) == how for which in range(3))
+    src = _model("4, 8, 8", """
 h = relu(conv2d(x, 8, 3, padding=1))
-h = tanh(conv2d(h, 4, 3, padding=2))
+h = tanh(conv2d(h, 4, 3))
 h = max_pool2d(h, 2)
 logits = dense(flatten(h), 3)
 """, 3)
 
     def forward(x: Any, ps: dict[str, Any]) -> Any:
         h = F.relu(_conv2d(x, ps, 0, padding=1))
-        h = torch.tanh(_conv2d(h, ps, 1, padding=2))
+        h = torch.tanh(_conv2d(h, ps, 1))
         h = F.max_pool2d(h, 2)
         return _dense(h.flatten(1), ps)
 
-    _check(src, forward, (4, 6, 5), 3, seed=7)
+    _check(src, forward, (4, 8, 8), 3, seed=7)
 
 
 # --- 1-D ---------------------------------------------------------------------------------
