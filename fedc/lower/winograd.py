@@ -160,20 +160,37 @@ def of(s: ConvShape, m: int = 2) -> Wino | None:
 # --- linear transforms on 4-channel vectors, with constant coefficients ------------------------
 
 def _combine(b: ir.IRBuilder, terms: list[tuple[float, ir.Value]]) -> Cell:
-    """Σ coef·v, coefficients grouped by magnitude: (±v ±v …)·|coef| (one multiply each)."""
-    out: Cell = None
+    """Σ coef·v with one multiply per coefficient magnitude: each magnitude's terms are summed
+    with their signs ((v₁ − v₂)·m); a magnitude with only negative terms is summed and
+    subtracted at the end, so no term is negated on its own."""
+    plus: list[ir.Value] = []  # |coef|·(Σ pos − Σ neg) per magnitude with a positive term
+    minus: list[ir.Value] = []  # |coef|·Σ neg per magnitude with only negative terms
+
+    def scaled(acc: ir.Value, mag: float) -> ir.Value:
+        return acc if mag == 1 else b.fmul(acc, ir.Constant(V4, [mag] * LANES))
+
     for mag in sorted({abs(c) for c, _ in terms}, reverse=True):
-        group = [(c, v) for c, v in terms if abs(c) == mag]
-        pos = [v for c, v in group if c > 0]
-        neg = [v for c, v in group if c < 0]
-        acc = pos[0] if pos else b.fsub(ir.Constant(V4, [0.0] * LANES), neg.pop(0))
-        for v in pos[1:]:
-            acc = b.fadd(acc, v)
-        for v in neg:
-            acc = b.fsub(acc, v)
-        if mag != 1:
-            acc = b.fmul(acc, ir.Constant(V4, [mag] * LANES))
-        out = acc if out is None else b.fadd(out, acc)
+        pos = [v for c, v in terms if c == mag]
+        neg = [v for c, v in terms if c == -mag]
+        if pos:
+            acc = pos[0]
+            for v in pos[1:]:
+                acc = b.fadd(acc, v)
+            for v in neg:
+                acc = b.fsub(acc, v)
+            plus.append(scaled(acc, mag))
+        else:
+            acc = neg[0]
+            for v in neg[1:]:
+                acc = b.fadd(acc, v)
+            minus.append(scaled(acc, mag))
+    if not plus and not minus:
+        return None
+    out = plus[0] if plus else b.fsub(_zero(), minus.pop(0))
+    for v in plus[1:]:
+        out = b.fadd(out, v)
+    for v in minus:
+        out = b.fsub(out, v)
     return out
 
 
