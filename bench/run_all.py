@@ -117,9 +117,11 @@ def training_rows(reps: int, seconds: float, peak: float) -> list[Row]:
 
 def _bound_row(case: bench_train.Case, label: str, torch1: list[float], want: float,
                peak: float) -> Row:
-    """Whether the × torch target fits under the SIMD128 peak at all: the step's products
-    (bench/flops.py) take at least flops / peak; the target allows torch's step time / want."""
-    work = flops.step_flops((ROOT / case.source).read_text(), case.source, case.batch)
+    """Whether the × torch target fits under the SIMD128 peak at all: the step's products as
+    fedc computes them (bench/flops.py; Winograd convolutions do fewer multiplies) take at least
+    flops / peak; the target allows torch's step time / want."""
+    work = flops.step_flops((ROOT / case.source).read_text(), case.source, case.batch,
+                            direct=False)
     floor_us = work / (peak * 1e3)
     allowed_us = case.batch / _med(torch1) * 1e6 / want
     return (f"{label}: products per step {work / 1e6:.2f} MFLOP → at the SIMD128 peak "

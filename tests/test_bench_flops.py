@@ -28,3 +28,11 @@ def test_cnn_step_counts_each_convolution_three_times_but_the_first_input_gradie
     dense = b * 128 * 10
     macs = 2 * conv1 + 3 * conv2 + 3 * dense  # conv1: forward and dW (x needs no gradient)
     assert _count("digits_cnn.fed", b) == 2 * macs
+
+
+def test_winograd_convolutions_count_their_fewer_multiplies():
+    b = 32  # conv 16→32 on 4×4 runs as F(4×4, 3×3): 36 instead of 144 multiplies per tile
+    conv1, conv2 = b * 16 * 64 * 9, b * 32 * 16 * 16 * 9
+    macs = 2 * conv1 + 3 * conv2 * 36 // 144 + 3 * b * 128 * 10
+    path = "examples/digits_cnn.fed"
+    assert flops.step_flops((ROOT / path).read_text(), path, b, direct=False) == 2 * macs
