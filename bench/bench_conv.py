@@ -2,7 +2,9 @@
 of a model's training graph, and the lowering strategies side by side.
 
 Run: python bench/bench_conv.py examples/digits_cnn.fed [--batch 32]
-     python bench/bench_conv.py --strategies     (im2col+GEMM vs direct, interleaved)
+     python bench/bench_conv.py --strategies     (im2col+GEMM, direct, Winograd F(2×2) and
+                                                  F(4×4), interleaved; a strategy that does
+                                                  not apply to a layer times 'each')
 Times are this thread's CPU time, best of --reps: on a shared machine wall time also counts
 other processes' turns on the cores.
 Each kernel becomes an export `rep(iters, n)` that calls it `iters` times inside the module,
@@ -109,6 +111,8 @@ LAYERS = [
     ("wave conv2 8→16 L64 k5", 8, 16, (64,), (5,), (2,)),
     ("wave conv3 16→16 L32 k5", 16, 16, (32,), (5,), (2,)),
     ("16ch conv 16→32 L64 k3", 16, 32, (64,), (3,), (1,)),
+    ("conv 16→16 8×8 k3", 16, 16, (8, 8), (3, 3), (1, 1)),
+    ("conv 8→16 6×6 k3", 8, 16, (6, 6), (3, 3), (1, 1)),
 ]
 
 
