@@ -26,7 +26,7 @@ the GEMMs.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeAlias
 
 from llvmlite import ir
@@ -353,7 +353,7 @@ def input_adjoint(ctx: LowerCtx, wg: Wino, dv: ir.Value, e: ir.Value, img: ir.Va
 
 
 def kernel_transform(ctx: LowerCtx, wg: Wino, w: ir.Value, u: ir.Value,
-                     transposed: bool = False) -> None:
+                     transposed: int = 0) -> None:
     """U[ξ][c][o] = (G g Gᵀ)_ξ for g = w[o, c], vectors over four output channels; or
     `transposed`, Uᵀ[ξ][o][c], vectors over four input channels."""
     b = ctx.b
@@ -416,17 +416,35 @@ class _Chunks:
             left = b.sub(self.ctx.n, n0)
             body(n0, b.select(b.icmp_signed("<", left, i32c(e_max)), left, i32c(e_max)))
 
+    def shared(self, label: str, fn: Callable[..., None], *args: ir.Value | None,
+               **static: int) -> None:
+        """fn(ctx, wg, *args, **static) as an internal noinline function defined once per
+        module (the forward and gradient kernels of one layer share their transforms), called
+        here with the args that are not None."""
+        b, wg = self.ctx.b, self.wg
+        key = (f"fedc.wino.{label}.m{wg.f.m}.c{wg.c}.o{wg.o}.h{wg.h}.w{wg.w}.p{wg.ph}{wg.pw}"
+               f".s{self.ctx.scratch}" + "".join(f".{k}{v}" for k, v in sorted(static.items()))
+               + "".join("_" if a is None else "a" for a in args))
+        real = [a for a in args if a is not None]
+        fn_ir = b.module.globals.get(key)
+        if fn_ir is None:
+            fn_ir = ir.Function(b.module, ir.FunctionType(ir.VoidType(), [a.type for a in real]),
+                                key)
+            fn_ir.linkage = "internal"
+            fn_ir.attributes.add("noinline")
+            inner = type(b)(fn_ir.append_basic_block("entry"))  # native builds' builder too
+            params = iter(fn_ir.args)
+            fn(replace(self.ctx, b=inner), wg, *[None if a is None else next(params)
+                                                 for a in args], **static)
+            inner.ret_void()
+        b.call(fn_ir, real)
+
     def to_last(self, src: ir.Value, n0: ir.Value, e: ir.Value, ch: int, hw: int,
-                dst: ir.Value, inverse: bool = False) -> None:
-        """channels_last (or its inverse) on images n0 … n0+e−1 of src into dst[0 … e−1]."""
+                dst: str, inverse: bool = False) -> None:
+        """channels_last (or its inverse) on images n0 … n0+e−1 of src into area dst[0 … e−1]."""
         b = self.ctx.b
-        with loop(b, 0, e, 1, "wl") as i:
-            nchw = gep(b, src, b.mul(b.add(n0, i), i32c(ch * hw)))
-            nhwc = gep(b, dst, b.mul(i, i32c(ch * hw)))
-            if inverse:
-                channels_last(b, nhwc, nchw, ch, hw, inverse=True)
-            else:
-                channels_last(b, nchw, nhwc, ch, hw)
+        first = gep(b, src, b.mul(n0, i32c(ch * hw)))
+        self.shared("last", _to_last, first, e, self.area(dst), ch=ch, hw=hw, inverse=inverse)
 
     def products(self, kind: gemm.Kind, e: ir.Value, a: str, bmat: str, c: str,
                  n: int, k: int, accumulate: bool = False) -> None:
@@ -435,38 +453,50 @@ class _Chunks:
         t = b.mul(e, i32c(wg.tiles))
         rows = {"v": wg.tmax * wg.c, "z": wg.tmax * wg.o, "dv": wg.tmax * wg.c,
                 "u": wg.c * wg.o}
-        for xi in range(wg.xis):
+        with loop(b, 0, wg.xis, 1, "xi") as xi:  # a loop, not a² call sites: module size
             gemm.emit_matmul(b, kind=kind, m=t, n=n, k=k,
-                             a=gep(b, self.area(a), xi * rows[a]),
-                             bmat=gep(b, self.area(bmat), xi * rows[bmat]),
-                             c=gep(b, self.area(c), xi * rows[c]), scratch=self.area("gemm"),
-                             accumulate=accumulate)
+                             a=gep(b, self.area(a), b.mul(xi, i32c(rows[a]))),
+                             bmat=gep(b, self.area(bmat), b.mul(xi, i32c(rows[bmat]))),
+                             c=gep(b, self.area(c), b.mul(xi, i32c(rows[c]))),
+                             scratch=self.area("gemm"), accumulate=accumulate)
+
+
+def _to_last(ctx: LowerCtx, wg: Wino, src: ir.Value, e: ir.Value, area: ir.Value, *, ch: int,
+             hw: int, inverse: int) -> None:
+    b = ctx.b
+    with loop(b, 0, e, 1, "wl") as i:
+        nchw = gep(b, src, b.mul(i, i32c(ch * hw)))
+        nhwc = gep(b, area, b.mul(i, i32c(ch * hw)))
+        if inverse:
+            channels_last(b, nhwc, nchw, ch, hw, inverse=True)
+        else:
+            channels_last(b, nchw, nhwc, ch, hw)
 
 
 def forward(ctx: LowerCtx, wg: Wino, x: ir.Value, w: ir.Value, bias: ir.Value | None,
             out: ir.Value) -> None:
     ch = _Chunks(ctx, wg)
-    kernel_transform(ctx, wg, w, ch.area("u"))
+    ch.shared("kt", kernel_transform, w, ch.area("u"), transposed=0)
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
-        ch.to_last(x, n0, e, wg.c, wg.h * wg.w, ch.area("img1"))
-        input_transform(ctx, wg, ch.area("img1"), e, ch.area("v"))
+        ch.to_last(x, n0, e, wg.c, wg.h * wg.w, "img1")
+        ch.shared("in", input_transform, ch.area("img1"), e, ch.area("v"))
         ch.products("nn", e, "v", "u", "z", n=wg.o, k=wg.c)
-        output_transform(ctx, wg, ch.area("z"), e, bias, ch.area("img2"))
-        ch.to_last(out, n0, e, wg.o, wg.ho * wg.wo, ch.area("img2"), inverse=True)
+        ch.shared("out", output_transform, ch.area("z"), e, bias, ch.area("img2"))
+        ch.to_last(out, n0, e, wg.o, wg.ho * wg.wo, "img2", inverse=True)
     ch.each(chunk)
 
 
 def grad_input(ctx: LowerCtx, wg: Wino, dy: ir.Value, w: ir.Value, dx: ir.Value) -> None:
     ch = _Chunks(ctx, wg)
-    kernel_transform(ctx, wg, w, ch.area("u"), transposed=True)  # dV = Z · Uᵀ as "nn"
+    ch.shared("kt", kernel_transform, w, ch.area("u"), transposed=1)  # dV = Z · Uᵀ as "nn"
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
-        ch.to_last(dy, n0, e, wg.o, wg.ho * wg.wo, ch.area("img1"))
-        output_adjoint(ctx, wg, ch.area("img1"), e, ch.area("z"))
+        ch.to_last(dy, n0, e, wg.o, wg.ho * wg.wo, "img1")
+        ch.shared("outT", output_adjoint, ch.area("img1"), e, ch.area("z"))
         ch.products("nn", e, "z", "u", "dv", n=wg.c, k=wg.o)
-        input_adjoint(ctx, wg, ch.area("dv"), e, ch.area("img2"))
-        ch.to_last(dx, n0, e, wg.c, wg.h * wg.w, ch.area("img2"), inverse=True)
+        ch.shared("inT", input_adjoint, ch.area("dv"), e, ch.area("img2"))
+        ch.to_last(dx, n0, e, wg.c, wg.h * wg.w, "img2", inverse=True)
     ch.each(chunk)
 
 
@@ -477,10 +507,10 @@ def grad_weight(ctx: LowerCtx, wg: Wino, x: ir.Value, dy: ir.Value, dw: ir.Value
         store4(b, _zero(), du, j)
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
-        ch.to_last(x, n0, e, wg.c, wg.h * wg.w, ch.area("img1"))
-        input_transform(ctx, wg, ch.area("img1"), e, ch.area("v"))
-        ch.to_last(dy, n0, e, wg.o, wg.ho * wg.wo, ch.area("img2"))
-        output_adjoint(ctx, wg, ch.area("img2"), e, ch.area("z"))
+        ch.to_last(x, n0, e, wg.c, wg.h * wg.w, "img1")
+        ch.shared("in", input_transform, ch.area("img1"), e, ch.area("v"))
+        ch.to_last(dy, n0, e, wg.o, wg.ho * wg.wo, "img2")
+        ch.shared("outT", output_adjoint, ch.area("img2"), e, ch.area("z"))
         ch.products("tn", e, "v", "z", "u", n=wg.o, k=wg.c, accumulate=True)
     ch.each(chunk)
-    kernel_adjoint(ctx, wg, du, dw)
+    ch.shared("ktT", kernel_adjoint, du, dw)
