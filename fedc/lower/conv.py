@@ -317,8 +317,8 @@ def _grad_input_direct(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value,
 WINOGRAD = {"winograd": 2, "winograd4": 4}  # strategy → output tile size m of F(m×m, 3×3)
 
 
-def _wino(s: ConvShape, how: str) -> winograd.Wino:
-    wg = winograd.of(s, WINOGRAD[how])
+def _wino(s: ConvShape, how: str, which: Which) -> winograd.Wino:
+    wg = winograd.of(s, WINOGRAD[how], which)
     assert wg is not None
     return wg
 
@@ -326,13 +326,13 @@ def _wino(s: ConvShape, how: str) -> winograd.Wino:
 def _wino_kernels(how: str) -> tuple[Callable[..., None], ...]:
     def fwd(ctx: LowerCtx, s: ConvShape, x: ir.Value, w: ir.Value, bias: ir.Value | None,
             out: ir.Value) -> None:
-        winograd.forward(ctx, _wino(s, how), x, w, bias, out)
+        winograd.forward(ctx, _wino(s, how, 0), x, w, bias, out)
 
     def dx(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value, dx: ir.Value) -> None:
-        winograd.grad_input(ctx, _wino(s, how), dy, w, dx)
+        winograd.grad_input(ctx, _wino(s, how, 1), dy, w, dx)
 
     def dw(ctx: LowerCtx, s: ConvShape, x: ir.Value, dy: ir.Value, dw: ir.Value) -> None:
-        winograd.grad_weight(ctx, _wino(s, how), x, dy, dw)
+        winograd.grad_weight(ctx, _wino(s, how, 2), x, dy, dw)
     return fwd, dx, dw
 
 
@@ -395,7 +395,7 @@ def scratch_bytes(s: ConvShape, which: Which, max_batch: int) -> int:
     if how == "direct" and d is not None:
         return d.scratch_bytes()
     if how in WINOGRAD:
-        return _wino(s, how).scratch_bytes()
+        return _wino(s, how, which).scratch_bytes()
     if which == 2:
         return _grad_weight_bytes(s)
     kind: gemm.Kind = ("nn", "tn", "nt")[which]  # type: ignore[assignment]
