@@ -148,9 +148,10 @@ class Wino:
 
 
 def of(s: ConvShape, m: int = 2, which: int = 0) -> Wino | None:
-    """The Winograd plan of a convolution, or None where F(2×2, 3×3) does not apply: 2-D, 3×3,
-    stride 1, one group, channel counts that fill vectors, padding ≤ 2, ≤ MAX_TILES tiles;
-    output tiles of m×m (2 or 4)."""
+    """The plan of F(m×m, 3×3) (m = 2 or 4) for kernel `which` (0 forward, 1 input gradient,
+    2 weight gradient) of a convolution, or None where it does not apply: 2-D, 3×3, stride 1,
+    one group, channel counts in fours (the transforms' vectors), padding ≤ 2 and at most
+    MAX_TILES tiles per image (their positions are unrolled)."""
     win = s.win
     if len(win.size) != 2 or win.kernel != (3, 3) or win.stride != (1, 1):
         return None
