@@ -25,60 +25,25 @@ the GEMMs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING
 
 from llvmlite import ir
 
 from . import gemm
 from .context import LowerCtx
-from .kernels import LANES, V4, gep, i32c, load, load4, loop, store, store4, transpose4
+from .kernels import LANES, gep, i32c, load, load4, loop, store, store4, transpose4
+from .wino_transforms import F2, F4, Transforms, transpose, two_sided, zero
 
 if TYPE_CHECKING:
     from .conv import ConvShape
-
-Matrix = tuple[tuple[float, ...], ...]
-
-
-@dataclass(frozen=True)
-class Transforms:
-    """F(m×m, 3×3): Bᵀ (a×a, a = m + 2), G (a×3) and Aᵀ (m×a) (Lavin & Gray's points 0, ±1
-    for m = 2; 0, ±1, ±2 for m = 4, whose larger coefficients cost ~30× the rounding error of
-    a direct sum: ~1e-5 relative in float32)."""
-
-    m: int
-    bt: Matrix
-    g: Matrix
-    at: Matrix
-
-    @property
-    def a(self) -> int:
-        return self.m + 2
-
-
-F2 = Transforms(2, ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
-                ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1)),
-                ((1, 1, 1, 0), (0, 1, -1, -1)))
-F4 = Transforms(4, ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
-                    (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1)),
-                ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
-                 (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1)),
-                ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0),
-                 (0, 1, -1, 8, -8, 1)))
-
-
-def _t(m: Matrix) -> Matrix:
-    return tuple(zip(*m, strict=True))
-
 
 CHUNK_CELLS = 160  # tiles × ξ per chunk (2 images of 4 tiles × 16 or 4 of 1 × 36): L1-resident
 # The weight gradient's "tn" products reduce over a chunk's tiles and add into dU: deeper
 # chunks amortise that read-modify-write (digits CNN 16→32 on 4×4: 58.4 µs at 160, 53.4 at 640)
 DW_CHUNK_CELLS = 640
-MAX_TILES = 16  # tiles per image unrolled (outputs up to 8×8)
-
-Cell: TypeAlias = ir.Value | None  # None: an exact zero (padding), folded away
+MAX_TILES = 16  # tiles per image, unrolled (outputs up to 8×8 for F(2×2), 16×16 for F(4×4))
 
 
 @dataclass(frozen=True)
@@ -163,60 +128,6 @@ def of(s: ConvShape, m: int = 2, which: int = 0) -> Wino | None:
     return wg if wg.ho >= 1 and wg.wo >= 1 and wg.tiles <= MAX_TILES else None
 
 
-# --- linear transforms on 4-channel vectors, with constant coefficients ------------------------
-
-def _combine(b: ir.IRBuilder, terms: list[tuple[float, ir.Value]]) -> Cell:
-    """Σ coef·v with one multiply per coefficient magnitude: each magnitude's terms are summed
-    with their signs ((v₁ − v₂)·m); a magnitude with only negative terms is summed and
-    subtracted at the end, so no term is negated on its own."""
-    plus: list[ir.Value] = []  # |coef|·(Σ pos − Σ neg) per magnitude with a positive term
-    minus: list[ir.Value] = []  # |coef|·Σ neg per magnitude with only negative terms
-
-    def scaled(acc: ir.Value, mag: float) -> ir.Value:
-        return acc if mag == 1 else b.fmul(acc, ir.Constant(V4, [mag] * LANES))
-
-    for mag in sorted({abs(c) for c, _ in terms}, reverse=True):
-        pos = [v for c, v in terms if c == mag]
-        neg = [v for c, v in terms if c == -mag]
-        if pos:
-            acc = pos[0]
-            for v in pos[1:]:
-                acc = b.fadd(acc, v)
-            for v in neg:
-                acc = b.fsub(acc, v)
-            plus.append(scaled(acc, mag))
-        else:
-            acc = neg[0]
-            for v in neg[1:]:
-                acc = b.fadd(acc, v)
-            minus.append(scaled(acc, mag))
-    if not plus and not minus:
-        return None
-    out = plus[0] if plus else b.fsub(_zero(), minus.pop(0))
-    for v in plus[1:]:
-        out = b.fadd(out, v)
-    for v in minus:
-        out = b.fsub(out, v)
-    return out
-
-
-def _apply(b: ir.IRBuilder, m: Matrix, items: Sequence[Cell]) -> list[Cell]:
-    return [_combine(b, [(c, v) for c, v in zip(row, items, strict=True)
-                         if c != 0 and v is not None]) for row in m]
-
-
-def two_sided(b: ir.IRBuilder, left: Matrix, x: Sequence[Sequence[Cell]], right: Matrix
-              ) -> list[list[Cell]]:
-    """left · x · rightᵀ on a grid of vectors (None = 0)."""
-    cols = len(x[0])
-    t = [_apply(b, left, [x[p][q] for p in range(len(x))]) for q in range(cols)]  # t[q][r]
-    return [_apply(b, right, [t[q][r] for q in range(cols)]) for r in range(len(left))]
-
-
-def _zero() -> ir.Constant:
-    return ir.Constant(V4, [0.0] * LANES)
-
-
 # --- layouts -----------------------------------------------------------------------------------
 
 def channels_last(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, ch: int, hw: int,
@@ -294,7 +205,7 @@ def input_transform(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, v: ir.V
             tt = b.add(b.mul(i, i32c(wg.tiles)), i32c(t))
             for xi in range(wg.xis):
                 cell = out[xi // wg.f.a][xi % wg.f.a]
-                store4(b, _zero() if cell is None else cell, v, _xi(b, xi, wg.tmax, wg.c, tt, c))
+                store4(b, zero() if cell is None else cell, v, _xi(b, xi, wg.tmax, wg.c, tt, c))
 
 
 def output_transform(ctx: LowerCtx, wg: Wino, m: ir.Value, e: ir.Value, bias: ir.Value | None,
@@ -322,7 +233,7 @@ def output_transform(ctx: LowerCtx, wg: Wino, m: ir.Value, e: ir.Value, bias: ir
 def output_adjoint(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, z: ir.Value) -> None:
     """Z[ξ][T][O] = A dy Aᵀ from the channels-last output gradients img[e][ho·wo][O]."""
     b = ctx.b
-    a_mat = _t(wg.f.at)
+    a_mat = transpose(wg.f.at)
     with loop(b, 0, e, 1, "wi") as i, loop(b, 0, wg.o, LANES, "wo") as o:
         base = b.mul(i, i32c(wg.ho * wg.wo * wg.o))
         for t, ty, tx in _each_tile(wg):
@@ -332,16 +243,16 @@ def output_adjoint(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, z: ir.Va
             tt = b.add(b.mul(i, i32c(wg.tiles)), i32c(t))
             for xi in range(wg.xis):
                 cell = out[xi // wg.f.a][xi % wg.f.a]
-                store4(b, _zero() if cell is None else cell, z, _xi(b, xi, wg.tmax, wg.o, tt, o))
+                store4(b, zero() if cell is None else cell, z, _xi(b, xi, wg.tmax, wg.o, tt, o))
 
 
 def input_adjoint(ctx: LowerCtx, wg: Wino, dv: ir.Value, e: ir.Value, img: ir.Value) -> None:
     """img[e][h·w][C] = Σ over tiles of B dV Bᵀ on each patch's cells inside the image."""
     b = ctx.b
-    b_mat = _t(wg.f.bt)
+    b_mat = transpose(wg.f.bt)
     count = b.mul(e, i32c(wg.h * wg.w * wg.c))
     with loop(b, 0, count, LANES, "wz") as j:
-        store4(b, _zero(), img, j)
+        store4(b, zero(), img, j)
     with loop(b, 0, e, 1, "wi") as i, loop(b, 0, wg.c, LANES, "wc") as c:
         base = b.mul(i, i32c(wg.h * wg.w * wg.c))
         for t, ty, tx in _each_tile(wg):
@@ -380,7 +291,7 @@ def kernel_transform(ctx: LowerCtx, wg: Wino, w: ir.Value, u: ir.Value,
 def kernel_adjoint(ctx: LowerCtx, wg: Wino, du: ir.Value, dw: ir.Value) -> None:
     """dw[o, c] = Gᵀ dU[ξ][c][o] G."""
     b = ctx.b
-    gt = _t(wg.f.g)
+    gt = transpose(wg.f.g)
     with loop(b, 0, wg.c, 1, "kc") as c, loop(b, 0, wg.o, LANES, "ko") as o:
         a = wg.f.a
         cells = [[load4(b, du, b.add(b.add(i32c((a * r + q) * wg.c * wg.o),
@@ -398,7 +309,7 @@ def kernel_adjoint(ctx: LowerCtx, wg: Wino, du: ir.Value, dw: ir.Value) -> None:
 
 
 def _gather4(b: ir.IRBuilder, base: ir.Value, first: ir.Value, stride: int) -> ir.Value:
-    v: ir.Value = _zero()
+    v: ir.Value = zero()
     for r in range(LANES):
         v = b.insert_element(v, load(b, base, b.add(first, i32c(r * stride))), i32c(r))
     return v
@@ -512,7 +423,7 @@ def grad_weight(ctx: LowerCtx, wg: Wino, x: ir.Value, dy: ir.Value, dw: ir.Value
     ch, b = _Chunks(ctx, wg), ctx.b
     du = ch.area("u")
     with loop(b, 0, wg.xis * wg.c * wg.o, LANES, "wz") as j:
-        store4(b, _zero(), du, j)
+        store4(b, zero(), du, j)
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
         ch.to_last(x, n0, e, wg.c, wg.h * wg.w, "img1")

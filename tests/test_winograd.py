@@ -1,0 +1,54 @@
+"""Winograd F(m×m, 3×3): the transform constants against a direct correlation (float64), and
+which convolutions the strategy takes. The kernels themselves run in tests/test_conv.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedc.lower import conv, winograd
+from fedc.lower.wino_transforms import F2, F4
+from fedc.ops.window import Window
+
+
+@pytest.mark.parametrize("f", [F2, F4], ids=["F2x2", "F4x4"])
+def test_transforms_compute_a_3x3_correlation_exactly(f):
+    rng = np.random.default_rng(f.m)
+    bt, g, at = (np.array(x, np.float64) for x in (f.bt, f.g, f.at))
+    assert bt.shape == (f.a, f.a) and g.shape == (f.a, 3) and at.shape == (f.m, f.a)
+    for _ in range(5):
+        d, k = rng.normal(size=(f.a, f.a)), rng.normal(size=(3, 3))
+        want = np.array([[np.sum(d[y:y + 3, x:x + 3] * k) for x in range(f.m)]
+                         for y in range(f.m)])
+        got = at @ ((g @ k @ g.T) * (bt @ d @ bt.T)) @ at.T
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _shape(c: int, o: int, size: tuple[int, ...], kernel: tuple[int, ...], stride=None,
+           padding=None, groups: int = 1) -> conv.ConvShape:
+    r = len(size)
+    win = Window.of(size, kernel, stride or (1,) * r, padding or (1,) * r)
+    return conv.ConvShape(win, c, o, groups)
+
+
+@pytest.mark.parametrize("shape,how", [
+    (_shape(16, 32, (4, 4), (3, 3)), "winograd4"),          # outputs in fours
+    (_shape(8, 16, (6, 6), (3, 3)), "winograd"),            # 6×6: F(2×2) wastes nothing
+    (_shape(4, 4, (8, 8), (3, 3), padding=(0, 0)), "winograd"),
+])
+def test_the_strategy_prefers_f4_where_outputs_come_in_fours(shape, how):
+    assert all(conv.strategy(shape, which) == how for which in range(3))
+
+
+@pytest.mark.parametrize("shape", [
+    _shape(1, 16, (8, 8), (3, 3)),                          # one input channel
+    _shape(3, 8, (8, 8), (3, 3)),                           # channels not in fours
+    _shape(8, 8, (8, 8), (5, 5), padding=(2, 2)),           # not 3×3
+    _shape(8, 8, (8, 8), (3, 3), stride=(2, 2)),            # strided
+    _shape(8, 8, (8, 8), (3, 3), groups=2),                 # grouped
+    _shape(8, 8, (28, 28), (3, 3)),                         # more tiles than unrolled
+    _shape(8, 8, (16,), (3,)),                              # 1-D
+])
+def test_winograd_is_not_taken_where_it_does_not_apply(shape):
+    assert winograd.of(shape) is None and winograd.of(shape, 4) is None
+    assert conv.strategy(shape, 0) not in conv.WINOGRAD
