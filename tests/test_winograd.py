@@ -35,6 +35,7 @@ def _shape(c: int, o: int, size: tuple[int, ...], kernel: tuple[int, ...], strid
     (_shape(16, 32, (4, 4), (3, 3)), "winograd4"),          # outputs in fours
     (_shape(8, 16, (6, 6), (3, 3)), "winograd"),            # 6×6: F(2×2) wastes nothing
     (_shape(4, 4, (8, 8), (3, 3), padding=(0, 0)), "winograd"),
+    (_shape(16, 32, (14, 14), (3, 3)), "winograd4"),        # F(2×2) would unroll 49 tiles
 ])
 def test_the_strategy_prefers_f4_where_outputs_come_in_fours(shape, how):
     assert all(conv.strategy(shape, which) == how for which in range(3))

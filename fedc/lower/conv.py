@@ -352,16 +352,19 @@ def _direct(s: ConvShape, which: Which) -> conv_direct.Direct | None:
 
 
 def strategy(s: ConvShape, which: Which) -> str:
-    """Direct where it measured faster (bench/bench_conv.py --strategies, docs/examples.md):
-    at least 4 output channels to fill a tile's lanes and output rows of 8 or more."""
+    """The fastest measured (bench/bench_conv.py --strategies, docs/examples.md): Winograd
+    F(4×4) where it applies and the outputs come in fours (or F(2×2) would unroll too many
+    tiles), else F(2×2) where it applies; else direct with at least 4 output channels to fill a
+    tile's lanes and output rows of 8 or more; else im2col ("each")."""
     d = _direct(s, which)
     if FORCE is not None:
         usable = {"direct": d is not None,
                   **{how: winograd.of(s, m) is not None for how, m in WINOGRAD.items()}}
         return FORCE if usable.get(FORCE, True) else "each"
-    if winograd.of(s, 4) is not None and all(n % 4 == 0 for n in s.win.out):
+    f4, f2 = winograd.of(s, 4) is not None, winograd.of(s) is not None
+    if f4 and (all(n % 4 == 0 for n in s.win.out) or not f2):  # F(2×2) has too many tiles
         return "winograd4"
-    if winograd.of(s) is not None:
+    if f2:
         return "winograd"
     return "direct" if d is not None and d.cout >= 4 and d.out[1] >= 8 else "each"
 
