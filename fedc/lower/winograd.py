@@ -261,9 +261,9 @@ def input_adjoint(ctx: LowerCtx, wg: Wino, dv: ir.Value, e: ir.Value, img: ir.Va
             cells = [[load4(b, dv, _xi(b, a * r + q, wg.tmax, wg.c, tt, c)) for q in range(a)]
                      for r in range(a)]
             dd = two_sided(b, b_mat, cells, b_mat)
-            for a, row in enumerate(_patch(wg, ty, tx)):
+            for r, row in enumerate(_patch(wg, ty, tx)):
                 for q, p in enumerate(row):
-                    val = dd[a][q]
+                    val = dd[r][q]
                     if p is not None and val is not None:
                         at = _at(b, base, p, wg.w, wg.c, c)
                         store4(b, b.fadd(load4(b, img, at), val), img, at)
