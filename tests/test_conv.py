@@ -78,7 +78,11 @@ GEOMETRIES = [
     (8, 4, (6, 6), (3, 3), (1, 1), (0, 0), 1),
     (4, 4, (3, 5), (3, 3), (1, 1), (2, 2), 1),
     (4, 12, (8, 3), (3, 3), (1, 1), (2, 0), 1),
-    (4, 8, (14, 13), (3, 3), (1, 1), (1, 1), 1),  # F(4×4) with 16 partial tiles; F(2×2) too many
+    (4, 8, (14, 13), (3, 3), (1, 1), (1, 1), 1),  # F(4×4) with 16 partial tiles; F(2×2) looped
+    # more than 16 tiles: zero-bordered grids, tiles looped at run time
+    (4, 8, (12, 11), (3, 3), (1, 1), (1, 1), 1),  # F(2×2): 36 tiles; F(4×4): 9 unrolled
+    (4, 4, (18, 17), (3, 3), (1, 1), (1, 1), 1),  # both looped, odd edges
+    (8, 4, (10, 9), (3, 3), (1, 1), (2, 2), 1),   # padding 2: outputs 12×11
 ]
 
 

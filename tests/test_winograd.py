@@ -35,7 +35,8 @@ def _shape(c: int, o: int, size: tuple[int, ...], kernel: tuple[int, ...], strid
     (_shape(16, 32, (4, 4), (3, 3)), "winograd4"),          # outputs in fours
     (_shape(8, 16, (6, 6), (3, 3)), "winograd"),            # 6×6: F(2×2) wastes nothing
     (_shape(4, 4, (8, 8), (3, 3), padding=(0, 0)), "winograd"),
-    (_shape(16, 32, (14, 14), (3, 3)), "winograd4"),        # F(2×2) would unroll 49 tiles
+    (_shape(16, 32, (14, 14), (3, 3)), "winograd4"),        # F(2×2) would loop over 49 tiles
+    (_shape(8, 16, (28, 28), (3, 3)), "winograd4"),         # both looped: 49 and 196 tiles
 ])
 def test_the_strategy_prefers_f4_where_outputs_come_in_fours(shape, how):
     assert all(conv.strategy(shape, which) == how for which in range(3))
@@ -47,7 +48,7 @@ def test_the_strategy_prefers_f4_where_outputs_come_in_fours(shape, how):
     _shape(8, 8, (8, 8), (5, 5), padding=(2, 2)),           # not 3×3
     _shape(8, 8, (8, 8), (3, 3), stride=(2, 2)),            # strided
     _shape(8, 8, (8, 8), (3, 3), groups=2),                 # grouped
-    _shape(8, 8, (28, 28), (3, 3)),                         # more tiles than unrolled
+    _shape(8, 8, (70, 70), (3, 3)),                         # more tiles than looped (324)
     _shape(8, 8, (16,), (3,)),                              # 1-D
 ])
 def test_winograd_is_not_taken_where_it_does_not_apply(shape):

@@ -353,18 +353,19 @@ def _direct(s: ConvShape, which: Which) -> conv_direct.Direct | None:
 
 def strategy(s: ConvShape, which: Which) -> str:
     """The fastest measured (bench/bench_conv.py --strategies, docs/examples.md): Winograd
-    F(4×4) where it applies and the outputs come in fours (or F(2×2) would unroll too many
-    tiles), else F(2×2) where it applies; else direct with at least 4 output channels to fill a
+    F(4×4) where it applies and the outputs come in fours or F(2×2)'s tiles would have to be
+    looped, else F(2×2) where it applies; else direct with at least 4 output channels to fill a
     tile's lanes and output rows of 8 or more; else im2col ("each")."""
     d = _direct(s, which)
     if FORCE is not None:
         usable = {"direct": d is not None,
                   **{how: winograd.of(s, m) is not None for how, m in WINOGRAD.items()}}
         return FORCE if usable.get(FORCE, True) else "each"
-    f4, f2 = winograd.of(s, 4) is not None, winograd.of(s) is not None
-    if f4 and (all(n % 4 == 0 for n in s.win.out) or not f2):  # F(2×2) has too many tiles
+    f4, f2 = winograd.of(s, 4), winograd.of(s)
+    # F(2×2) only where its tiles are few enough to unroll and F(4×4)'s would waste a margin
+    if f4 is not None and (all(n % 4 == 0 for n in s.win.out) or f2 is None or f2.padded):
         return "winograd4"
-    if f2:
+    if f2 is not None:
         return "winograd"
     return "direct" if d is not None and d.cout >= 4 and d.out[1] >= 8 else "each"
 

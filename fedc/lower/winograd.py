@@ -44,6 +44,12 @@ CHUNK_CELLS = 160  # tiles × ξ per chunk (2 images of 4 tiles × 16 or 4 of 1 
 # chunks amortise that read-modify-write (digits CNN 16→32 on 4×4: 58.4 µs at 160, 53.4 at 640)
 DW_CHUNK_CELLS = 640
 MAX_TILES = 16  # tiles per image, unrolled (outputs up to 8×8 for F(2×2), 16×16 for F(4×4))
+# Unrolled tile positions per image (tiles × ξ): beyond this the code grows faster than the
+# speed (F(4×4) on 14×14 outputs, 576: 200 KB of Wasm for a 3-layer CNN, as fast looped)
+MAX_UNROLLED_CELLS = 144
+# Larger images are copied into zero-bordered channels-last grids and their tiles looped over at
+# run time (every patch cell then lies in the grid); up to this many tiles per image (scratch)
+MAX_LOOPED_TILES = 256
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,27 @@ class Wino:
         return th * tw
 
     @property
+    def padded(self) -> bool:
+        """Zero-bordered grids and tile loops at run time: more than MAX_TILES tiles, or more
+        than MAX_UNROLLED_CELLS tile positions (tiles × ξ: the unrolled code's size)."""
+        return self.tiles > MAX_TILES or self.tiles * self.xis > MAX_UNROLLED_CELLS
+
+    @property
+    def grid_in(self) -> tuple[int, int]:
+        """(rows, width) of an input image as the transforms read it: the image itself, or
+        (padded) a zero-bordered grid that every tile's patch lies inside."""
+        th, tw = self.tiles_hw
+        m = self.f.m
+        return (m * th + 2, m * tw + 2) if self.padded else (self.h, self.w)
+
+    @property
+    def grid_out(self) -> tuple[int, int]:
+        """(rows, width) of an output image as the transforms write it (padded: whole tiles)."""
+        th, tw = self.tiles_hw
+        m = self.f.m
+        return (m * th, m * tw) if self.padded else (self.ho, self.wo)
+
+    @property
     def chunk(self) -> int:
         """Images per chunk."""
         return max(1, (self.cells or CHUNK_CELLS) // (self.tiles * self.xis))
@@ -90,7 +117,8 @@ class Wino:
         return self.chunk * self.tiles
 
     def _areas(self) -> list[tuple[str, int]]:
-        img = self.chunk * max(self.h * self.w * self.c, self.ho * self.wo * self.o)
+        (hi, wi), (hq, wq) = self.grid_in, self.grid_out
+        img = self.chunk * max(hi * wi * self.c, hq * wq * self.o)
         g = max(gemm.scratch_bytes("nn", self.tmax, self.o, self.c),
                 gemm.scratch_bytes("nn", self.tmax, self.c, self.o),
                 gemm.scratch_bytes("tn", self.tmax, self.o, self.c)) // 4
@@ -116,7 +144,7 @@ def of(s: ConvShape, m: int = 2, which: int = 0) -> Wino | None:
     """The plan of F(m×m, 3×3) (m = 2 or 4) for kernel `which` (0 forward, 1 input gradient,
     2 weight gradient) of a convolution, or None where it does not apply: 2-D, 3×3, stride 1,
     one group, channel counts in fours (the transforms' vectors), padding ≤ 2 and at most
-    MAX_TILES tiles per image (their positions are unrolled)."""
+    MAX_LOOPED_TILES tiles per image (up to MAX_TILES, their positions are unrolled)."""
     win = s.win
     if len(win.size) != 2 or win.kernel != (3, 3) or win.stride != (1, 1):
         return None
@@ -125,18 +153,20 @@ def of(s: ConvShape, m: int = 2, which: int = 0) -> Wino | None:
     (h, w), (ph, pw) = win.size, win.padding
     cells = DW_CHUNK_CELLS if which == 2 else CHUNK_CELLS
     wg = Wino(F4 if m == 4 else F2, s.channels, s.out_channels, h, w, ph, pw, cells)
-    return wg if wg.ho >= 1 and wg.wo >= 1 and wg.tiles <= MAX_TILES else None
+    return wg if wg.ho >= 1 and wg.wo >= 1 and wg.tiles <= MAX_LOOPED_TILES else None
 
 
 # --- layouts -----------------------------------------------------------------------------------
 
 def channels_last(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, ch: int, hw: int,
-                  inverse: bool = False) -> None:
-    """dst[p, c] = src[c, p] for one image (src [ch, hw]); `inverse`: dst[c, p] = src[p, c]."""
+                  inverse: bool = False, stride: int | None = None) -> None:
+    """dst[p, c] = src[c, p] for p < hw pixels of one image (src [ch, hw], or channels `stride`
+    floats apart: one row of a larger image); `inverse`: dst[c, p] = src[p, c]."""
     whole = hw - hw % LANES
+    plane = hw if stride is None else stride
 
     def at(c: ir.Value, p: ir.Value | int, last: bool) -> ir.Value:  # index into [ch, hw]
-        return b.add(b.mul(c, i32c(hw)), i32c(p) if isinstance(p, int) else p) if not last \
+        return b.add(b.mul(c, i32c(plane)), i32c(p) if isinstance(p, int) else p) if not last \
             else b.add(b.mul(i32c(p) if isinstance(p, int) else p, i32c(ch)), c)
 
     with loop(b, 0, ch, LANES, "hc") as c:
@@ -161,31 +191,49 @@ def channels_last(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, ch: int, hw: in
 
 # --- the transforms of one chunk ---------------------------------------------------------------
 
-def _patch(wg: Wino, ty: int, tx: int) -> list[list[tuple[int, int] | None]]:
-    """The input pixel (y, x) under each cell of a tile's 4×4 patch, None in the padding."""
+@dataclass(frozen=True)
+class Tile:
+    """One tile of image i: its index in the chunk, the grid pixels its patch and outputs start
+    at, and the pixel offsets (from there) of its patch cells and outputs, None outside."""
+
+    t: ir.Value
+    patch_at: ir.Value
+    out_at: ir.Value
+    patch: list[list[int | None]]
+    outputs: list[list[int | None]]
+
+
+def _tiles(b: ir.IRBuilder, wg: Wino, i: ir.Value) -> Iterator[Tile]:
+    """Every tile of image i of a chunk: unrolled (cells in the padding and outputs past an odd
+    edge known statically), or (padded) in loops over tile rows and columns whose patches all
+    lie in the zero-bordered grid."""
     m, a = wg.f.m, wg.f.a
-    return [[(y, x) if 0 <= (y := m * ty + r - wg.ph) < wg.h and 0 <= (x := m * tx + q - wg.pw)
-             < wg.w else None for q in range(a)] for r in range(a)]
-
-
-def _outputs(wg: Wino, ty: int, tx: int) -> list[list[tuple[int, int] | None]]:
-    m = wg.f.m
-    return [[(y, x) if (y := m * ty + u) < wg.ho and (x := m * tx + v) < wg.wo else None
-             for v in range(m)] for u in range(m)]
-
-
-def _each_tile(wg: Wino) -> Iterator[tuple[int, int, int]]:
-    """(tile index, tile row, tile column) of every tile of an image."""
     th, tw = wg.tiles_hw
+    first = b.mul(i, i32c(wg.tiles))
+    if wg.padded:
+        (_, wi), (_, wq) = wg.grid_in, wg.grid_out
+        with loop(b, 0, th, 1, "ty") as ty, loop(b, 0, tw, 1, "tx") as tx:
+            yield Tile(b.add(first, b.add(b.mul(ty, i32c(tw)), tx)),
+                       b.add(b.mul(ty, i32c(m * wi)), b.mul(tx, i32c(m))),
+                       b.add(b.mul(ty, i32c(m * wq)), b.mul(tx, i32c(m))),
+                       [[r * wi + q for q in range(a)] for r in range(a)],
+                       [[u * wq + v for v in range(m)] for u in range(m)])
+        return
+    zero_at = i32c(0)
     for ty in range(th):
         for tx in range(tw):
-            yield ty * tw + tx, ty, tx
+            patch = [[y * wg.w + x if 0 <= (y := m * ty + r - wg.ph) < wg.h
+                      and 0 <= (x := m * tx + q - wg.pw) < wg.w else None for q in range(a)]
+                     for r in range(a)]
+            outputs = [[y * wg.wo + x if (y := m * ty + u) < wg.ho and (x := m * tx + v) < wg.wo
+                        else None for v in range(m)] for u in range(m)]
+            yield Tile(b.add(first, i32c(ty * tw + tx)), zero_at, zero_at, patch, outputs)
 
 
-def _at(b: ir.IRBuilder, base: ir.Value, p: tuple[int, int], width: int, ch: int,
+def _at(b: ir.IRBuilder, base: ir.Value, start: ir.Value, pixel: int, ch: int,
         c: ir.Value) -> ir.Value:
-    """Index of channel c of pixel p = (y, x) in a channels-last image at base."""
-    return b.add(base, b.add(i32c((p[0] * width + p[1]) * ch), c))
+    """Index of channel c of pixel start + pixel in channels-last images from base."""
+    return b.add(b.add(base, b.mul(start, i32c(ch))), b.add(i32c(pixel * ch), c))
 
 
 def _xi(b: ir.IRBuilder, xi: int, tmax: int, ch: int, t: ir.Value, c: ir.Value) -> ir.Value:
@@ -196,76 +244,78 @@ def _xi(b: ir.IRBuilder, xi: int, tmax: int, ch: int, t: ir.Value, c: ir.Value) 
 def input_transform(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, v: ir.Value) -> None:
     """V[ξ][i·tiles + t][c] from the channels-last images img[e][h·w][C]."""
     b = ctx.b
+    (hi, wi) = wg.grid_in
     with loop(b, 0, e, 1, "wi") as i, loop(b, 0, wg.c, LANES, "wc") as c:
-        base = b.mul(i, i32c(wg.h * wg.w * wg.c))
-        for t, ty, tx in _each_tile(wg):
-            d = [[None if p is None else load4(b, img, _at(b, base, p, wg.w, wg.c, c))
-                  for p in row] for row in _patch(wg, ty, tx)]
+        base = b.mul(i, i32c(hi * wi * wg.c))
+        for tile in _tiles(b, wg, i):
+            d = [[None if p is None else load4(b, img, _at(b, base, tile.patch_at, p, wg.c, c))
+                  for p in row] for row in tile.patch]
             out = two_sided(b, wg.f.bt, d, wg.f.bt)
-            tt = b.add(b.mul(i, i32c(wg.tiles)), i32c(t))
             for xi in range(wg.xis):
                 cell = out[xi // wg.f.a][xi % wg.f.a]
-                store4(b, zero() if cell is None else cell, v, _xi(b, xi, wg.tmax, wg.c, tt, c))
+                store4(b, zero() if cell is None else cell, v,
+                       _xi(b, xi, wg.tmax, wg.c, tile.t, c))
 
 
 def output_transform(ctx: LowerCtx, wg: Wino, m: ir.Value, e: ir.Value, bias: ir.Value | None,
                      img: ir.Value) -> None:
     """img[e][ho·wo][O] = Aᵀ M A (+ bias) from M[ξ][T][O]."""
     b = ctx.b
+    (hq, wq) = wg.grid_out
     with loop(b, 0, e, 1, "wi") as i, loop(b, 0, wg.o, LANES, "wo") as o:
-        base = b.mul(i, i32c(wg.ho * wg.wo * wg.o))
+        base = b.mul(i, i32c(hq * wq * wg.o))
         bv = load4(b, bias, o) if bias is not None else None
-        for t, ty, tx in _each_tile(wg):
-            tt = b.add(b.mul(i, i32c(wg.tiles)), i32c(t))
+        for tile in _tiles(b, wg, i):
             a = wg.f.a
-            cells = [[load4(b, m, _xi(b, a * r + q, wg.tmax, wg.o, tt, o)) for q in range(a)]
+            cells = [[load4(b, m, _xi(b, a * r + q, wg.tmax, wg.o, tile.t, o)) for q in range(a)]
                      for r in range(a)]
             y = two_sided(b, wg.f.at, cells, wg.f.at)
-            for u, row in enumerate(_outputs(wg, ty, tx)):
+            for u, row in enumerate(tile.outputs):
                 for vv, p in enumerate(row):
                     if p is not None:
                         val = y[u][vv]
                         assert val is not None
                         store4(b, val if bv is None else b.fadd(val, bv), img,
-                               _at(b, base, p, wg.wo, wg.o, o))
+                               _at(b, base, tile.out_at, p, wg.o, o))
 
 
 def output_adjoint(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, z: ir.Value) -> None:
     """Z[ξ][T][O] = A dy Aᵀ from the channels-last output gradients img[e][ho·wo][O]."""
     b = ctx.b
     a_mat = transpose(wg.f.at)
+    (hq, wq) = wg.grid_out
     with loop(b, 0, e, 1, "wi") as i, loop(b, 0, wg.o, LANES, "wo") as o:
-        base = b.mul(i, i32c(wg.ho * wg.wo * wg.o))
-        for t, ty, tx in _each_tile(wg):
-            dy = [[None if p is None else load4(b, img, _at(b, base, p, wg.wo, wg.o, o))
-                   for p in row] for row in _outputs(wg, ty, tx)]
+        base = b.mul(i, i32c(hq * wq * wg.o))
+        for tile in _tiles(b, wg, i):
+            dy = [[None if p is None else load4(b, img, _at(b, base, tile.out_at, p, wg.o, o))
+                   for p in row] for row in tile.outputs]
             out = two_sided(b, a_mat, dy, a_mat)
-            tt = b.add(b.mul(i, i32c(wg.tiles)), i32c(t))
             for xi in range(wg.xis):
                 cell = out[xi // wg.f.a][xi % wg.f.a]
-                store4(b, zero() if cell is None else cell, z, _xi(b, xi, wg.tmax, wg.o, tt, o))
+                store4(b, zero() if cell is None else cell, z,
+                       _xi(b, xi, wg.tmax, wg.o, tile.t, o))
 
 
 def input_adjoint(ctx: LowerCtx, wg: Wino, dv: ir.Value, e: ir.Value, img: ir.Value) -> None:
     """img[e][h·w][C] = Σ over tiles of B dV Bᵀ on each patch's cells inside the image."""
     b = ctx.b
     b_mat = transpose(wg.f.bt)
-    count = b.mul(e, i32c(wg.h * wg.w * wg.c))
+    (hi, wi) = wg.grid_in
+    count = b.mul(e, i32c(hi * wi * wg.c))
     with loop(b, 0, count, LANES, "wz") as j:
         store4(b, zero(), img, j)
     with loop(b, 0, e, 1, "wi") as i, loop(b, 0, wg.c, LANES, "wc") as c:
-        base = b.mul(i, i32c(wg.h * wg.w * wg.c))
-        for t, ty, tx in _each_tile(wg):
-            tt = b.add(b.mul(i, i32c(wg.tiles)), i32c(t))
+        base = b.mul(i, i32c(hi * wi * wg.c))
+        for tile in _tiles(b, wg, i):
             a = wg.f.a
-            cells = [[load4(b, dv, _xi(b, a * r + q, wg.tmax, wg.c, tt, c)) for q in range(a)]
-                     for r in range(a)]
+            cells = [[load4(b, dv, _xi(b, a * r + q, wg.tmax, wg.c, tile.t, c))
+                      for q in range(a)] for r in range(a)]
             dd = two_sided(b, b_mat, cells, b_mat)
-            for r, row in enumerate(_patch(wg, ty, tx)):
+            for r, row in enumerate(tile.patch):
                 for q, p in enumerate(row):
                     val = dd[r][q]
                     if p is not None and val is not None:
-                        at = _at(b, base, p, wg.w, wg.c, c)
+                        at = _at(b, base, tile.patch_at, p, wg.c, c)
                         store4(b, b.fadd(load4(b, img, at), val), img, at)
 
 
@@ -358,13 +408,15 @@ class _Chunks:
             inner.ret_void()
         b.call(fn_ir, real)
 
-    def to_last(self, src: ir.Value, n0: ir.Value, e: ir.Value, ch: int, hw: int,
-                dst: str, inverse: bool = False) -> None:
-        """channels_last (or its inverse) on images n0 … n0+e−1 of src into area dst[0 … e−1]."""
-        b = self.ctx.b
-        first = gep(b, src, b.mul(n0, i32c(ch * hw)))
-        self.shared("last", _to_last, first, e, self.area(dst), ch=ch, hw=hw, inverse=inverse)
-
+    def to_last(self, src: ir.Value, n0: ir.Value, e: ir.Value, side: str, dst: str,
+                inverse: bool = False) -> None:
+        """Images n0 … n0+e−1 of src (NCHW: the convolution's input side "in" or output side
+        "out") into area dst[0 … e−1] as the transforms read them, or back (`inverse`)."""
+        b, wg = self.ctx.b, self.wg
+        ch, plane = (wg.c, wg.h * wg.w) if side == "in" else (wg.o, wg.ho * wg.wo)
+        first = gep(b, src, b.mul(n0, i32c(ch * plane)))
+        self.shared("last", _to_last, first, e, self.area(dst), out=int(side == "out"),
+                    inverse=inverse)
     def products(self, kind: gemm.Kind, e: ir.Value, a: str, bmat: str, c: str,
                  n: int, k: int, accumulate: bool = False) -> None:
         """The a² GEMMs of one chunk, area by area (emit_matmul's n and k)."""
@@ -380,16 +432,32 @@ class _Chunks:
                              scratch=self.area("gemm"), accumulate=accumulate)
 
 
-def _to_last(ctx: LowerCtx, wg: Wino, src: ir.Value, e: ir.Value, area: ir.Value, *, ch: int,
-             hw: int, inverse: int) -> None:
+def _to_last(ctx: LowerCtx, wg: Wino, src: ir.Value, e: ir.Value, area: ir.Value, *, out: int,
+             inverse: int) -> None:
+    """channels_last on each image; padded, row by row into the zero-bordered grid (zeroed
+    first) or back out of it."""
     b = ctx.b
+    if out:
+        ch, (rows, width), (grid_h, grid_w), at0 = wg.o, (wg.ho, wg.wo), wg.grid_out, 0
+    else:
+        ch, (rows, width), (grid_h, grid_w) = wg.c, (wg.h, wg.w), wg.grid_in
+        at0 = wg.ph * grid_w + wg.pw if wg.padded else 0
+    plane = rows * width
     with loop(b, 0, e, 1, "wl") as i:
-        nchw = gep(b, src, b.mul(i, i32c(ch * hw)))
-        nhwc = gep(b, area, b.mul(i, i32c(ch * hw)))
-        if inverse:
-            channels_last(b, nhwc, nchw, ch, hw, inverse=True)
+        nchw = gep(b, src, b.mul(i, i32c(ch * plane)))
+        grid = gep(b, area, b.mul(i, i32c(ch * grid_h * grid_w)))
+        if not wg.padded:
+            channels_last(b, grid if inverse else nchw, nchw if inverse else grid, ch, plane,
+                          inverse=bool(inverse))
         else:
-            channels_last(b, nchw, nhwc, ch, hw)
+            if not inverse:
+                with loop(b, 0, ch * grid_h * grid_w, LANES, "wz") as j:
+                    store4(b, zero(), grid, j)
+            with loop(b, 0, rows, 1, "wr") as y:
+                row = gep(b, nchw, b.mul(y, i32c(width)))
+                cells = gep(b, grid, b.mul(b.add(i32c(at0), b.mul(y, i32c(grid_w))), i32c(ch)))
+                channels_last(b, cells if inverse else row, row if inverse else cells, ch,
+                              width, inverse=bool(inverse), stride=plane)
 
 
 def forward(ctx: LowerCtx, wg: Wino, x: ir.Value, w: ir.Value, bias: ir.Value | None,
@@ -398,11 +466,11 @@ def forward(ctx: LowerCtx, wg: Wino, x: ir.Value, w: ir.Value, bias: ir.Value | 
     ch.shared("kt", kernel_transform, w, ch.area("u"), transposed=0)
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
-        ch.to_last(x, n0, e, wg.c, wg.h * wg.w, "img1")
+        ch.to_last(x, n0, e, "in", "img1")
         ch.shared("in", input_transform, ch.area("img1"), e, ch.area("v"))
         ch.products("nn", e, "v", "u", "z", n=wg.o, k=wg.c)
         ch.shared("out", output_transform, ch.area("z"), e, bias, ch.area("img2"))
-        ch.to_last(out, n0, e, wg.o, wg.ho * wg.wo, "img2", inverse=True)
+        ch.to_last(out, n0, e, "out", "img2", inverse=True)
     ch.each(chunk)
 
 
@@ -411,11 +479,11 @@ def grad_input(ctx: LowerCtx, wg: Wino, dy: ir.Value, w: ir.Value, dx: ir.Value)
     ch.shared("kt", kernel_transform, w, ch.area("u"), transposed=1)  # dV = Z · Uᵀ as "nn"
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
-        ch.to_last(dy, n0, e, wg.o, wg.ho * wg.wo, "img1")
+        ch.to_last(dy, n0, e, "out", "img1")
         ch.shared("outT", output_adjoint, ch.area("img1"), e, ch.area("z"))
         ch.products("nn", e, "z", "u", "dv", n=wg.c, k=wg.o)
         ch.shared("inT", input_adjoint, ch.area("dv"), e, ch.area("img2"))
-        ch.to_last(dx, n0, e, wg.c, wg.h * wg.w, "img2", inverse=True)
+        ch.to_last(dx, n0, e, "in", "img2", inverse=True)
     ch.each(chunk)
 
 
@@ -426,9 +494,9 @@ def grad_weight(ctx: LowerCtx, wg: Wino, x: ir.Value, dy: ir.Value, dw: ir.Value
         store4(b, zero(), du, j)
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
-        ch.to_last(x, n0, e, wg.c, wg.h * wg.w, "img1")
+        ch.to_last(x, n0, e, "in", "img1")
         ch.shared("in", input_transform, ch.area("img1"), e, ch.area("v"))
-        ch.to_last(dy, n0, e, wg.o, wg.ho * wg.wo, "img2")
+        ch.to_last(dy, n0, e, "out", "img2")
         ch.shared("outT", output_adjoint, ch.area("img2"), e, ch.area("z"))
         ch.products("tn", e, "v", "z", "u", n=wg.o, k=wg.c, accumulate=True)
     ch.each(chunk)
