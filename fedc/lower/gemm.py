@@ -8,7 +8,7 @@ from typing import Literal
 
 from llvmlite import ir
 
-from .kernels import carry_loop, transpose4
+from .kernels import carry_loop, transpose4, where_positive
 
 I32 = ir.IntType(32)
 F32 = ir.FloatType()
@@ -279,9 +279,9 @@ def _store_tile(b: ir.IRBuilder, acc: list[list[ir.Value]], c: ir.Value, ldc: in
                     at = b.add(base, _c(4 * v))
                     x = b.fadd(row[v], bias_v[v]) if bias_v else row[v]
                     if flavor.relu:  # relu's select: NaN gives 0, as fedc's relu op
-                        x = _where_positive(b, x, x)
+                        x = where_positive(b, x, x)
                     if mask is not None:
-                        x = _where_positive(b, _ld_part(b, mask, at, n), x)
+                        x = where_positive(b, _ld_part(b, mask, at, n), x)
                     _store_out(b, x, c, at, n, flavor.accumulate)
 
         if r == 0:  # a tile has at least one valid row
@@ -289,10 +289,6 @@ def _store_tile(b: ir.IRBuilder, acc: list[list[ir.Value]], c: ir.Value, ldc: in
         else:
             with b.if_then(b.icmp_signed(">", valid, _c(r))):
                 store_row()
-
-
-def _where_positive(b: ir.IRBuilder, test: ir.Value, x: ir.Value) -> ir.Value:
-    return b.select(b.fcmp_ordered(">", test, ZERO4), x, ZERO4)
 
 
 @dataclass(frozen=True)

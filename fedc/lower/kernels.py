@@ -37,6 +37,12 @@ def const_like(x: ir.Value, value: float) -> ir.Constant:
     return ir.Constant(F32, value)
 
 
+def where_positive(b: ir.IRBuilder, test: ir.Value, then: ir.Value) -> ir.Value:
+    """then where test > 0, else 0 (scalars or vectors; NaN in test gives 0): fedc's relu and
+    the mask of its gradient, as PyTorch's."""
+    return b.select(b.fcmp_ordered(">", test, const_like(test, 0.0)), then, const_like(then, 0.0))
+
+
 def as_value(x: ir.Value | int) -> ir.Value:
     return i32c(x) if isinstance(x, int) else x
 

@@ -32,6 +32,7 @@ from .kernels import (
     store,
     store4,
     store_w,
+    where_positive,
     zero_w,
 )
 
@@ -265,7 +266,7 @@ def max_pool(ctx: LowerCtx, win: Window, planes: int, x: ir.Value, out: ir.Value
 
     def chunk(i: ir.Value, o: ir.Value, c: Chunk) -> None:
         best, _ = argmax(b, gather(b, x, i, c, g))
-        store4(b, _positive(b, best, best) if relu else best, out, b.add(o, i32c(c.out)))
+        store4(b, where_positive(b, best, best) if relu else best, out, b.add(o, i32c(c.out)))
     each_chunk(ctx, win, planes, chunk, fallback)
 
 
@@ -281,13 +282,7 @@ def max_pool_grad(ctx: LowerCtx, win: Window, planes: int, dy: ir.Value, x: ir.V
         best, at = argmax(b, gather(b, x, i, c, g))
         grad = load4(b, dy, b.add(o, i32c(c.out)))
         if relu:
-            grad = _positive(b, best, grad)
+            grad = where_positive(b, best, grad)
         scatter(b, dx, i, c, g, [b.select(b.icmp_signed("==", at, ir.Constant(MASK, [t] * 4)),
                                           grad, zeros) for t in range(2 * g.kh)])
     each_chunk(ctx, win, planes, chunk, fallback)
-
-
-def _positive(b: ir.IRBuilder, x: ir.Value, then: ir.Value) -> ir.Value:
-    """then where x > 0, else 0: fedc's relu (NaN gives 0) and its gradient's mask."""
-    zero = ir.Constant(V4, [0.0] * 4)
-    return b.select(b.fcmp_ordered(">", x, zero), then, zero)

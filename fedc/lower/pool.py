@@ -32,6 +32,7 @@ from .kernels import (
     store,
     store4,
     store_w,
+    where_positive,
 )
 
 Tap = tuple[ir.Value, ir.Value | None]  # (element index in the plane, in-bounds flag or None)
@@ -144,7 +145,8 @@ def max_pool(ctx: LowerCtx, win: Window, planes: int, x: ir.Value, out: ir.Value
 
     def body(q: ir.Value, o: ir.Value, taps: list[Tap]) -> None:
         best, _ = _argmax(b, _plane(b, x, q, win.plane), taps)
-        store(b, _positive(b, best, best) if relu else best, _plane(b, out, q, win.out_plane), o)
+        store(b, where_positive(b, best, best) if relu else best,
+              _plane(b, out, q, win.out_plane), o)
 
     if pairpool.applies(win):
         pairpool.max_pool(ctx, win, planes, x, out, relu,
@@ -169,7 +171,7 @@ def max_pool_grad(ctx: LowerCtx, win: Window, planes: int, dy: ir.Value, x: ir.V
         d = _plane(b, dx, q, win.plane)
         g = load(b, _plane(b, dy, q, win.out_plane), o)
         if relu:
-            g = _positive(b, best, g)
+            g = where_positive(b, best, g)
         if disjoint:
             for idx, _ in taps:
                 store(b, b.select(b.icmp_signed("==", idx, at), g, f32c(0.0)), d, idx)
@@ -186,11 +188,6 @@ def max_pool_grad(ctx: LowerCtx, win: Window, planes: int, dy: ir.Value, x: ir.V
 def _zero_then(ctx: LowerCtx, win: Window, planes: int, dx: ir.Value, body: Body) -> None:
     _zero(ctx.b, dx, ctx.b.mul(ctx.n, i32c(planes * win.plane)))
     _each_output(ctx, win, planes, body)
-
-
-def _positive(b: ir.IRBuilder, x: ir.Value, then: ir.Value) -> ir.Value:
-    """then where x > 0, else 0: fedc's relu (NaN gives 0) and its gradient's mask."""
-    return b.select(b.fcmp_ordered(">", x, f32c(0.0)), then, f32c(0.0))
 
 
 def avg_pool(ctx: LowerCtx, win: Window, planes: int, x: ir.Value, out: ir.Value) -> None:

@@ -10,7 +10,7 @@ from llvmlite import ir
 
 from ..ir import BATCH, Node, TensorType, Value, f32
 from ..lower.context import LowerCtx
-from ..lower.kernels import const_like
+from ..lower.kernels import const_like, where_positive
 from . import ShapeError, register
 from .surface import REQUIRED, TENSOR, SurfaceCtx, bind, map_lowering, unary_surface
 
@@ -41,21 +41,16 @@ def _mathfn() -> Any:
     return mathfn
 
 
-def _select_pos(b: ir.IRBuilder, x: ir.Value, then: ir.Value) -> ir.Value:
-    """then where x > 0, else 0 (NaN in x gives 0, like PyTorch's relu backward)."""
-    return b.select(b.fcmp_ordered(">", x, const_like(x, 0.0)), then, const_like(x, 0.0))
-
-
 # --- relu ----------------------------------------------------------------------------------
 
 register("relu", sample=_UNARY, shape=_same_f32("relu"), ref=lambda xs, _: np.maximum(xs[0], 0),
-         lower=_map_lowering(lambda b, v: _select_pos(b, v[0], v[0])),
+         lower=_map_lowering(lambda b, v: where_positive(b, v[0], v[0])),
          grad=lambda g, node, dy, needs: (g.emit("relu_grad", [dy, node.inputs[0]]),),
          surface=unary_surface("relu"), doc="relu(x) = max(x, 0)")
 
 register("relu_grad", sample=_BINARY, shape=_same_f32("relu_grad"),
          ref=lambda xs, _: np.where(xs[1] > 0, xs[0], 0).astype(xs[0].dtype),
-         lower=_map_lowering(lambda b, v: _select_pos(b, v[1], v[0])),
+         lower=_map_lowering(lambda b, v: where_positive(b, v[1], v[0])),
          doc="dy · [x > 0]")
 
 # --- sigmoid -------------------------------------------------------------------------------
