@@ -34,7 +34,7 @@ from llvmlite import ir
 from . import gemm
 from .context import LowerCtx
 from .kernels import LANES, gep, i32c, load, load4, loop, store, store4, transpose4
-from .wino_transforms import F2, F4, Transforms, transpose, two_sided, zero
+from .wino_transforms import F2, F4, Cell, Transforms, transpose, two_sided, zero
 
 if TYPE_CHECKING:
     from .conv import ConvShape
@@ -241,6 +241,22 @@ def _xi(b: ir.IRBuilder, xi: int, tmax: int, ch: int, t: ir.Value, c: ir.Value) 
     return b.add(b.add(i32c(xi * tmax * ch), b.mul(t, i32c(ch))), c)
 
 
+def _load_xis(b: ir.IRBuilder, wg: Wino, src: ir.Value, ch: int, t: ir.Value,
+              c: ir.Value) -> list[list[Cell]]:
+    """Tile t's a×a transformed cells src[ξ][t][c…c+3] (M, dV: rows of ch floats)."""
+    a = wg.f.a
+    return [[load4(b, src, _xi(b, a * r + q, wg.tmax, ch, t, c)) for q in range(a)]
+            for r in range(a)]
+
+
+def _store_xis(b: ir.IRBuilder, wg: Wino, cells: list[list[Cell]], dst: ir.Value, ch: int,
+               t: ir.Value, c: ir.Value) -> None:
+    """dst[ξ][t][c…c+3] = tile t's a×a transformed cells (V, Z; a zero cell stores zeros)."""
+    for xi in range(wg.xis):
+        cell = cells[xi // wg.f.a][xi % wg.f.a]
+        store4(b, zero() if cell is None else cell, dst, _xi(b, xi, wg.tmax, ch, t, c))
+
+
 def input_transform(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, v: ir.Value) -> None:
     """V[ξ][i·tiles + t][c] from the channels-last images img[e][h·w][C]."""
     b = ctx.b
@@ -250,11 +266,7 @@ def input_transform(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, v: ir.V
         for tile in _tiles(b, wg, i):
             d = [[None if p is None else load4(b, img, _at(b, base, tile.patch_at, p, wg.c, c))
                   for p in row] for row in tile.patch]
-            out = two_sided(b, wg.f.bt, d, wg.f.bt)
-            for xi in range(wg.xis):
-                cell = out[xi // wg.f.a][xi % wg.f.a]
-                store4(b, zero() if cell is None else cell, v,
-                       _xi(b, xi, wg.tmax, wg.c, tile.t, c))
+            _store_xis(b, wg, two_sided(b, wg.f.bt, d, wg.f.bt), v, wg.c, tile.t, c)
 
 
 def output_transform(ctx: LowerCtx, wg: Wino, m: ir.Value, e: ir.Value, bias: ir.Value | None,
@@ -266,10 +278,7 @@ def output_transform(ctx: LowerCtx, wg: Wino, m: ir.Value, e: ir.Value, bias: ir
         base = b.mul(i, i32c(hq * wq * wg.o))
         bv = load4(b, bias, o) if bias is not None else None
         for tile in _tiles(b, wg, i):
-            a = wg.f.a
-            cells = [[load4(b, m, _xi(b, a * r + q, wg.tmax, wg.o, tile.t, o)) for q in range(a)]
-                     for r in range(a)]
-            y = two_sided(b, wg.f.at, cells, wg.f.at)
+            y = two_sided(b, wg.f.at, _load_xis(b, wg, m, wg.o, tile.t, o), wg.f.at)
             for u, row in enumerate(tile.outputs):
                 for vv, p in enumerate(row):
                     if p is not None:
@@ -289,11 +298,7 @@ def output_adjoint(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, z: ir.Va
         for tile in _tiles(b, wg, i):
             dy = [[None if p is None else load4(b, img, _at(b, base, tile.out_at, p, wg.o, o))
                    for p in row] for row in tile.outputs]
-            out = two_sided(b, a_mat, dy, a_mat)
-            for xi in range(wg.xis):
-                cell = out[xi // wg.f.a][xi % wg.f.a]
-                store4(b, zero() if cell is None else cell, z,
-                       _xi(b, xi, wg.tmax, wg.o, tile.t, o))
+            _store_xis(b, wg, two_sided(b, a_mat, dy, a_mat), z, wg.o, tile.t, o)
 
 
 def input_adjoint(ctx: LowerCtx, wg: Wino, dv: ir.Value, e: ir.Value, img: ir.Value) -> None:
@@ -307,10 +312,7 @@ def input_adjoint(ctx: LowerCtx, wg: Wino, dv: ir.Value, e: ir.Value, img: ir.Va
     with loop(b, 0, e, 1, "wi") as i, loop(b, 0, wg.c, LANES, "wc") as c:
         base = b.mul(i, i32c(hi * wi * wg.c))
         for tile in _tiles(b, wg, i):
-            a = wg.f.a
-            cells = [[load4(b, dv, _xi(b, a * r + q, wg.tmax, wg.c, tile.t, c))
-                      for q in range(a)] for r in range(a)]
-            dd = two_sided(b, b_mat, cells, b_mat)
+            dd = two_sided(b, b_mat, _load_xis(b, wg, dv, wg.c, tile.t, c), b_mat)
             for r, row in enumerate(tile.patch):
                 for q, p in enumerate(row):
                     val = dd[r][q]
