@@ -257,16 +257,21 @@ def _store_xis(b: ir.IRBuilder, wg: Wino, cells: list[list[Cell]], dst: ir.Value
         store4(b, zero() if cell is None else cell, dst, _xi(b, xi, wg.tmax, ch, t, c))
 
 
-def input_transform(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, v: ir.Value) -> None:
-    """V[ξ][i·tiles + t][c] from the channels-last images img[e][h·w][C]."""
+def to_cells(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, dst: ir.Value, *,
+             out: int) -> None:
+    """Each tile's transformed cells dst[ξ][i·tiles + t][·] from channels-last images img[e]:
+    V = Bᵀ d B from the input side (out=0: patches, C channels), or Z = A dy Aᵀ from the
+    output side (out=1: output gradients, O channels; the output transform's adjoint)."""
     b = ctx.b
-    (hi, wi) = wg.grid_in
-    with loop(b, 0, e, 1, "wi") as i, loop(b, 0, wg.c, LANES, "wc") as c:
-        base = b.mul(i, i32c(hi * wi * wg.c))
+    ch, (rows, width) = (wg.o, wg.grid_out) if out else (wg.c, wg.grid_in)
+    mat = transpose(wg.f.at) if out else wg.f.bt
+    with loop(b, 0, e, 1, "wi") as i, loop(b, 0, ch, LANES, "wc") as c:
+        base = b.mul(i, i32c(rows * width * ch))
         for tile in _tiles(b, wg, i):
-            d = [[None if p is None else load4(b, img, _at(b, base, tile.patch_at, p, wg.c, c))
-                  for p in row] for row in tile.patch]
-            _store_xis(b, wg, two_sided(b, wg.f.bt, d, wg.f.bt), v, wg.c, tile.t, c)
+            at, cells = (tile.out_at, tile.outputs) if out else (tile.patch_at, tile.patch)
+            d = [[None if p is None else load4(b, img, _at(b, base, at, p, ch, c)) for p in row]
+                 for row in cells]
+            _store_xis(b, wg, two_sided(b, mat, d, mat), dst, ch, tile.t, c)
 
 
 def output_transform(ctx: LowerCtx, wg: Wino, m: ir.Value, e: ir.Value, bias: ir.Value | None,
@@ -286,19 +291,6 @@ def output_transform(ctx: LowerCtx, wg: Wino, m: ir.Value, e: ir.Value, bias: ir
                         assert val is not None
                         store4(b, val if bv is None else b.fadd(val, bv), img,
                                _at(b, base, tile.out_at, p, wg.o, o))
-
-
-def output_adjoint(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, z: ir.Value) -> None:
-    """Z[ξ][T][O] = A dy Aᵀ from the channels-last output gradients img[e][ho·wo][O]."""
-    b = ctx.b
-    a_mat = transpose(wg.f.at)
-    (hq, wq) = wg.grid_out
-    with loop(b, 0, e, 1, "wi") as i, loop(b, 0, wg.o, LANES, "wo") as o:
-        base = b.mul(i, i32c(hq * wq * wg.o))
-        for tile in _tiles(b, wg, i):
-            dy = [[None if p is None else load4(b, img, _at(b, base, tile.out_at, p, wg.o, o))
-                   for p in row] for row in tile.outputs]
-            _store_xis(b, wg, two_sided(b, a_mat, dy, a_mat), z, wg.o, tile.t, o)
 
 
 def input_adjoint(ctx: LowerCtx, wg: Wino, dv: ir.Value, e: ir.Value, img: ir.Value) -> None:
@@ -469,7 +461,7 @@ def forward(ctx: LowerCtx, wg: Wino, x: ir.Value, w: ir.Value, bias: ir.Value | 
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
         ch.to_last(x, n0, e, "in", "img1")
-        ch.shared("in", input_transform, ch.area("img1"), e, ch.area("v"))
+        ch.shared("in", to_cells, ch.area("img1"), e, ch.area("v"), out=0)
         ch.products("nn", e, "v", "u", "z", n=wg.o, k=wg.c)
         ch.shared("out", output_transform, ch.area("z"), e, bias, ch.area("img2"))
         ch.to_last(out, n0, e, "out", "img2", inverse=True)
@@ -482,7 +474,7 @@ def grad_input(ctx: LowerCtx, wg: Wino, dy: ir.Value, w: ir.Value, dx: ir.Value)
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
         ch.to_last(dy, n0, e, "out", "img1")
-        ch.shared("outT", output_adjoint, ch.area("img1"), e, ch.area("z"))
+        ch.shared("outT", to_cells, ch.area("img1"), e, ch.area("z"), out=1)
         ch.products("nn", e, "z", "u", "dv", n=wg.c, k=wg.o)
         ch.shared("inT", input_adjoint, ch.area("dv"), e, ch.area("img2"))
         ch.to_last(dx, n0, e, "in", "img2", inverse=True)
@@ -497,9 +489,9 @@ def grad_weight(ctx: LowerCtx, wg: Wino, x: ir.Value, dy: ir.Value, dw: ir.Value
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
         ch.to_last(x, n0, e, "in", "img1")
-        ch.shared("in", input_transform, ch.area("img1"), e, ch.area("v"))
+        ch.shared("in", to_cells, ch.area("img1"), e, ch.area("v"), out=0)
         ch.to_last(dy, n0, e, "out", "img2")
-        ch.shared("outT", output_adjoint, ch.area("img2"), e, ch.area("z"))
+        ch.shared("outT", to_cells, ch.area("img2"), e, ch.area("z"), out=1)
         ch.products("tn", e, "v", "z", "u", n=wg.o, k=wg.c, accumulate=True)
     ch.each(chunk)
     ch.shared("ktT", kernel_adjoint, du, dw)
