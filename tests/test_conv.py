@@ -155,6 +155,18 @@ def test_pool_kernels_match_the_reference_including_ties(geom):
                                        err_msg=f"{op} batch {batch}")
 
 
+# planes: scalar only, one vector, fewer vectors than partial sums, unrolled groups with a
+# tail, the looped groups (more than 8 vectors) with leftover vectors and a tail
+@pytest.mark.parametrize("spatial", [(3,), (4,), (2, 5), (4, 4), (17,), (6, 7), (8, 8), (9, 9)])
+def test_channel_sum_matches_the_reference(spatial):
+    kernels = Kernels([("channel_sum", (f32("N", 3, *spatial),), {})], max_batch=9)
+    rng = np.random.default_rng(len(spatial))
+    for batch in (1, 9):
+        x = rng.normal(size=(batch, 3, *spatial)).astype(np.float32)
+        np.testing.assert_allclose(kernels(0, [x], batch), x.astype(np.float64).sum(
+            axis=(0, *range(2, 2 + len(spatial)))), rtol=1e-5, atol=1e-5)
+
+
 def test_plan_reserves_the_largest_scratch_any_node_asks_for():
     src = """model M:
     input x: f32[3, 16, 16]

@@ -54,3 +54,15 @@ def test_the_strategy_prefers_f4_where_outputs_come_in_fours(shape, how):
 def test_winograd_is_not_taken_where_it_does_not_apply(shape):
     assert winograd.of(shape) is None and winograd.of(shape, 4) is None
     assert conv.strategy(shape, 0) not in conv.WINOGRAD
+
+
+@pytest.mark.parametrize("shape,how", [
+    (_shape(1, 16, (8, 8), (3, 3)), "direct"),               # digits conv1: 64 positions
+    (_shape(1, 8, (128,), (7,), padding=(3,)), "direct"),    # 1-D, rows in whole segments
+    (_shape(16, 16, (32,), (5,), padding=(2,)), "direct"),   # 32 positions
+    (_shape(3, 8, (6, 6), (3, 3)), "each"),                  # rows of 6: a quarter padding
+    (_shape(3, 8, (4, 4), (3, 3)), "each"),                  # 16 positions
+    (_shape(3, 8, (8, 8), (3, 3), stride=(1, 2)), "each"),   # horizontal stride 2
+])
+def test_the_weight_gradient_is_direct_on_whole_segments_of_enough_positions(shape, how):
+    assert conv.strategy(shape, 2) == how

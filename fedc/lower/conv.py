@@ -12,8 +12,9 @@ The window offsets (i, j) are unrolled at compile time, so every bound of the co
 constant and the interior copies are plain (vectorised when the stride is 1) runs.
 
 Strategy "direct" (fedc.lower.conv_direct) skips the column matrix for the forward pass and the
-input gradient of horizontal-stride-1 convolutions; `strategy` picks per kernel by the
-measurements in docs/examples.md. The weight gradient is always "each".
+input gradient of horizontal-stride-1 convolutions, and computes their weight gradient as dot
+products over output positions; `strategy` picks per kernel by the measurements in
+docs/examples.md.
 """
 
 from __future__ import annotations
@@ -28,16 +29,19 @@ from . import conv_direct, gemm, winograd
 from .context import LowerCtx
 from .kernels import (
     LANES,
-    accumulate,
+    V4,
+    carry_loop,
     const_like,
     emit_cols,
     emit_map,
-    fsum,
+    f32c,
     gep,
     i32c,
     load,
+    load4,
     load_w,
     loop,
+    reduce_add4,
     splat,
     store,
     store_w,
@@ -312,6 +316,13 @@ def _grad_input_direct(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value,
     conv_direct.run(ctx, d, dy, w, None, dx)
 
 
+def _grad_weight_direct(ctx: LowerCtx, s: ConvShape, x: ir.Value, dy: ir.Value,
+                        dw: ir.Value) -> None:
+    d = _direct_forward(s)
+    assert d is not None
+    conv_direct.run_weight(ctx, d, x, dy, dw)
+
+
 # --- dispatch ------------------------------------------------------------------------------
 
 WINOGRAD = {"winograd": 2, "winograd4": 4}  # strategy → output tile size m of F(m×m, 3×3)
@@ -342,20 +353,22 @@ Which = int  # 0 forward, 1 input gradient, 2 weight gradient
 
 _KERNELS: dict[str, tuple[Callable[..., None] | None, ...]] = {
     "each": (_forward_each, _grad_input_each, _grad_weight_each),
-    "direct": (_forward_direct, _grad_input_direct, None),
+    "direct": (_forward_direct, _grad_input_direct, _grad_weight_direct),
     **{how: _wino_kernels(how) for how in WINOGRAD},
 }
 
 
 def _direct(s: ConvShape, which: Which) -> conv_direct.Direct | None:
-    return _direct_forward(s) if which == 0 else _direct_input(s) if which == 1 else None
+    """The direct kernel's geometry: the weight gradient runs on the forward one's."""
+    return _direct_input(s) if which == 1 else _direct_forward(s)
 
 
 def strategy(s: ConvShape, which: Which) -> str:
     """The fastest measured (bench/bench_conv.py --strategies, docs/examples.md): Winograd
     F(4×4) where it applies and the outputs come in fours or F(2×2)'s tiles would have to be
     looped, else F(2×2) where it applies; else direct with at least 4 output channels to fill a
-    tile's lanes and output rows of 8 or more; else im2col ("each")."""
+    tile's lanes and output rows of 8 or more (the weight gradient: rows in whole segments of 4
+    and at least 32 positions); else im2col ("each")."""
     d = _direct(s, which)
     if FORCE is not None:
         usable = {"direct": d is not None,
@@ -367,6 +380,8 @@ def strategy(s: ConvShape, which: Which) -> str:
         return "winograd4"
     if f2 is not None:
         return "winograd"
+    if which == 2:  # dot products over positions: whole segments, and enough of them per tile
+        return "direct" if d is not None and d.out[1] % 4 == 0 and s.p >= 32 else "each"
     return "direct" if d is not None and d.cout >= 4 and d.out[1] >= 8 else "each"
 
 
@@ -397,7 +412,7 @@ def scratch_bytes(s: ConvShape, which: Which, max_batch: int) -> int:
     d = _direct(s, which)
     how = strategy(s, which)
     if how == "direct" and d is not None:
-        return d.scratch_bytes()
+        return conv_direct.weight_scratch_bytes(d) if which == 2 else d.scratch_bytes()
     if how in WINOGRAD:
         return _wino(s, how, which).scratch_bytes()
     if which == 2:
@@ -407,12 +422,47 @@ def scratch_bytes(s: ConvShape, which: Which, max_batch: int) -> int:
     return s.col_bytes() + packed_w + gemm.scratch_bytes(kind, s.og, s.p, s.k, a_packed=which == 0)
 
 
+SUM_ACCS = 4  # independent <4 x float> partial sums of channel_sum (the add latency)
+
+
 def channel_sum(ctx: LowerCtx, *, channels: int, plane: int, src: ir.Value,
                 dst: ir.Value) -> None:
-    """dst[c] = Σ_n Σ_p src[n, c, p]: a convolution's bias gradient."""
+    """dst[c] = Σ_n Σ_p src[n, c, p]: a convolution's bias gradient.
+
+    Per channel, the plane's vectors go round-robin into SUM_ACCS partial sums carried over the
+    examples (a scalar one for a tail of plane % 4), reduced once at the end in a fixed order.
+    """
     b = ctx.b
+    vecs, tail = plane // LANES, plane % LANES
+    accs = min(SUM_ACCS, vecs)
     with loop(b, 0, channels, 1, "c") as c:
-        def step(n: ir.Value, acc: ir.Value) -> ir.Value:
-            at = b.mul(b.add(b.mul(n, i32c(channels)), c), i32c(plane))
-            return b.fadd(acc, fsum(b, gep(b, src, at), plane))
-        store(b, accumulate(b, ctx.n, step, zero_w(False), 1, "cn"), dst, c)
+        def step(n: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+            row = gep(b, src, b.mul(b.add(b.mul(n, i32c(channels)), c), i32c(plane)))
+            vs, scalar = list(acc[:accs]), acc[accs] if tail else None
+            if vecs > SUM_ACCS * 2:  # long planes: a loop over groups of SUM_ACCS vectors
+                whole = vecs // accs * accs
+                vs = carry_loop(b, 0, whole * LANES, accs * LANES, vs, lambda j, a: [
+                    b.fadd(a[q], load4(b, row, b.add(j, i32c(q * LANES)))) for q in range(accs)],
+                    "cs")
+                first = whole
+            else:
+                first = 0
+            for v in range(first, vecs):
+                vs[v % accs] = b.fadd(vs[v % accs], load4(b, row, v * LANES))
+            if scalar is not None:
+                for t in range(vecs * LANES, plane):
+                    scalar = b.fadd(scalar, load(b, row, t))
+                return [*vs, scalar]
+            return vs
+
+        init = [ir.Constant(V4, [0.0] * LANES)] * accs + ([f32c(0.0)] if tail else [])
+        acc = carry_loop(b, 0, ctx.n, 1, init, step, "cn")
+        total: ir.Value = f32c(0.0)
+        if accs:
+            v = acc[0]
+            for q in range(1, accs):
+                v = b.fadd(v, acc[q])
+            total = reduce_add4(b, v)
+        if tail:
+            total = b.fadd(total, acc[accs])
+        store(b, total, dst, c)

@@ -28,6 +28,7 @@ from .kernels import (
     load,
     load4,
     loop,
+    reduce_add4,
     splat,
     store,
     store4,
@@ -250,3 +251,148 @@ def _emit_tile(b: ir.IRBuilder, d: Direct, acc: list[list[ir.Value]], dst: ir.Va
             else:
                 with b.if_then(cond):
                     _store(b, acc[r][s], dst, at, partial, rem)
+
+
+# --- the weight gradient: dot products over output positions -----------------------------
+#
+# dW[g, o, t] = Σ_n Σ_q dy[n, g·O + o, q] · img_n[start(q) + table[t]] for t = (c, tap): the
+# same image, offsets and segments as the forward pass, with the reduction running over the
+# segments (4 consecutive outputs of a row: the vector lanes) instead of over the taps. A
+# register tile is 4 output channels × 2 taps: per segment 4 dy loads, 2 unaligned image loads
+# and 8 mul+add into vector partial sums, which persist across examples in scratch
+# ([G][4·o_tiles][K][4], reduced horizontally once at the end). Rows whose width is not a
+# multiple of 4 read dy from a copy with zeroed row tails, so the lanes past a row add nothing.
+DW_TAPS = 2  # taps per register tile
+# A row of at most this many segments is unrolled, longer ones loop: with 7–8 unrolled LLVM
+# hoisted their loads and Cranelift spilled (28×28: 2.8 ms unrolled, 1.5 looped).
+DW_UNROLL_SEGS = 2
+
+
+def _dw_k(d: Direct) -> int:
+    return d.cin * d.taps
+
+
+def _dw_seg_row(d: Direct) -> int:
+    return -(-d.out[1] // LANES)
+
+
+def _dw_partial_floats(d: Direct) -> int:
+    return d.groups * d.o_tiles * TILE_O * _dw_k(d) * LANES
+
+
+def _dw_dy_floats(d: Direct) -> int:
+    """dy rows padded to whole segments (0 where the rows already are)."""
+    ho, wo = d.out
+    return 0 if wo % LANES == 0 else d.cout * ho * _dw_seg_row(d) * LANES
+
+
+def weight_scratch_bytes(d: Direct) -> int:
+    return 4 * (_dw_partial_floats(d) + d.image_floats() + d.table_ints() + _dw_dy_floats(d))
+
+
+def _dw_tile(b: ir.IRBuilder, d: Direct, img: ir.Value, offs: list[ir.Value],
+             dys_at: list[ir.Value], dy_row: int, acc: list[ir.Value]) -> list[ir.Value]:
+    """acc[r·len(offs) + j] += Σ_q dy_r[q] · img[start(q) + offs[j]] over one example's
+    segments, dy_r the plane at dys_at[r] (rows dy_row floats apart)."""
+    ho, _ = d.out
+    wpad = d.padded[1]
+    seg_row = _dw_seg_row(d)
+    nt = len(offs)
+
+    def segment(start: ir.Value, at: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+        xs = [load4(b, img, b.add(start, off)) for off in offs]
+        dys = [load4(b, p, at) for p in dys_at]
+        return [b.fadd(acc[r * nt + j], b.fmul(dys[r], xs[j]))
+                for r in range(TILE_O) for j in range(nt)]
+
+    def row(oh: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+        start = b.mul(oh, i32c(d.stride_h * wpad))
+        at = b.mul(oh, i32c(dy_row))
+        if seg_row <= DW_UNROLL_SEGS:
+            for s in range(seg_row):
+                acc = segment(b.add(start, i32c(LANES * s)), b.add(at, i32c(LANES * s)), acc)
+            return acc
+        return carry_loop(b, 0, seg_row * LANES, LANES, acc,
+                          lambda x, a: segment(b.add(start, x), b.add(at, x), a), "dws")
+
+    return carry_loop(b, 0, ho, 1, acc, row, "dwr")
+
+
+def run_weight(ctx: LowerCtx, d: Direct, x: ir.Value, dy: ir.Value, dw: ir.Value) -> None:
+    """dw[g·O + o, c, taps] = Σ_n correlation of dy[n, g·O + o] with x[n, g·C + c] (x: src of
+    the forward convolution d, dy: its output's gradient)."""
+    b = ctx.b
+    k = _dw_k(d)
+    (h, w_in), (ho, wo) = d.size, d.out
+    seg_row = _dw_seg_row(d)
+    partial = ctx.addr_ptr(ctx.scratch)
+    img = ctx.addr_ptr(ctx.scratch + 4 * _dw_partial_floats(d))
+    table = ctx.addr_ptr(ctx.scratch + 4 * (_dw_partial_floats(d) + d.image_floats()))
+    dyp = ctx.addr_ptr(ctx.scratch + 4 * (_dw_partial_floats(d) + d.image_floats()
+                                          + d.table_ints()))
+    padded_dy = wo % LANES != 0
+    dy_row = seg_row * LANES if padded_dy else wo
+    _offsets(b, d, table)
+    _zero(b, img, d.image_floats())
+    _zero(b, partial, _dw_partial_floats(d))
+    if padded_dy:
+        _zero(b, dyp, _dw_dy_floats(d))
+    per_tile = k * LANES  # floats of one output channel's partial sums
+    with loop(b, 0, ctx.n, 1, "n") as n:
+        with loop(b, 0, d.groups, 1, "g") as g:
+            ex = b.add(b.mul(n, i32c(d.groups)), g)
+            _fill(b, d, gep(b, x, b.mul(ex, i32c(d.cin * h * w_in))), img)
+            src = gep(b, dy, b.mul(ex, i32c(d.cout * ho * wo)))
+            if padded_dy:
+                _copy_rows(b, src, wo, dyp, dy_row, d.cout * ho)
+                src = dyp
+            part_g = gep(b, partial, b.mul(g, i32c(d.o_tiles * TILE_O * per_tile)))
+            with loop(b, 0, d.o_tiles, 1, "dwo") as ot:
+                o0 = b.mul(ot, i32c(TILE_O))
+                # rows past cout read the last real plane; their partial sums are never reduced
+                rows = [b.add(o0, i32c(r)) for r in range(TILE_O)]
+                if d.cout % TILE_O:
+                    rows = [_clamp(b, o, d.cout - 1) for o in rows]
+                dys_at = [gep(b, src, b.mul(o, i32c(ho * dy_row))) for o in rows]
+                part = gep(b, part_g, b.mul(o0, i32c(per_tile)))
+                _dw_taps(b, d, img, table, dys_at, dy_row, part, per_tile, k)
+    with loop(b, 0, d.groups * d.cout, 1, "dwg") as go:  # groups × output channels in order
+        g, o = b.udiv(go, i32c(d.cout)), b.urem(go, i32c(d.cout))
+        base = gep(b, partial, b.add(b.mul(g, i32c(d.o_tiles * TILE_O * per_tile)),
+                                     b.mul(o, i32c(per_tile))))
+        with loop(b, 0, k, 1, "dwk") as t:
+            v = b.load(gep(b, base, b.mul(t, i32c(LANES))), typ=V4, align=16)
+            store(b, reduce_add4(b, v), dw, b.add(b.mul(go, i32c(k)), t))
+
+
+def _dw_taps(b: ir.IRBuilder, d: Direct, img: ir.Value, table: ir.Value,
+             dys_at: list[ir.Value], dy_row: int, part: ir.Value, per_tile: int, k: int) -> None:
+    """The 4 × DW_TAPS tiles of one output-channel tile over every tap (a 4 × 1 tile for an
+    odd last tap), added into the tile's partial sums."""
+    def tile(t0: ir.Value, nt: int) -> None:
+        offs = [load(b, table, b.add(t0, i32c(j)), I32) for j in range(nt)]
+        slots = [b.add(b.mul(b.add(t0, i32c(j)), i32c(LANES)), i32c(r * per_tile))
+                 for r in range(TILE_O) for j in range(nt)]
+        acc = [b.load(gep(b, part, at), typ=V4, align=16) for at in slots]
+        acc = _dw_tile(b, d, img, offs, dys_at, dy_row, acc)
+        for v, at in zip(acc, slots, strict=True):
+            b.store(v, gep(b, part, at), align=16)
+
+    whole = k // DW_TAPS * DW_TAPS
+    if whole:
+        with loop(b, 0, whole, DW_TAPS, "dwt") as t0:
+            tile(t0, DW_TAPS)
+    if whole < k:
+        tile(i32c(whole), k - whole)
+
+
+def _copy_rows(b: ir.IRBuilder, src: ir.Value, width: int, dst: ir.Value, dst_row: int,
+               rows: int) -> None:
+    """dst[r·dst_row + j] = src[r·width + j] for r < rows, j < width (the tails stay as they
+    are: zero)."""
+    with loop(b, 0, rows, 1, "cr") as r:
+        s, t = gep(b, src, b.mul(r, i32c(width))), gep(b, dst, b.mul(r, i32c(dst_row)))
+        with loop(b, 0, width // LANES * LANES, LANES, "cv") as j:
+            store4(b, load4(b, s, j), t, j)
+        for j in range(width // LANES * LANES, width):
+            store(b, load(b, s, j), t, j)
