@@ -1,6 +1,6 @@
-"""Max pooling kernels on every schedule of the vectorised pair
+"""Max pooling kernels (and the relu-fused ones) on every schedule of the vectorised pair
 path (fedc/lower/pairpool.py) and on general windows, against the numpy reference, exactly:
-ties, all-negative windows, signed zeros and -inf included."""
+ties, all-negative windows, signed zeros, -inf and NaN (PyTorch: the last NaN wins) included."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ GENERAL = [  # not pair windows: the scalar path (kernel, stride, padding)
     (3, (11,), ((3,), (2,), (1,))),
 ]
 CASES = [(c, s, (k, k, (0,) * len(s))) for c, s, k in GEOMETRIES] + GENERAL
-OPS = ["max_pool{r}d", "max_pool{r}d_grad"]
+OPS = ["max_pool{r}d", "max_pool{r}d_grad", "max_pool{r}d_relu", "max_pool{r}d_relu_grad"]
 
 
 def _cases(c: int, spatial: tuple[int, ...], window: tuple[tuple[int, ...], ...]):
@@ -46,7 +46,9 @@ def _cases(c: int, spatial: tuple[int, ...], window: tuple[tuple[int, ...], ...]
     out = Window.of(spatial, kernel, stride, padding).out_spatial
     x, dy = f32("N", c, *spatial), f32("N", c, *out)
     r = len(spatial)
-    return [(op.format(r=r), (dy, x) if op.endswith("grad") else (x,), attrs) for op in OPS]
+    ops = OPS if all(k == s for k, s in zip(kernel, stride, strict=True)) and not any(padding) \
+        and kernel[-1] == 2 else OPS[:2]  # the relu-fused ops exist for pair windows
+    return [(op.format(r=r), (dy, x) if op.endswith("grad") else (x,), attrs) for op in ops]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +68,13 @@ def _first_max(x: np.ndarray, attrs: dict, relu: bool) -> np.ndarray:
     return from2d(np.where(best > 0, best, np.float32(0)) if relu else best, rank)
 
 
+def _with_nans(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Normal values and ~15 % NaNs: windows with one, several or only NaNs."""
+    x = rng.normal(size=shape).astype(np.float32)
+    x[rng.random(shape) < 0.15] = np.nan
+    return x
+
+
 def _tied(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """Few distinct values, so windows hold ties, all-negative windows and signed zeros."""
     x = rng.choice(np.array([-2, -1, -0.0, 0.0, 1, 2, -np.inf], np.float32), size=shape,
@@ -78,13 +87,18 @@ def test_max_pool_kernels_match_the_reference_exactly(kernels, geom):
     rng = np.random.default_rng(geom)
     _, _, (kernel, stride, _) = CASES[geom]
     overlapping = any(s < k for s, k in zip(stride, kernel, strict=True))
+    first_index = sum(len(_cases(*CASES[g])) for g in range(geom))
     for k, (op, types, attrs) in enumerate(_cases(*CASES[geom])):
-        index = geom * len(OPS) + k
+        index = first_index + k
+        # NaNs: fedc's relu maps NaN to 0 where the reference's np.maximum keeps it
+        kinds = ("normal", "tied") if "relu" in op else ("normal", "tied", "nan")
         for batch in (1, 2, 5):
-            for data in ("normal", "tied"):
+            for data in kinds:
                 arrays = [rng.normal(size=t.concrete(batch)).astype(np.float32) for t in types]
                 if data == "tied":
                     arrays[-1] = _tied(rng, arrays[-1].shape)
+                if data == "nan":
+                    arrays[-1] = _with_nans(rng, arrays[-1].shape)
                 want = REGISTRY[op].ref(arrays, attrs)
                 kernels.view(kernels.io[index][1], 5)[...] = np.nan  # every element is written
                 got = kernels(index, arrays, batch)
@@ -92,7 +106,8 @@ def test_max_pool_kernels_match_the_reference_exactly(kernels, geom):
                     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=op)
                 else:
                     np.testing.assert_array_equal(got, want, err_msg=f"{op} {batch} {data}")
-                if not op.endswith("grad"):  # the zero's sign: the first maximum's, relu's +0
+                if not op.endswith("grad") and data != "nan":  # the zero's sign: the first
+                    # maximum's, relu's +0 (a NaN's sign and payload are not specified)
                     first = _first_max(arrays[0], attrs, relu=op.endswith("relu"))
                     assert (np.signbit(got) == np.signbit(first)).all(), f"{op} {batch} {data}"
 

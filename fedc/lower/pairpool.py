@@ -248,15 +248,69 @@ def zero_uncovered(ctx: LowerCtx, win: Window, planes: int, dx: ir.Value) -> Non
 
 # --- the kernels -------------------------------------------------------------------------------
 
-def argmax(b: ir.IRBuilder, taps: list[ir.Value]) -> tuple[ir.Value, ir.Value]:
-    """(max, index of its tap) of four windows: the first maximum in scan order, a NaN wins
-    (PyTorch's `val > max || isnan(val)`). Starting from tap 0 equals starting from −inf."""
-    best, at = taps[0], ir.Constant(MASK, [0] * 4)
-    for t, v in enumerate(taps[1:], 1):
-        take = b.or_(b.fcmp_ordered(">", v, best), b.fcmp_unordered("uno", v, v))
-        best = b.select(take, v, best)
-        at = b.select(take, ir.Constant(MASK, [t] * 4), at)
-    return best, at
+def _mask(b: ir.IRBuilder, cmp: ir.Value) -> ir.Value:
+    """A lane mask as <4 x i32> (all ones where true): bitwise logic on it needs no
+    re-normalising of <4 x i1> lanes."""
+    return b.sext(cmp, MASK)
+
+
+def _keep(b: ir.IRBuilder, mask: ir.Value, v: ir.Value) -> ir.Value:
+    """v where mask, else +0.0 (a bitwise and)."""
+    return b.bitcast(b.and_(mask, b.bitcast(v, MASK)), V4)
+
+
+@dataclass(frozen=True)
+class Max:
+    """Four windows' maxima: `best` (exact for windows without a NaN), `nan` (the mask of the
+    windows that hold one, or None where they count as not holding one) and the taps."""
+
+    best: ir.Value
+    nan: ir.Value | None
+    taps: list[ir.Value]
+    b: ir.IRBuilder
+
+    def value(self) -> ir.Value:
+        """The max of each window, NaN where the window has one."""
+        b = self.b
+        assert self.nan is not None
+        return b.bitcast(b.or_(b.bitcast(self.best, MASK), self.nan), V4)
+
+    def winners(self) -> list[ir.Value]:
+        """Per tap, the mask of the windows it wins, as PyTorch's scan `val > max ||
+        isnan(val)` picks: the first maximum, or in a window with NaNs the last NaN."""
+        b = self.b
+        hits = _claim(b, [_mask(b, b.fcmp_ordered("==", v, self.best)) for v in self.taps])
+        if self.nan is None:
+            return hits
+        nans = _claim(b, [_mask(b, b.fcmp_unordered("uno", v, v)) for v in self.taps[::-1]])
+        keep = b.xor(self.nan, ONES)
+        return [b.or_(b.and_(h, keep), b.and_(n, self.nan))
+                for h, n in zip(hits, nans[::-1], strict=True)]
+
+
+def _claim(b: ir.IRBuilder, hits: list[ir.Value]) -> list[ir.Value]:
+    """Each lane's first true mask in list order: hits[t] and none before it."""
+    out, seen = [hits[0]], hits[0]
+    for h in hits[1:]:
+        out.append(b.and_(h, b.xor(seen, ONES)))
+        seen = b.or_(seen, h)
+    return out
+
+
+ONES = ir.Constant(MASK, [-1] * 4)
+
+
+def window_max(b: ir.IRBuilder, taps: list[ir.Value]) -> Max:
+    """Max of four windows' taps: a chain of `best < v ? v : best` (f32x4.pmax: the strict
+    `>` of the scan keeps the first of equal values), and which windows hold a NaN."""
+    best, nan = taps[0], _mask(b, b.fcmp_unordered("uno", taps[0], taps[0]))
+    for v in taps[1:]:
+        best = b.select(b.fcmp_ordered("<", best, v), v, best)
+    for k in range(1, len(taps) - 1, 2):
+        nan = b.or_(nan, _mask(b, b.fcmp_unordered("uno", taps[k], taps[k + 1])))
+    if len(taps) % 2 == 0:
+        nan = b.or_(nan, _mask(b, b.fcmp_unordered("uno", taps[-1], taps[-1])))
+    return Max(best, nan, taps, b)
 
 
 def max_pool(ctx: LowerCtx, win: Window, planes: int, x: ir.Value, out: ir.Value, relu: bool,
@@ -265,8 +319,12 @@ def max_pool(ctx: LowerCtx, win: Window, planes: int, x: ir.Value, out: ir.Value
     b, g = ctx.b, Geometry.of(win)
 
     def chunk(i: ir.Value, o: ir.Value, c: Chunk) -> None:
-        best, _ = argmax(b, gather(b, x, i, c, g))
-        store4(b, where_positive(b, best, best) if relu else best, out, b.add(o, i32c(c.out)))
+        mx = window_max(b, gather(b, x, i, c, g))
+        if relu:  # relu(NaN) = 0: a window with a NaN gives 0
+            val = _keep(b, b.xor(mx.nan, ONES), where_positive(b, mx.best, mx.best))
+        else:
+            val = mx.value()
+        store4(b, val, out, b.add(o, i32c(c.out)))
     each_chunk(ctx, win, planes, chunk, fallback)
 
 
@@ -276,13 +334,12 @@ def max_pool_grad(ctx: LowerCtx, win: Window, planes: int, dy: ir.Value, x: ir.V
     whose maximum is > 0 (the gradient of relu then max pooling, from the pre-activation)."""
     b, g = ctx.b, Geometry.of(win)
     zero_uncovered(ctx, win, planes, dx)
-    zeros = ir.Constant(V4, [0.0] * 4)
 
     def chunk(i: ir.Value, o: ir.Value, c: Chunk) -> None:
-        best, at = argmax(b, gather(b, x, i, c, g))
+        mx = window_max(b, gather(b, x, i, c, g))
         grad = load4(b, dy, b.add(o, i32c(c.out)))
-        if relu:
-            grad = where_positive(b, best, grad)
-        scatter(b, dx, i, c, g, [b.select(b.icmp_signed("==", at, ir.Constant(MASK, [t] * 4)),
-                                          grad, zeros) for t in range(2 * g.kh)])
+        if relu:  # only windows whose max is > 0, so none with a NaN: the first maximum
+            grad = _keep(b, b.xor(mx.nan, ONES), where_positive(b, mx.best, grad))
+            mx = Max(mx.best, None, mx.taps, b)
+        scatter(b, dx, i, c, g, [_keep(b, m, grad) for m in mx.winners()])
     each_chunk(ctx, win, planes, chunk, fallback)

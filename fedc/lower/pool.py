@@ -119,15 +119,18 @@ def _out_at(b: ir.IRBuilder, win: Window, oh: ir.Value, ow: ir.Value) -> ir.Valu
 
 
 def _argmax(b: ir.IRBuilder, plane: ir.Value, taps: list[Tap]) -> tuple[ir.Value, ir.Value]:
-    """(max, its index) over the in-bounds taps, first maximum in scan order; a NaN wins
-    (PyTorch's `val > max || isnan(val)`)."""
+    """(max, its index) over the in-bounds taps as PyTorch's CPU scan finds them: the first
+    in-bounds tap to start, then `val > max || isnan(val)` (the first maximum; in a window with
+    NaNs the last NaN; in a window of -inf its first in-bounds tap)."""
+    true = ir.Constant(ir.IntType(1), 1)
     best: ir.Value = f32c(float("-inf"))
-    at: ir.Value = i32c(0)
+    at: ir.Value = taps[0][0]
+    seen: ir.Value = ir.Constant(ir.IntType(1), 0)  # an in-bounds tap came before
     for idx, inb in taps:
         v = load(b, plane, idx)
-        take = b.or_(b.fcmp_ordered(">", v, best), b.fcmp_unordered("uno", v, v))
-        if inb is not None:
-            take = b.and_(take, inb)
+        better = b.or_(b.fcmp_ordered(">", v, best), b.fcmp_unordered("uno", v, v))
+        take = b.and_(b.or_(better, b.not_(seen)), inb or true)
+        seen = b.or_(seen, inb or true)
         best = b.select(take, v, best)
         at = b.select(take, idx, at)
     return best, at

@@ -82,14 +82,27 @@ def _max_ref(xs: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     return from2d(windows(as2d(x, rank), _win_of(x, attrs), -np.inf).max(axis=(-2, -1)), rank)
 
 
+def _winner(flat: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """The tap PyTorch's CPU scan ends on, along the last axis: it starts at the first
+    in-bounds tap and takes `val > maxval || isnan(val)`, so the first maximum, in a window
+    with NaNs the last NaN, in a window of -inf its first in-bounds tap (never padding)."""
+    nan = np.isnan(flat)
+    last_nan = flat.shape[-1] - 1 - np.argmax(nan[..., ::-1], axis=-1)
+    best = np.where(inside, flat, -np.inf).max(axis=-1, keepdims=True)
+    first_max = np.argmax(inside & (flat == best), axis=-1)
+    return np.where(nan.any(axis=-1), last_nan, first_max)
+
+
 def _max_grad_ref(xs: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     dy, x = xs
     rank = x.ndim - 2
     win = _win_of(x, attrs)
-    cols = windows(as2d(x, rank), win, -np.inf)
+    x2 = as2d(x, rank)
+    cols = windows(x2, win, -np.inf)
     flat = cols.reshape(*cols.shape[:4], -1)
-    first_max = np.argmax(flat, axis=-1)[..., None]  # PyTorch's tie-break: the first maximum
-    onehot = (np.arange(flat.shape[-1]) == first_max) * as2d(dy, rank)[..., None]
+    inside = windows(np.ones(x2.shape, bool), win, False).reshape(flat.shape)
+    onehot = (np.arange(flat.shape[-1]) == _winner(flat, inside)[..., None]) * \
+        as2d(dy, rank)[..., None]
     return from2d(unwindow(onehot.reshape(cols.shape).astype(dy.dtype), win), rank)
 
 

@@ -174,3 +174,29 @@ logits = dense(global_avg_pool(h), 4)
         return _dense(h.mean(dim=2), ps)
 
     _check(src, forward, (2, 17), 4, seed=7)
+
+
+@pytest.mark.parametrize("rank,kernel,stride,padding", [
+    (2, (2, 2), (2, 2), (0, 0)), (2, (3, 3), (2, 2), (1, 1)), (2, (3, 2), (1, 1), (1, 0)),
+    (1, (3,), (2,), (1,)), (1, (2,), (1,), (0,))])
+def test_max_pool_gradient_reference_routes_nan_and_inf_windows_as_torch(rank, kernel, stride,
+                                                                          padding):
+    """The reference the Wasm pool kernels are held to exactly picks PyTorch's tap: the first
+    maximum, the last NaN, and in an all -inf window (padded or not) its first in-bounds tap."""
+    from fedc.ops import REGISTRY
+
+    rng = np.random.default_rng(sum(kernel) * 7 + sum(padding))
+    shape = (3, 4, *(7,) * rank)
+    x = rng.choice(np.array([-1, 0, 1, -np.inf, np.nan], np.float32), size=shape,
+                   p=[0.2, 0.2, 0.2, 0.3, 0.1])
+    attrs = {"kernel": kernel, "stride": stride, "padding": padding}
+    xt = torch.tensor(x, requires_grad=True)
+    pool = F.max_pool2d if rank == 2 else F.max_pool1d
+    y = pool(xt, kernel, stride=stride, padding=padding)
+    dy = rng.integers(1, 64, size=y.shape).astype(np.float32)  # overlapping sums stay exact
+    y.backward(torch.tensor(dy))
+    want_y = y.detach().numpy()
+    got_y = REGISTRY[f"max_pool{rank}d"].ref([x], attrs)
+    np.testing.assert_array_equal(got_y, want_y)
+    got = REGISTRY[f"max_pool{rank}d_grad"].ref([dy, x], attrs)
+    np.testing.assert_array_equal(got, xt.grad.numpy())
