@@ -298,10 +298,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=0.3, help="per measurement")
-    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help=f"comma-separated, of: {', '.join(CASES)}")
     ap.add_argument("--json", action="store_true", help="one JSON object per case on stdout")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    unknown = [n for n in args.cases.split(",") if n not in CASES]
+    if unknown:
+        ap.error(f"--cases: unknown case {', '.join(map(repr, unknown))} "
+                 f"(known: {', '.join(CASES)})")
     if args.worker:
         _worker(args.worker, CASES[args.cases])
         return
