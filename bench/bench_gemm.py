@@ -107,9 +107,11 @@ def _peak_function(mod: ir.Module, builder: type[ir.IRBuilder] = ir.IRBuilder) -
 Cases = list[tuple[str, str, tuple[int, int, int]]]
 
 
-def build_module(madd: bool = False, native: bool = False) -> tuple[ir.Module, Cases, int]:
+def build_module(madd: bool = False, native: bool = False
+                 ) -> tuple[ir.Module, Cases, list[int]]:
     """One module: `bench_<kind>_<M>(iters, m)` for every case sharing buffers, and `peak`;
-    with the arena's end. `native` addresses memory through @fedc_base (fedc/lower/address)."""
+    with the byte addresses of A, B, C and scratch and the arena's end (5 numbers). `native`
+    addresses memory through @fedc_base (fedc/lower/address)."""
     from fedc.link import ARENA_BASE
     from fedc.lower import gemm
     from fedc.lower.address import builder_class
@@ -138,16 +140,16 @@ def build_module(madd: bool = False, native: bool = False) -> tuple[ir.Module, C
             b.ret_void()
             cases.append((name, kind, (m, n, k)))
     _peak_function(mod, builder)
-    return mod, cases, addrs[3] + roles[3]
+    return mod, cases, [*addrs, addrs[3] + roles[3]]
 
 
-def _build_wasm(variant: str) -> tuple[bytes, Cases]:
+def _build_wasm(variant: str) -> tuple[bytes, Cases, list[int]]:
     from fedc.emit import emit
     from fedc.link import link
 
-    mod, cases, end = build_module(madd=variant == "relaxed-simd")
+    mod, cases, addrs = build_module(madd=variant == "relaxed-simd")
     obj = emit(str(mod), variant).object_code
-    return link(obj, end, [c[0] for c in cases] + ["peak"]), cases
+    return link(obj, addrs[-1], [c[0] for c in cases] + ["peak"]), cases, addrs
 
 
 class _Runner:
@@ -158,6 +160,22 @@ class _Runner:
 
     def _invoke(self, name: str, iters: int, m: int) -> None:
         raise NotImplementedError
+
+    def _verify_all(self, buf: np.ndarray, addrs: list[int]) -> None:
+        """Each case once against numpy on the random operands, before anything is timed: a
+        kernel that skipped work would otherwise show as an impossible rate."""
+        for name, kind, size in self.cases:
+            (ra, ca), (rb, cb), (rc, cc) = _shapes(kind, *size)
+            a, bm, c = (buf[at:at + 4 * r * k].view(np.float32).reshape(r, k)
+                        for at, (r, k) in zip(addrs[:3], [(ra, ca), (rb, cb), (rc, cc)],
+                                              strict=True))
+            c[...] = np.nan
+            self._invoke(name, 1, size[0])
+            a64, b64 = a.astype(np.float64), bm.astype(np.float64)
+            want = a64 @ b64 if kind == "nn" else a64 @ b64.T if kind == "nt" else a64.T @ b64
+            if not np.allclose(c, want, rtol=1e-4, atol=1e-3 * max(1.0, float(np.abs(want).max()))):
+                raise SystemExit(f"bench_gemm: {name} computed a wrong product "
+                                 f"(max error {np.nanmax(np.abs(c - want))})")
 
     def _calibrate_all(self, seconds: float) -> None:
         self.iters = {name: self._calibrate(name, seconds) for name, _, _ in self.cases}
@@ -184,8 +202,10 @@ class _Runner:
         return 2 * m * n * k * iters / dt / 1e9
 
 
-def _random_fill(buf: np.ndarray, start: int) -> None:
-    arena = buf[start:].view(np.uint8)
+def _random_fill(buf: np.ndarray, start: int, end: int) -> None:
+    """Random operands in the arena [start, end) only: the module's own data (after the arena:
+    the GEMM depths the kernels read, fedc/lower/gemm.py _opaque_depth) must stay intact."""
+    arena = buf[start:end].view(np.uint8)
     words = arena[:len(arena) // 4 * 4].view(np.float32)
     words[:] = np.random.default_rng(0).uniform(-1, 1, words.shape)
 
@@ -203,7 +223,8 @@ class NativeRunner(_Runner):
         from fedc.lower.address import BASE_GLOBAL
         from fedc.native import ALIGN, host_target_machine
 
-        mod, self.cases, end = build_module(native=True)
+        mod, self.cases, addrs = build_module(native=True)
+        end = addrs[-1]
         tm = host_target_machine()
         self.engine = llvm.create_mcjit_compiler(optimize(str(mod), tm), tm)
         self.engine.finalize_object()
@@ -212,12 +233,13 @@ class NativeRunner(_Runner):
         self.buf = raw[-raw.ctypes.data % ALIGN:][:size]
         ctypes.c_void_p.from_address(
             self.engine.get_global_value_address(BASE_GLOBAL)).value = self.buf.ctypes.data
-        _random_fill(self.buf, ARENA_BASE)
+        _random_fill(self.buf, ARENA_BASE, end)
         proto = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_int32)
         peak = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_float, ctypes.c_float)
         self.fns = {name: proto(self.engine.get_function_address(name))
                     for name, _, _ in self.cases}
         self.fns["peak"] = peak(self.engine.get_function_address("peak"))
+        self._verify_all(self.buf, addrs)
         self._calibrate_all(seconds)
 
     def _invoke(self, name: str, iters: int, m: int) -> None:
@@ -235,14 +257,15 @@ class WasmRunner(_Runner):
 
         from fedc.link import ARENA_BASE
 
-        wasm, self.cases = _build_wasm(variant)
+        wasm, self.cases, addrs = _build_wasm(variant)
         engine = wasmtime.Engine()
         self.store = wasmtime.Store(engine)
         self.exports = wasmtime.Instance(self.store, wasmtime.Module(engine, wasm), []).exports(
             self.store)
         mem = self.exports["memory"]
         buf = np.ctypeslib.as_array(mem.data_ptr(self.store), shape=(mem.data_len(self.store),))
-        _random_fill(buf, ARENA_BASE)
+        _random_fill(buf, ARENA_BASE, addrs[-1])
+        self._verify_all(buf, addrs)
         self._calibrate_all(seconds)
 
     def _invoke(self, name: str, iters: int, m: int) -> None:
