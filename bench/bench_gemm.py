@@ -165,10 +165,8 @@ class _Runner:
         """Each case once against numpy on the random operands, before anything is timed: a
         kernel that skipped work would otherwise show as an impossible rate."""
         for name, kind, size in self.cases:
-            (ra, ca), (rb, cb), (rc, cc) = _shapes(kind, *size)
             a, bm, c = (buf[at:at + 4 * r * k].view(np.float32).reshape(r, k)
-                        for at, (r, k) in zip(addrs[:3], [(ra, ca), (rb, cb), (rc, cc)],
-                                              strict=True))
+                        for at, (r, k) in zip(addrs[:3], _shapes(kind, *size), strict=True))
             c[...] = np.nan
             self._invoke(name, 1, size[0])
             a64, b64 = a.astype(np.float64), bm.astype(np.float64)

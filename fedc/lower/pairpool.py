@@ -248,6 +248,9 @@ def zero_uncovered(ctx: LowerCtx, win: Window, planes: int, dx: ir.Value) -> Non
 
 # --- the kernels -------------------------------------------------------------------------------
 
+ONES = ir.Constant(MASK, [-1] * 4)
+
+
 def _mask(b: ir.IRBuilder, cmp: ir.Value) -> ir.Value:
     """A lane mask as <4 x i32> (all ones where true): bitwise logic on it needs no
     re-normalising of <4 x i1> lanes."""
@@ -295,9 +298,6 @@ def _claim(b: ir.IRBuilder, hits: list[ir.Value]) -> list[ir.Value]:
         out.append(b.and_(h, b.xor(seen, ONES)))
         seen = b.or_(seen, h)
     return out
-
-
-ONES = ir.Constant(MASK, [-1] * 4)
 
 
 def window_max(b: ir.IRBuilder, taps: list[ir.Value]) -> Max:
