@@ -202,7 +202,7 @@ class _Runner:
 
 def _random_fill(buf: np.ndarray, start: int, end: int) -> None:
     """Random operands in the arena [start, end) only: the module's own data (after the arena:
-    the GEMM depths the kernels read, fedc/lower/gemm.py _opaque_depth) must stay intact."""
+    the trip counts the kernels read, fedc/lower/kernels.py opaque_count) must stay intact."""
     arena = buf[start:end].view(np.uint8)
     words = arena[:len(arena) // 4 * 4].view(np.float32)
     words[:] = np.random.default_rng(0).uniform(-1, 1, words.shape)

@@ -28,6 +28,7 @@ from .kernels import (
     load,
     load4,
     loop,
+    opaque_count,
     reduce_add4,
     splat,
     store,
@@ -162,7 +163,7 @@ def _tile(b: ir.IRBuilder, d: Direct, wp: ir.Value, img: ir.Value, table: ir.Val
                 for r in range(TILE_O) for s in range(SEGS)]
 
     first = [x for x in init for _ in range(SEGS)]
-    accs = carry_loop(b, 0, d.cin * d.taps, 1, first, step, "tc")
+    accs = carry_loop(b, 0, opaque_count(b, d.cin * d.taps), 1, first, step, "tc")
     return [[accs[r * SEGS + s] for s in range(SEGS)] for r in range(TILE_O)]
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from llvmlite import ir
 
-from .kernels import carry_loop, transpose4, where_positive
+from .kernels import carry_loop, opaque_count, transpose4, where_positive
 
 I32 = ir.IntType(32)
 F32 = ir.FloatType()
@@ -316,26 +316,6 @@ def _in_place(b: ir.IRBuilder, src: ir.Value, group: Group, ld: int) -> Panels:
     return Panels(group, _at(b, src, group.first), group.count, group.width, ld, align=4)
 
 
-def _opaque_depth(b: ir.IRBuilder, depth: ir.Value | int) -> ir.Value | int:
-    """A static depth read from a (hidden, never written) global that LLVM may not assume
-    constant, so that the micro-kernel's loop keeps a down-counting trip counter as a run-time
-    depth does (`add −1; test; jne`). On a constant trip count LLVM's loop strength reduction
-    compares an offset against the constant instead, which Cranelift lowers to
-    `cmp; je; mov; jmp` per step, a register move and a second branch: MNIST's 784-deep
-    forward GEMM ran 12 % slower that way. (A `select` on the row count instead of the load was
-    folded, or made LLVM version the loop, 2× slower.) One 4-byte load per tile."""
-    if not isinstance(depth, int):
-        return depth
-    name = f"fedc.gemm.depth{depth}"
-    g = b.module.globals.get(name)
-    if g is None:
-        g = ir.GlobalVariable(b.module, I32, name)
-        g.initializer = _c(depth)
-        g.visibility = "hidden"  # external linkage: not known constant; hidden: not exported
-        g.align = 4
-    return b.load(g, typ=I32, align=4)
-
-
 def _tiles(b: ir.IRBuilder, a_panels: Sequence[Panels], b_panels: Sequence[Panels],
            depth: ir.Value | int, rows: ir.Value | int, cols: int, c: ir.Value, flavor: Flavor,
            bias: ir.Value | None = None, mask: ir.Value | None = None) -> None:
@@ -344,8 +324,8 @@ def _tiles(b: ir.IRBuilder, a_panels: Sequence[Panels], b_panels: Sequence[Panel
     B panels outside, A panels inside: one B panel stays in L1 while the A panels stream; the
     other order measured the same.
     """
-    if not flavor.madd:  # not for relaxed_madd: its loop then ran 2× slower (MNIST, 256 deep)
-        depth = _opaque_depth(b, depth)
+    if not flavor.madd and isinstance(depth, int):  # not for relaxed_madd: its loop then ran
+        depth = opaque_count(b, depth)  # 2× slower (MNIST, 256 deep)
     for pb in b_panels:
         def col_tiles(jp: ir.Value, pb: Panels = pb) -> None:
             pb_j = _at(b, pb.base, b.mul(jp, _as(pb.stride)))
