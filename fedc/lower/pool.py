@@ -128,9 +128,10 @@ def _argmax(b: ir.IRBuilder, plane: ir.Value, taps: list[Tap]) -> tuple[ir.Value
     seen: ir.Value = ir.Constant(ir.IntType(1), 0)  # an in-bounds tap came before
     for idx, inb in taps:
         v = load(b, plane, idx)
+        inside = inb or true
         better = b.or_(b.fcmp_ordered(">", v, best), b.fcmp_unordered("uno", v, v))
-        take = b.and_(b.or_(better, b.not_(seen)), inb or true)
-        seen = b.or_(seen, inb or true)
+        take = b.and_(b.or_(better, b.not_(seen)), inside)
+        seen = b.or_(seen, inside)
         best = b.select(take, v, best)
         at = b.select(take, idx, at)
     return best, at
