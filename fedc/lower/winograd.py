@@ -108,6 +108,18 @@ class Wino:
         return (m * th, m * tw) if self.padded else (self.ho, self.wo)
 
     @property
+    def u_stride(self) -> int:
+        """Floats between the a² blocks U_ξ [C, O] (and dU_ξ): C·O padded so that the blocks
+        start in different L1 sets. Unpadded, 16×32 blocks are 2 KB apart, so the a² = 36
+        cells a kernel-transform step stores (or a kernel-adjoint step loads) fell in two of
+        L1's 64 sets and missed on nearly every access."""
+        return _spread(self.c * self.o)
+
+    def cells_stride(self, ch: int) -> int:
+        """Floats between the a² blocks [T, ch] of V, Z or dV (spread over L1 sets as U)."""
+        return _spread(self.tmax * ch)
+
+    @property
     def chunk(self) -> int:
         """Images per chunk."""
         return max(1, (self.cells or CHUNK_CELLS) // (self.tiles * self.xis))
@@ -123,12 +135,16 @@ class Wino:
                 gemm.scratch_bytes("nn", self.tmax, self.c, self.o),
                 gemm.scratch_bytes("tn", self.tmax, self.o, self.c)) // 4
         x = self.xis
-        return [("u", x * self.c * self.o), ("img1", img), ("img2", img),
-                ("v", x * self.tmax * self.c), ("z", x * self.tmax * self.o),
-                ("dv", x * self.tmax * self.c), ("gemm", g)]
+        return [("u", x * self.u_stride), ("img1", img), ("img2", img),
+                ("v", x * self.cells_stride(self.c)), ("z", x * self.cells_stride(self.o)),
+                ("dv", x * self.cells_stride(self.c)), ("gemm", g)]
 
     def offset(self, name: str) -> int:
-        """Byte offset of a scratch area (each 16-byte aligned)."""
+        """Byte offset of a scratch area (each 16-byte aligned). "wt" (the weights in
+        weights_by_lane's layout) overlaps the areas after U: the kernel transform runs before
+        the chunks, the kernel adjoint after them."""
+        if name == "wt":
+            return self.offset("img1")
         at = 0
         for area, floats in self._areas():
             if area == name:
@@ -137,7 +153,16 @@ class Wino:
         raise KeyError(name)
 
     def scratch_bytes(self) -> int:
-        return sum((floats + 3) // 4 * 16 for _, floats in self._areas())
+        areas = sum((floats + 3) // 4 * 16 for _, floats in self._areas())
+        return max(areas, self.offset("wt") + 4 * 9 * self.c * self.o)
+
+
+def _spread(floats: int) -> int:
+    """floats rounded up to whole 64-byte lines, plus one line if that is an even number of
+    lines: blocks this far apart start in distinct L1 sets (the line count is odd, so coprime
+    to the number of sets)."""
+    lines = -(-floats // 16)
+    return 16 * (lines + 1 - lines % 2)
 
 
 def of(s: ConvShape, m: int = 2, which: int = 0) -> Wino | None:
@@ -236,16 +261,16 @@ def _at(b: ir.IRBuilder, base: ir.Value, start: ir.Value, pixel: int, ch: int,
     return b.add(b.add(base, b.mul(start, i32c(ch))), b.add(i32c(pixel * ch), c))
 
 
-def _xi(b: ir.IRBuilder, xi: int, tmax: int, ch: int, t: ir.Value, c: ir.Value) -> ir.Value:
+def _xi(b: ir.IRBuilder, xi: int, wg: Wino, ch: int, t: ir.Value, c: ir.Value) -> ir.Value:
     """Index of V/Z/dV[ξ][t][c] (rows of ch floats)."""
-    return b.add(b.add(i32c(xi * tmax * ch), b.mul(t, i32c(ch))), c)
+    return b.add(b.add(i32c(xi * wg.cells_stride(ch)), b.mul(t, i32c(ch))), c)
 
 
 def _load_xis(b: ir.IRBuilder, wg: Wino, src: ir.Value, ch: int, t: ir.Value,
               c: ir.Value) -> list[list[Cell]]:
     """Tile t's a×a transformed cells src[ξ][t][c…c+3] (M, dV: rows of ch floats)."""
     a = wg.f.a
-    return [[load4(b, src, _xi(b, a * r + q, wg.tmax, ch, t, c)) for q in range(a)]
+    return [[load4(b, src, _xi(b, a * r + q, wg, ch, t, c)) for q in range(a)]
             for r in range(a)]
 
 
@@ -254,7 +279,7 @@ def _store_xis(b: ir.IRBuilder, wg: Wino, cells: list[list[Cell]], dst: ir.Value
     """dst[ξ][t][c…c+3] = tile t's a×a transformed cells (V, Z; a zero cell stores zeros)."""
     for xi in range(wg.xis):
         cell = cells[xi // wg.f.a][xi % wg.f.a]
-        store4(b, zero() if cell is None else cell, dst, _xi(b, xi, wg.tmax, ch, t, c))
+        store4(b, zero() if cell is None else cell, dst, _xi(b, xi, wg, ch, t, c))
 
 
 def to_cells(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, dst: ir.Value, *,
@@ -313,50 +338,67 @@ def input_adjoint(ctx: LowerCtx, wg: Wino, dv: ir.Value, e: ir.Value, img: ir.Va
                         store4(b, b.fadd(load4(b, img, at), val), img, at)
 
 
-def kernel_transform(ctx: LowerCtx, wg: Wino, w: ir.Value, u: ir.Value,
+def weights_by_lane(ctx: LowerCtx, wg: Wino, w: ir.Value, dst: ir.Value, *,
+                    over_o: bool) -> None:
+    """w[O, C, 3, 3] → dst with the four lanes of a transform vector side by side, so the
+    transforms load whole vectors: over_o, dst[c·9 + tap][o]; else dst[o][tap][c] (gathering
+    four floats 9 or 9·C apart lane by lane cost ~6 µs a kernel transform at 16→32: the loads
+    went through general registers and were spilled)."""
+    b = ctx.b
+    if over_o:
+        channels_last(b, w, dst, wg.o, wg.c * 9)
+        return
+    with loop(b, 0, wg.o, 1, "kw") as o:
+        at = b.mul(o, i32c(wg.c * 9))
+        channels_last(b, gep(b, w, at), gep(b, dst, at), wg.c, 9)
+
+
+def _by_lane(b: ir.IRBuilder, wg: Wino, o: ir.Value, c: ir.Value, tap: int,
+             over_o: bool) -> ir.Value:
+    """Index of tap `tap` of the four lanes at (o, c) in weights_by_lane's layout."""
+    if over_o:
+        return b.add(b.mul(b.add(b.mul(c, i32c(9)), i32c(tap)), i32c(wg.o)), o)
+    return b.add(b.add(b.mul(o, i32c(wg.c * 9)), i32c(tap * wg.c)), c)
+
+
+def kernel_transform(ctx: LowerCtx, wg: Wino, w: ir.Value, u: ir.Value, lanes_w: ir.Value,
                      transposed: int = 0) -> None:
     """U[ξ][c][o] = (G g Gᵀ)_ξ for g = w[o, c], vectors over four output channels; or
-    `transposed`, Uᵀ[ξ][o][c], vectors over four input channels."""
+    `transposed`, Uᵀ[ξ][o][c], vectors over four input channels. lanes_w: scratch for
+    weights_by_lane."""
     b = ctx.b
+    over_o = not transposed
+    weights_by_lane(ctx, wg, w, lanes_w, over_o=over_o)
     rows, lanes = (wg.o, wg.c) if transposed else (wg.c, wg.o)
     with loop(b, 0, rows, 1, "kr") as r, loop(b, 0, lanes, LANES, "kl") as q:
         o, c = (r, q) if transposed else (q, r)
-        first = b.add(b.mul(o, i32c(wg.c * 9)), b.mul(c, i32c(9)))  # w[o, c, 0, 0]
-        stride = 9 if transposed else wg.c * 9  # between the lanes' weights
-        g = [[_gather4(b, w, b.add(first, i32c(3 * i + j)), stride) for j in range(3)]
-             for i in range(3)]
+        g = [[load4(b, lanes_w, _by_lane(b, wg, o, c, 3 * i + j, over_o))
+              for j in range(3)] for i in range(3)]
         out = two_sided(b, wg.f.g, g, wg.f.g)
         for xi in range(wg.xis):
             cell = out[xi // wg.f.a][xi % wg.f.a]
             assert cell is not None
-            store4(b, cell, u, b.add(b.add(i32c(xi * wg.c * wg.o), b.mul(r, i32c(lanes))), q))
+            store4(b, cell, u, b.add(b.add(i32c(xi * wg.u_stride), b.mul(r, i32c(lanes))), q))
 
 
-def kernel_adjoint(ctx: LowerCtx, wg: Wino, du: ir.Value, dw: ir.Value) -> None:
-    """dw[o, c] = Gᵀ dU[ξ][c][o] G."""
+def kernel_adjoint(ctx: LowerCtx, wg: Wino, du: ir.Value, dw: ir.Value,
+                   lanes_w: ir.Value) -> None:
+    """dw[o, c] = Gᵀ dU[ξ][c][o] G, vectors over four output channels written to lanes_w in
+    weights_by_lane's layout, then transposed into dw (storing lane by lane was slower)."""
     b = ctx.b
     gt = transpose(wg.f.g)
     with loop(b, 0, wg.c, 1, "kc") as c, loop(b, 0, wg.o, LANES, "ko") as o:
         a = wg.f.a
-        cells = [[load4(b, du, b.add(b.add(i32c((a * r + q) * wg.c * wg.o),
+        cells = [[load4(b, du, b.add(b.add(i32c((a * r + q) * wg.u_stride),
                                            b.mul(c, i32c(wg.o))), o)) for q in range(a)]
                  for r in range(a)]
         out = two_sided(b, gt, cells, gt)
-        first = b.add(b.mul(o, i32c(wg.c * 9)), b.mul(c, i32c(9)))
         for i in range(3):
             for j in range(3):
                 val = out[i][j]
                 assert val is not None
-                for r in range(LANES):
-                    store(b, b.extract_element(val, i32c(r)), dw,
-                          b.add(first, i32c(3 * i + j + r * wg.c * 9)))
-
-
-def _gather4(b: ir.IRBuilder, base: ir.Value, first: ir.Value, stride: int) -> ir.Value:
-    v: ir.Value = zero()
-    for r in range(LANES):
-        v = b.insert_element(v, load(b, base, b.add(first, i32c(r * stride))), i32c(r))
-    return v
+                store4(b, val, lanes_w, _by_lane(b, wg, o, c, 3 * i + j, True))
+    channels_last(b, lanes_w, dw, wg.o, wg.c * 9, inverse=True)
 
 
 # --- the three kernels -------------------------------------------------------------------------
@@ -416,8 +458,8 @@ class _Chunks:
         """The a² GEMMs of one chunk, area by area (emit_matmul's n and k)."""
         b, wg = self.ctx.b, self.wg
         t = b.mul(e, i32c(wg.tiles))
-        rows = {"v": wg.tmax * wg.c, "z": wg.tmax * wg.o, "dv": wg.tmax * wg.c,
-                "u": wg.c * wg.o}
+        rows = {"v": wg.cells_stride(wg.c), "z": wg.cells_stride(wg.o), "dv": wg.cells_stride(wg.c),
+                "u": wg.u_stride}
         with loop(b, 0, wg.xis, 1, "xi") as xi:  # a loop, not a² call sites: module size
             gemm.emit_matmul(b, kind=kind, m=t, n=n, k=k,
                              a=gep(b, self.area(a), b.mul(xi, i32c(rows[a]))),
@@ -457,7 +499,7 @@ def _to_last(ctx: LowerCtx, wg: Wino, src: ir.Value, e: ir.Value, area: ir.Value
 def forward(ctx: LowerCtx, wg: Wino, x: ir.Value, w: ir.Value, bias: ir.Value | None,
             out: ir.Value) -> None:
     ch = _Chunks(ctx, wg)
-    ch.shared("kt", kernel_transform, w, ch.area("u"), transposed=0)
+    ch.shared("kt", kernel_transform, w, ch.area("u"), ch.area("wt"), transposed=0)
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
         ch.to_last(x, n0, e, "in", "img1")
@@ -470,7 +512,8 @@ def forward(ctx: LowerCtx, wg: Wino, x: ir.Value, w: ir.Value, bias: ir.Value | 
 
 def grad_input(ctx: LowerCtx, wg: Wino, dy: ir.Value, w: ir.Value, dx: ir.Value) -> None:
     ch = _Chunks(ctx, wg)
-    ch.shared("kt", kernel_transform, w, ch.area("u"), transposed=1)  # dV = Z · Uᵀ as "nn"
+    # dV = Z · Uᵀ as "nn"
+    ch.shared("kt", kernel_transform, w, ch.area("u"), ch.area("wt"), transposed=1)
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
         ch.to_last(dy, n0, e, "out", "img1")
@@ -484,7 +527,7 @@ def grad_input(ctx: LowerCtx, wg: Wino, dy: ir.Value, w: ir.Value, dx: ir.Value)
 def grad_weight(ctx: LowerCtx, wg: Wino, x: ir.Value, dy: ir.Value, dw: ir.Value) -> None:
     ch, b = _Chunks(ctx, wg), ctx.b
     du = ch.area("u")
-    with loop(b, 0, wg.xis * wg.c * wg.o, LANES, "wz") as j:
+    with loop(b, 0, wg.xis * wg.u_stride, LANES, "wz") as j:
         store4(b, zero(), du, j)
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
@@ -494,4 +537,4 @@ def grad_weight(ctx: LowerCtx, wg: Wino, x: ir.Value, dy: ir.Value, dw: ir.Value
         ch.shared("outT", to_cells, ch.area("img2"), e, ch.area("z"), out=1)
         ch.products("tn", e, "v", "z", "u", n=wg.o, k=wg.c, accumulate=True)
     ch.each(chunk)
-    ch.shared("ktT", kernel_adjoint, du, dw)
+    ch.shared("ktT", kernel_adjoint, du, dw, ch.area("wt"))
