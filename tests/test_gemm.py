@@ -17,7 +17,9 @@ from fedc.lower import gemm
 M_MAX = 33
 M_VALUES = (0, 1, 2, 3, 5, 32, 33)
 N_VALUES = (1, 3, 4, 7, 8, 10, 12, 13, 128)
-K_VALUES = (1, 3, 8, 64, 65, 261)  # 261: packed where shorter depths read in place
+# 261: packed where shorter depths read in place; at n = 128 (rows 512 bytes apart, 8 of L1's
+# sets) 64 is the deepest read in place and 65 is packed
+K_VALUES = (1, 3, 8, 64, 65, 261)
 GUARD = 48  # NaN-filled bytes before and after every buffer
 SHAPES = {"nn": ("mk", "kn", "mn"), "nt": ("mn", "kn", "mk"), "tn": ("mk", "mn", "kn")}
 EPS = float(np.finfo(np.float32).eps)
@@ -239,3 +241,12 @@ def test_emit_matmul_rejects_misplaced_fusions() -> None:
     with pytest.raises(ValueError, match="pre-packed"):
         gemm.emit_matmul(b, kind="tn", m=one, n=4, k=4, a=p, bmat=p, c=p, scratch=p,
                          a_packed=True)
+
+
+def test_b_panels_are_read_in_place_only_where_their_rows_fit_l1_sets() -> None:
+    assert gemm.l1_rows(10) == gemm.l1_rows(36) == 512  # rows not line-aligned: every set
+    assert gemm.l1_rows(128) == 64  # 512 bytes apart: 8 sets × 8 ways
+    assert gemm.l1_rows(1024) == 8  # 4 KB apart: one set
+    assert gemm.l1_rows(48) == 512  # 3 lines apart: coprime to the 64 sets
+    assert gemm._in_place_b("nn", 128, 64) and not gemm._in_place_b("nn", 128, 65)
+    assert gemm._in_place_b("nn", 32, 256) and not gemm._in_place_b("tn", 32, 16)

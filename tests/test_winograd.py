@@ -66,3 +66,13 @@ def test_winograd_is_not_taken_where_it_does_not_apply(shape):
 ])
 def test_the_weight_gradient_is_direct_on_whole_segments_of_enough_positions(shape, how):
     assert conv.strategy(shape, 2) == how
+
+
+def test_transformed_blocks_start_in_distinct_l1_sets() -> None:
+    for floats in range(1, 3000):
+        stride = winograd._spread(floats)
+        lines = stride // 16
+        assert stride >= floats and stride % 16 == 0 and lines % 2 == 1, floats
+        assert stride - floats < 32, floats  # at most one line of padding beyond rounding
+    wg = winograd.of(_shape(16, 32, (4, 4), (3, 3)), m=4)
+    assert wg is not None and wg.u_stride == 528  # 512 floats = 32 lines → 33
