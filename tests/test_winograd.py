@@ -76,3 +76,12 @@ def test_transformed_blocks_start_in_distinct_l1_sets() -> None:
         assert stride - floats < 32, floats  # at most one line of padding beyond rounding
     wg = winograd.of(_shape(16, 32, (4, 4), (3, 3)), m=4)
     assert wg is not None and wg.u_stride == 528  # 512 floats = 32 lines → 33
+
+
+def test_transforms_run_over_images_where_each_image_is_one_tile():
+    digits = _shape(16, 32, (4, 4), (3, 3))
+    assert winograd.of(digits, 4, which=0).image_lanes  # 4×4 outputs: one F(4×4) tile
+    assert winograd.of(digits, 4, which=1).image_lanes
+    assert not winograd.of(digits, 4, which=2).image_lanes  # tn reads V as rows of channels
+    assert not winograd.of(digits, 2, which=0).image_lanes  # F(2×2): four tiles an image
+    assert not winograd.of(_shape(8, 16, (6, 6), (3, 3)), 4, which=0).image_lanes  # 4 tiles

@@ -62,6 +62,7 @@ class Wino:
     ph: int
     pw: int
     cells: int = 0  # tile positions (tiles × ξ) per chunk; 0: CHUNK_CELLS
+    by_image: bool = False  # forward, input gradient: image_lanes applies (see there)
 
     @property
     def ho(self) -> int:
@@ -106,6 +107,17 @@ class Wino:
         th, tw = self.tiles_hw
         m = self.f.m
         return (m * th, m * tw) if self.padded else (self.ho, self.wo)
+
+    @property
+    def image_lanes(self) -> bool:
+        """Transforms vectorised over four images (one tile each) instead of four channels:
+        their cells are then stored straight into the packed-A panels of the a² GEMMs (rows
+        are tiles, depth is channels), so the products skip packing A (2.5–4 µs of a digits
+        CNN kernel). For one tile per image (rows stay image order), whole groups of four
+        images per chunk and planes in whole vectors; the forward and input gradient only
+        (the weight gradient's tn reads V as rows of channels)."""
+        return (self.by_image and self.tiles == 1 and not self.padded and self.chunk % LANES == 0
+                and (self.h * self.w) % LANES == 0 and (self.ho * self.wo) % LANES == 0)
 
     @property
     def u_stride(self) -> int:
@@ -177,7 +189,8 @@ def of(s: ConvShape, m: int = 2, which: int = 0) -> Wino | None:
         return None
     (h, w), (ph, pw) = win.size, win.padding
     cells = DW_CHUNK_CELLS if which == 2 else CHUNK_CELLS
-    wg = Wino(F4 if m == 4 else F2, s.channels, s.out_channels, h, w, ph, pw, cells)
+    wg = Wino(F4 if m == 4 else F2, s.channels, s.out_channels, h, w, ph, pw, cells,
+              by_image=which != 2)
     return wg if wg.ho >= 1 and wg.wo >= 1 and wg.tiles <= MAX_LOOPED_TILES else None
 
 
@@ -283,13 +296,27 @@ def _store_xis(b: ir.IRBuilder, wg: Wino, cells: list[list[Cell]], dst: ir.Value
 
 
 def to_cells(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, dst: ir.Value, *,
-             out: int) -> None:
+             out: int, lanes: int = 0) -> None:
     """Each tile's transformed cells dst[ξ][i·tiles + t][·] from channels-last images img[e]:
     V = Bᵀ d B from the input side (out=0: patches, C channels), or Z = A dy Aᵀ from the
-    output side (out=1: output gradients, O channels; the output transform's adjoint)."""
+    output side (out=1: output gradients, O channels; the output transform's adjoint).
+    `lanes` (Wino.image_lanes): img holds image_lanes' groups and the cells go to packed-A
+    panels, dst[ξ][group][channel][image of the group]."""
     b = ctx.b
     ch, (rows, width) = (wg.o, wg.grid_out) if out else (wg.c, wg.grid_in)
     mat = transpose(wg.f.at) if out else wg.f.bt
+    if lanes:
+        tile = next(_tiles(b, wg, i32c(0)))  # the only one: its cells' pixels are static
+        cells = tile.outputs if out else tile.patch
+        with loop(b, 0, _groups_of_four(b, e), 1, "wq") as q, loop(b, 0, ch, 1, "wc") as c:
+            base = b.mul(b.add(b.mul(q, i32c(ch)), c), i32c(rows * width * LANES))
+            d = [[None if p is None else load4(b, img, b.add(base, i32c(p * LANES)))
+                  for p in row] for row in cells]
+            at = b.add(b.mul(q, i32c(LANES * ch)), b.mul(c, i32c(LANES)))
+            for xi, cell in enumerate(x for row in two_sided(b, mat, d, mat) for x in row):
+                store4(b, zero() if cell is None else cell, dst,
+                       b.add(i32c(xi * wg.cells_stride(ch)), at))
+        return
     with loop(b, 0, e, 1, "wi") as i, loop(b, 0, ch, LANES, "wc") as c:
         base = b.mul(i, i32c(rows * width * ch))
         for tile in _tiles(b, wg, i):
@@ -451,10 +478,13 @@ class _Chunks:
         b, wg = self.ctx.b, self.wg
         ch, plane = (wg.c, wg.h * wg.w) if side == "in" else (wg.o, wg.ho * wg.wo)
         first = gep(b, src, b.mul(n0, i32c(ch * plane)))
-        self.shared("last", _to_last, first, e, self.area(dst), out=int(side == "out"),
-                    inverse=inverse)
+        if wg.image_lanes and not inverse:
+            self.shared("lanes", image_lanes, first, e, self.area(dst), out=int(side == "out"))
+        else:
+            self.shared("last", _to_last, first, e, self.area(dst), out=int(side == "out"),
+                        inverse=inverse)
     def products(self, kind: gemm.Kind, e: ir.Value, a: str, bmat: str, c: str,
-                 n: int, k: int, accumulate: bool = False) -> None:
+                 n: int, k: int, accumulate: bool = False, a_packed: bool = False) -> None:
         """The a² GEMMs of one chunk, area by area (emit_matmul's n and k)."""
         b, wg = self.ctx.b, self.wg
         t = b.mul(e, i32c(wg.tiles))
@@ -465,7 +495,32 @@ class _Chunks:
                              a=gep(b, self.area(a), b.mul(xi, i32c(rows[a]))),
                              bmat=gep(b, self.area(bmat), b.mul(xi, i32c(rows[bmat]))),
                              c=gep(b, self.area(c), b.mul(xi, i32c(rows[c]))),
-                             scratch=self.area("gemm"), accumulate=accumulate)
+                             scratch=self.area("gemm"), accumulate=accumulate,
+                             a_packed=a_packed)
+
+
+def _groups_of_four(b: ir.IRBuilder, e: ir.Value) -> ir.Value:
+    return b.udiv(b.add(e, i32c(LANES - 1)), i32c(LANES))
+
+
+def image_lanes(ctx: LowerCtx, wg: Wino, src: ir.Value, e: ir.Value, area: ir.Value, *,
+                out: int) -> None:
+    """area[g][c][p][l] = image 4g + l of src (NCHW, e images), channel c, pixel p: the
+    transforms' vectors then run over four images. A last group of fewer than four repeats
+    its last image (those rows of the products are computed, never stored)."""
+    b = ctx.b
+    ch, hw = (wg.o, wg.ho * wg.wo) if out else (wg.c, wg.h * wg.w)
+    last = b.sub(e, i32c(1))
+    with loop(b, 0, _groups_of_four(b, e), 1, "lq") as q, loop(b, 0, ch, 1, "lc") as c, \
+            loop(b, 0, hw, LANES, "lp") as p:
+        rows = []
+        for lane in range(LANES):
+            i = b.add(b.mul(q, i32c(LANES)), i32c(lane))
+            i = b.select(b.icmp_signed("<", i, last), i, last)
+            rows.append(load4(b, src, b.add(b.mul(b.add(b.mul(i, i32c(ch)), c), i32c(hw)), p)))
+        first = b.mul(b.add(b.mul(b.add(b.mul(q, i32c(ch)), c), i32c(hw)), p), i32c(LANES))
+        for j, v in enumerate(transpose4(b, rows)):
+            store4(b, v, area, b.add(first, i32c(j * LANES)))
 
 
 def _to_last(ctx: LowerCtx, wg: Wino, src: ir.Value, e: ir.Value, area: ir.Value, *, out: int,
@@ -500,11 +555,12 @@ def forward(ctx: LowerCtx, wg: Wino, x: ir.Value, w: ir.Value, bias: ir.Value | 
             out: ir.Value) -> None:
     ch = _Chunks(ctx, wg)
     ch.shared("kt", kernel_transform, w, ch.area("u"), ch.area("wt"), transposed=0)
+    lanes = int(wg.image_lanes)
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
         ch.to_last(x, n0, e, "in", "img1")
-        ch.shared("in", to_cells, ch.area("img1"), e, ch.area("v"), out=0)
-        ch.products("nn", e, "v", "u", "z", n=wg.o, k=wg.c)
+        ch.shared("in", to_cells, ch.area("img1"), e, ch.area("v"), out=0, lanes=lanes)
+        ch.products("nn", e, "v", "u", "z", n=wg.o, k=wg.c, a_packed=bool(lanes))
         ch.shared("out", output_transform, ch.area("z"), e, bias, ch.area("img2"))
         ch.to_last(out, n0, e, "out", "img2", inverse=True)
     ch.each(chunk)
@@ -514,11 +570,12 @@ def grad_input(ctx: LowerCtx, wg: Wino, dy: ir.Value, w: ir.Value, dx: ir.Value)
     ch = _Chunks(ctx, wg)
     # dV = Z · Uᵀ as "nn"
     ch.shared("kt", kernel_transform, w, ch.area("u"), ch.area("wt"), transposed=1)
+    lanes = int(wg.image_lanes)
 
     def chunk(n0: ir.Value, e: ir.Value) -> None:
         ch.to_last(dy, n0, e, "out", "img1")
-        ch.shared("outT", to_cells, ch.area("img1"), e, ch.area("z"), out=1)
-        ch.products("nn", e, "z", "u", "dv", n=wg.c, k=wg.o)
+        ch.shared("outT", to_cells, ch.area("img1"), e, ch.area("z"), out=1, lanes=lanes)
+        ch.products("nn", e, "z", "u", "dv", n=wg.c, k=wg.o, a_packed=bool(lanes))
         ch.shared("inT", input_adjoint, ch.area("dv"), e, ch.area("img2"))
         ch.to_last(dx, n0, e, "in", "img2", inverse=True)
     ch.each(chunk)
