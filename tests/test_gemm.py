@@ -33,11 +33,12 @@ class Case:
     extra: bool  # nn: bias; tn: row_sum; nt: mask (the fused relu gradient)
     accumulate: bool
     relu: bool = False  # nn only
+    b_packed: bool = False  # tn only: B given as gemm.packed_b_index lays it out
 
     @property
     def name(self) -> str:
         return (f"{self.kind}_n{self.n}_k{self.k}_{int(self.extra)}{int(self.accumulate)}"
-                f"{int(self.relu)}")
+                f"{int(self.relu)}{int(self.b_packed)}")
 
     def shapes(self) -> list[tuple[int, int]]:
         dims = {"m": M_MAX, "n": self.n, "k": self.k}
@@ -70,7 +71,7 @@ def _emit_case(mod: ir.Module, case: Case, addrs: list[int], madd: bool = False)
     extra = {role: p[3]} if case.extra else {}
     gemm.emit_matmul(b, kind=case.kind, m=fn.args[0], n=case.n, k=case.k, a=p[0], bmat=p[1],
                      c=p[2], scratch=p[4], accumulate=case.accumulate, madd=madd,
-                     relu=case.relu, **extra)
+                     relu=case.relu, b_packed=case.b_packed, **extra)
     b.ret_void()
 
 
@@ -148,11 +149,16 @@ def _run_and_check(mod: Module, i: int, m: int, rng: np.random.Generator,
     if x is not None:
         x[...] = rng.uniform(-1, 1, extra_shape)
         x0 = x.copy()
+    b_logical = ops[1]
+    if case.b_packed:  # the first m rows of B, panel by panel of NR columns
+        b_logical = ops[1].copy()
+        packed = b_logical[:m].reshape(m, case.n // gemm.NR, gemm.NR).transpose(1, 0, 2)
+        ops[1].reshape(-1)[:packed.size] = packed.ravel()
     start, end = addrs[0] - GUARD, addrs[4] + case.sizes()[4] + GUARD
     before, c0 = mod.mem[start:end].copy(), ops[2].copy()
     mod.exports[case.name](mod.store, m)  # traps on any access outside linear memory
 
-    ref, mag, rs = _reference(case, m, ops[0], ops[1], c0, x0)
+    ref, mag, rs = _reference(case, m, ops[0], b_logical, c0, x0)
     depth = {"nn": case.k, "nt": case.n, "tn": m}[case.kind]
     err = np.abs(ops[2][:ref.shape[0]] - ref)
     assert np.all(err <= 2 * (depth + 2) * EPS * mag), f"{case.name} m={m}: error {err.max()}"
@@ -241,6 +247,9 @@ def test_emit_matmul_rejects_misplaced_fusions() -> None:
     with pytest.raises(ValueError, match="pre-packed"):
         gemm.emit_matmul(b, kind="tn", m=one, n=4, k=4, a=p, bmat=p, c=p, scratch=p,
                          a_packed=True)
+    with pytest.raises(ValueError, match="pre-packed B"):
+        gemm.emit_matmul(b, kind="tn", m=one, n=8, k=4, a=p, bmat=p, c=p, scratch=p,
+                         row_sum=p, b_packed=True)
 
 
 def test_b_panels_are_read_in_place_only_where_their_rows_fit_l1_sets() -> None:
@@ -250,3 +259,17 @@ def test_b_panels_are_read_in_place_only_where_their_rows_fit_l1_sets() -> None:
     assert gemm.l1_rows(48) == 512  # 3 lines apart: coprime to the 64 sets
     assert gemm._in_place_b("nn", 128, 64) and not gemm._in_place_b("nn", 128, 65)
     assert gemm._in_place_b("nn", 32, 256) and not gemm._in_place_b("tn", 32, 16)
+
+
+def test_tn_reads_a_pre_packed_b() -> None:
+    """The layout gemm.packed_b_index describes (Winograd's weight gradient writes its Z so)."""
+    cases = [Case("tn", n, k, extra=False, accumulate=acc, b_packed=True)
+             for n, k, acc in ((8, 16, True), (32, 16, False), (16, 5, True), (128, 64, False))]
+    mod = _guarded_module(cases, "simd128")
+    rng = np.random.default_rng(3)
+    for i in range(len(cases)):
+        for m in M_VALUES:
+            _run_and_check(mod, i, m, rng)
+    with pytest.raises(ValueError, match="multiples"):
+        gemm.packed_b_index(ir.IRBuilder(), 12, ir.Constant(gemm.I32, 1),
+                            ir.Constant(gemm.I32, 0), 0)

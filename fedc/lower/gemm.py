@@ -256,11 +256,12 @@ class Flavor:
     madd: bool = False
     relu: bool = False
     a_packed: bool = False  # nn: `a` already holds pack_a's panels
+    b_packed: bool = False  # tn: `bmat` already holds its panels as _b_panels packs them
 
     @property
     def suffix(self) -> str:
         flags = {"fused": self.fused, "acc": self.accumulate, "madd": self.madd,
-                 "relu": self.relu, "pa": self.a_packed}
+                 "relu": self.relu, "pa": self.a_packed, "pb": self.b_packed}
         return "".join(f".{name}" for name, on in flags.items() if on)
 
 
@@ -433,6 +434,17 @@ def _b_panels(b: ir.IRBuilder, src: ir.Value, n: int, depth: ir.Value | int,
     return panels
 
 
+def packed_b_index(b: ir.IRBuilder, n: int, rows: ir.Value, row: ir.Value, col: int | ir.Value
+                   ) -> ir.Value:
+    """Where B[row, col] of a tn product's B[rows, n] goes for `b_packed` (col a multiple of 4,
+    n of NR): panel col // NR of NR columns, [rows][NR]; four columns from col are contiguous."""
+    if n % NR:
+        raise ValueError(f"packed_b_index needs n in multiples of {NR}, got {n}")
+    col_v = _as(col)
+    panel, lane = b.udiv(col_v, _c(NR)), b.urem(col_v, _c(NR))
+    return b.add(b.mul(panel, b.mul(rows, _c(NR))), b.add(b.mul(row, _c(NR)), lane))
+
+
 def packed_a_bytes(m: int, k: int) -> int:
     """Bytes of the panels pack_a writes for an nn product's A[m, k]."""
     return 4 * _up(m, MR) * k
@@ -473,8 +485,12 @@ def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
 
 def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
     m, a, g_mat, c, row_sum, scratch = args
-    pb = _b_panels(b, g_mat, n, m, scratch, False, row_sum if flavor.fused else None,
-                   flavor.accumulate)
+    if flavor.b_packed:
+        pb = [_packed(g, _at(b, g_mat, b.mul(m, _c(g.first))), m, b)
+              for g in _groups(n, NR, narrow_edge=True)]
+    else:
+        pb = _b_panels(b, g_mat, n, m, scratch, False, row_sum if flavor.fused else None,
+                       flavor.accumulate)
     rest = _at(b, scratch, b.mul(m, _c(_packed_b_floats("tn", 1, n, k))))
     pa, in_place = [], k <= TN_A_IN_PLACE_MAX_K
     for g in _groups(k, MR, narrow_edge=False):
@@ -510,7 +526,8 @@ def emit_matmul(b: ir.IRBuilder, *, kind: Kind, m: ir.Value | int, n: int, k: in
                 a: ir.Value, bmat: ir.Value, c: ir.Value, scratch: ir.Value,
                 bias: ir.Value | None = None, row_sum: ir.Value | None = None,
                 accumulate: bool = False, madd: bool = False, relu: bool = False,
-                mask: ir.Value | None = None, a_packed: bool = False) -> None:
+                mask: ir.Value | None = None, a_packed: bool = False,
+                b_packed: bool = False) -> None:
     """Emit at b's position a call computing, with m a runtime i32 and n, k Python ints:
 
     - "nn": c[m,n] (+)= a[m,k] · bmat[k,n] (+ bias[n])                  (forward)
@@ -519,7 +536,8 @@ def emit_matmul(b: ir.IRBuilder, *, kind: Kind, m: ir.Value | int, n: int, k: in
 
     Epilogues (on the product, before "(+)="): nn: + bias, then relu if `relu`; nt: where
     mask[m,k] > 0, else 0 (`mask` laid out like c: a fused relu gradient). nn with `a_packed`:
-    `a` holds emit_pack_a's panels of A (then scratch needs no room for them).
+    `a` holds emit_pack_a's panels of A (then scratch needs no room for them). tn with
+    `b_packed`: `bmat` holds B[m, n] as packed_b_index lays it out (no row_sum then).
     "(+)=" adds to the output when `accumulate`. `madd` uses f32x4.relaxed_madd (the
     relaxed-simd build variant: results may differ in the last bit between engines). All
     operands are opaque pointers into linear memory, row-major, 4-byte aligned; `scratch` is
@@ -538,9 +556,11 @@ def emit_matmul(b: ir.IRBuilder, *, kind: Kind, m: ir.Value | int, n: int, k: in
         raise ValueError("mask is only fused into the 'nt' (input-gradient) matmul")
     if a_packed and kind != "nn":
         raise ValueError("only the 'nn' matmul takes a pre-packed A")
+    if b_packed and (kind != "tn" or row_sum is not None):
+        raise ValueError("only the 'tn' matmul without row_sum takes a pre-packed B")
     if kind not in _BODIES:
         raise ValueError(f"unknown matmul kind {kind!r}")
     extra = bias if bias is not None else row_sum if row_sum is not None else mask
-    flavor = Flavor(extra is not None, accumulate, madd, relu, a_packed)
+    flavor = Flavor(extra is not None, accumulate, madd, relu, a_packed, b_packed)
     fn = _kernel(b.module, kind, n, k, flavor)
     b.call(fn, [_as(m), a, bmat, c, ir.Constant(PTR, None) if extra is None else extra, scratch])

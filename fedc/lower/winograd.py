@@ -288,20 +288,25 @@ def _load_xis(b: ir.IRBuilder, wg: Wino, src: ir.Value, ch: int, t: ir.Value,
 
 
 def _store_xis(b: ir.IRBuilder, wg: Wino, cells: list[list[Cell]], dst: ir.Value, ch: int,
-               t: ir.Value, c: ir.Value) -> None:
-    """dst[ξ][t][c…c+3] = tile t's a×a transformed cells (V, Z; a zero cell stores zeros)."""
+               t: ir.Value, c: ir.Value, rows: ir.Value | None = None) -> None:
+    """dst[ξ][t][c…c+3] = tile t's a×a transformed cells (V, Z; a zero cell stores zeros), or
+    with `rows` (the chunk's tiles) each ξ's block as a tn product's packed B
+    (gemm.packed_b_index)."""
+    at = _xi(b, 0, wg, ch, t, c) if rows is None else gemm.packed_b_index(b, ch, rows, t, c)
     for xi in range(wg.xis):
         cell = cells[xi // wg.f.a][xi % wg.f.a]
-        store4(b, zero() if cell is None else cell, dst, _xi(b, xi, wg, ch, t, c))
+        store4(b, zero() if cell is None else cell, dst,
+               b.add(i32c(xi * wg.cells_stride(ch)), at))
 
 
 def to_cells(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, dst: ir.Value, *,
-             out: int, lanes: int = 0) -> None:
+             out: int, lanes: int = 0, packed: int = 0) -> None:
     """Each tile's transformed cells dst[ξ][i·tiles + t][·] from channels-last images img[e]:
     V = Bᵀ d B from the input side (out=0: patches, C channels), or Z = A dy Aᵀ from the
     output side (out=1: output gradients, O channels; the output transform's adjoint).
     `lanes` (Wino.image_lanes): img holds image_lanes' groups and the cells go to packed-A
-    panels, dst[ξ][group][channel][image of the group]."""
+    panels, dst[ξ][group][channel][image of the group]. `packed`: each block as the weight
+    gradient's tn product reads its B (gemm.packed_b_index), so the product packs nothing."""
     b = ctx.b
     ch, (rows, width) = (wg.o, wg.grid_out) if out else (wg.c, wg.grid_in)
     mat = transpose(wg.f.at) if out else wg.f.bt
@@ -323,7 +328,8 @@ def to_cells(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, dst: ir.Value,
             at, cells = (tile.out_at, tile.outputs) if out else (tile.patch_at, tile.patch)
             d = [[None if p is None else load4(b, img, _at(b, base, at, p, ch, c)) for p in row]
                  for row in cells]
-            _store_xis(b, wg, two_sided(b, mat, d, mat), dst, ch, tile.t, c)
+            _store_xis(b, wg, two_sided(b, mat, d, mat), dst, ch, tile.t, c,
+                       b.mul(e, i32c(wg.tiles)) if packed else None)
 
 
 def output_transform(ctx: LowerCtx, wg: Wino, m: ir.Value, e: ir.Value, bias: ir.Value | None,
@@ -484,7 +490,8 @@ class _Chunks:
             self.shared("last", _to_last, first, e, self.area(dst), out=int(side == "out"),
                         inverse=inverse)
     def products(self, kind: gemm.Kind, e: ir.Value, a: str, bmat: str, c: str,
-                 n: int, k: int, accumulate: bool = False, a_packed: bool = False) -> None:
+                 n: int, k: int, accumulate: bool = False, a_packed: bool = False,
+                 b_packed: bool = False) -> None:
         """The a² GEMMs of one chunk, area by area (emit_matmul's n and k)."""
         b, wg = self.ctx.b, self.wg
         t = b.mul(e, i32c(wg.tiles))
@@ -496,7 +503,7 @@ class _Chunks:
                              bmat=gep(b, self.area(bmat), b.mul(xi, i32c(rows[bmat]))),
                              c=gep(b, self.area(c), b.mul(xi, i32c(rows[c]))),
                              scratch=self.area("gemm"), accumulate=accumulate,
-                             a_packed=a_packed)
+                             a_packed=a_packed, b_packed=b_packed)
 
 
 def _groups_of_four(b: ir.IRBuilder, e: ir.Value) -> ir.Value:
@@ -584,6 +591,7 @@ def grad_input(ctx: LowerCtx, wg: Wino, dy: ir.Value, w: ir.Value, dx: ir.Value)
 def grad_weight(ctx: LowerCtx, wg: Wino, x: ir.Value, dy: ir.Value, dw: ir.Value) -> None:
     ch, b = _Chunks(ctx, wg), ctx.b
     du = ch.area("u")
+    packed = int(wg.o % gemm.NR == 0)  # Z straight into the tn product's B panels
     with loop(b, 0, wg.xis * wg.u_stride, LANES, "wz") as j:
         store4(b, zero(), du, j)
 
@@ -591,7 +599,8 @@ def grad_weight(ctx: LowerCtx, wg: Wino, x: ir.Value, dy: ir.Value, dw: ir.Value
         ch.to_last(x, n0, e, "in", "img1")
         ch.shared("in", to_cells, ch.area("img1"), e, ch.area("v"), out=0)
         ch.to_last(dy, n0, e, "out", "img2")
-        ch.shared("outT", to_cells, ch.area("img2"), e, ch.area("z"), out=1)
-        ch.products("tn", e, "v", "z", "u", n=wg.o, k=wg.c, accumulate=True)
+        ch.shared("outT", to_cells, ch.area("img2"), e, ch.area("z"), out=1, packed=packed)
+        ch.products("tn", e, "v", "z", "u", n=wg.o, k=wg.c, accumulate=True,
+                    b_packed=bool(packed))
     ch.each(chunk)
     ch.shared("ktT", kernel_adjoint, du, dw, ch.area("wt"))
