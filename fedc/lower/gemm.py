@@ -9,7 +9,7 @@ from typing import Literal
 
 from llvmlite import ir
 
-from .kernels import carry_loop, opaque_count, transpose4, where_positive
+from .kernels import carry_loop, ceil_div, opaque_count, transpose4, where_positive
 
 I32 = ir.IntType(32)
 F32 = ir.FloatType()
@@ -345,10 +345,6 @@ def _tiles(b: ir.IRBuilder, a_panels: Sequence[Panels], b_panels: Sequence[Panel
         _for_each(b, 0, pb.group.count, 1, col_tiles, "jp")
 
 
-def _ceil_div(b: ir.IRBuilder, x: ir.Value | int, d: int) -> ir.Value | int:
-    return (x + d - 1) // d if isinstance(x, int) else b.udiv(b.add(x, _c(d - 1)), _c(d))
-
-
 # ---------------------------------------------------------------------------------------------
 # Drivers. A row-major operand whose panels are contiguous runs of its rows (B in nn and tn,
 # A in tn) is read in place, full panels only; the remainder panel, and the operands that need
@@ -453,13 +449,13 @@ def packed_a_bytes(m: int, k: int) -> int:
 def emit_pack_a(b: ir.IRBuilder, *, m: int, k: int, a: ir.Value, dst: ir.Value) -> None:
     """Pack an nn product's A[m, k] (m static) into dst (16-byte aligned, packed_a_bytes), for
     emit_matmul(a_packed=True): a convolution packs its weight once instead of per example."""
-    _pack_transpose(b, a, k, m, Group(0, 0, MR, MR), _ceil_div(b, m, MR), dst)
+    _pack_transpose(b, a, k, m, Group(0, 0, MR, MR), ceil_div(b, m, MR), dst)
 
 
 def _body_nn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
     m, a, bm, c, bias, scratch = args
     pb = _b_panels(b, bm, n, k, scratch, _in_place_b("nn", n, k))
-    count = _ceil_div(b, m, MR)
+    count = ceil_div(b, m, MR)
     if flavor.a_packed:
         pa = a
     else:
@@ -477,7 +473,7 @@ def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
         _pack_transpose(b, bm, n, k, g, g.count, dst)
         pb.append(_packed(g, dst, n, b))
     pa = _at(b, scratch, _packed_b_floats("nt", 0, n, k))
-    count = _ceil_div(b, m, MR)
+    count = ceil_div(b, m, MR)
     _pack_transpose(b, a, n, m, Group(0, 0, MR, MR), count, pa)
     _tiles(b, [_packed(Group(0, 0, MR, MR), pa, n, b, count)], pb, n, m, k, c, flavor,
            mask=mask if flavor.fused else None)

@@ -47,6 +47,11 @@ def as_value(x: ir.Value | int) -> ir.Value:
     return i32c(x) if isinstance(x, int) else x
 
 
+def ceil_div(b: ir.IRBuilder, x: ir.Value | int, d: int) -> ir.Value | int:
+    """⌈x / d⌉ for x ≥ 0: a Python int for an int, else an unsigned i32 division."""
+    return (x + d - 1) // d if isinstance(x, int) else b.udiv(b.add(x, i32c(d - 1)), i32c(d))
+
+
 def gep(b: ir.IRBuilder, base: ir.Value, index: ir.Value | int, elem: ir.Type = F32) -> ir.Value:
     return b.gep(base, [as_value(index)], source_etype=elem)
 

@@ -33,7 +33,7 @@ from llvmlite import ir
 
 from . import gemm
 from .context import LowerCtx
-from .kernels import LANES, gep, i32c, load, load4, loop, store, store4, transpose4
+from .kernels import LANES, ceil_div, gep, i32c, load, load4, loop, store, store4, transpose4
 from .wino_transforms import F2, F4, Cell, Transforms, transpose, two_sided, zero
 
 if TYPE_CHECKING:
@@ -311,7 +311,7 @@ def to_cells(ctx: LowerCtx, wg: Wino, img: ir.Value, e: ir.Value, dst: ir.Value,
     if lanes:
         tile = next(_tiles(b, wg, i32c(0)))  # the only one: its cells' pixels are static
         cells = tile.outputs if out else tile.patch
-        with loop(b, 0, _groups_of_four(b, e), 1, "wq") as q, loop(b, 0, ch, 1, "wc") as c:
+        with loop(b, 0, ceil_div(b, e, LANES), 1, "wq") as q, loop(b, 0, ch, 1, "wc") as c:
             base = b.mul(b.add(b.mul(q, i32c(ch)), c), i32c(rows * width * LANES))
             d = [[None if p is None else load4(b, img, b.add(base, i32c(p * LANES)))
                   for p in row] for row in cells]
@@ -504,10 +504,6 @@ class _Chunks:
                              a_packed=a_packed, b_packed=b_packed)
 
 
-def _groups_of_four(b: ir.IRBuilder, e: ir.Value) -> ir.Value:
-    return b.udiv(b.add(e, i32c(LANES - 1)), i32c(LANES))
-
-
 def image_lanes(ctx: LowerCtx, wg: Wino, src: ir.Value, e: ir.Value, area: ir.Value, *,
                 out: int) -> None:
     """area[g][c][p][l] = image 4g + l of src (NCHW, e images), channel c, pixel p: the
@@ -516,7 +512,7 @@ def image_lanes(ctx: LowerCtx, wg: Wino, src: ir.Value, e: ir.Value, area: ir.Va
     b = ctx.b
     ch, hw = (wg.o, wg.ho * wg.wo) if out else (wg.c, wg.h * wg.w)
     last = b.sub(e, i32c(1))
-    with loop(b, 0, _groups_of_four(b, e), 1, "lq") as q, loop(b, 0, ch, 1, "lc") as c, \
+    with loop(b, 0, ceil_div(b, e, LANES), 1, "lq") as q, loop(b, 0, ch, 1, "lc") as c, \
             loop(b, 0, hw, LANES, "lp") as p:
         rows = []
         for lane in range(LANES):
