@@ -273,3 +273,27 @@ def test_tn_reads_a_pre_packed_b() -> None:
     with pytest.raises(ValueError, match="multiples"):
         gemm.packed_b_index(ir.IRBuilder(), 12, ir.Constant(gemm.I32, 1),
                             ir.Constant(gemm.I32, 0), 0)
+
+
+def test_splat_a_panels_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Splat A panels pass under the B panels in blocks of gemm.A_BLOCK_BYTES; a block size
+    of a few panels gives several blocks, partial last blocks, and blocks that start or end
+    inside tn's remainder or in-place groups."""
+    monkeypatch.setattr(gemm, "A_BLOCK_BYTES", 3000)  # 46 panels at depth 1, 1 from depth 47
+    mod = _guarded_module(_cases((10, 13, 128), (3, 8, 65, 261)), "simd128")
+    rng = np.random.default_rng(4)
+    for i in range(len(mod.cases)):
+        for m in M_VALUES:
+            _run_and_check(mod, i, m, rng)
+
+
+def test_splat_layout_broadcasts_each_float() -> None:
+    """A splat A panel is four times the packed one (each float once per lane), and only
+    where each float of A feeds SPLAT_MIN_COLS columns of C or more."""
+    wide, narrow = gemm.SPLAT_MIN_COLS, gemm.SPLAT_MIN_COLS - 1
+    assert gemm.scratch_bytes("nn", 5, wide, 3) == 4 * gemm.SPLAT * 8 * 3  # B read in place
+    assert gemm.scratch_bytes("tn", 5, wide, 200) == 4 * (wide * 5 + gemm.SPLAT * 200 * 5)
+    assert gemm.scratch_bytes("nt", 5, 3, wide) == 4 * (wide * 3 + gemm.SPLAT * 8 * 3)
+    assert gemm.scratch_bytes("nt", 5, 3, narrow) == 4 * (gemm._panel_floats(narrow, 8, True)
+                                                          * 3 + 8 * 3)
+    assert gemm._tn_a_in_place(narrow, 64) and not gemm._tn_a_in_place(wide, 64)

@@ -21,10 +21,19 @@ Kind = Literal["nn", "nt", "tn"]
 
 
 # The register tile: MR rows × NR columns of C in MR·NR/4 = 8 <4 x float> accumulators. With
-# the two B vectors, the A vector and a broadcast that is 12 of the 16 XMM registers wasmtime's
+# the two B vectors and the four broadcasts of A that is 14 of the 16 XMM registers wasmtime's
 # Cranelift allocates on x86-64; larger tiles (4×12, 4×16, 8×8) spilled and ran slower.
 MR = 4
 NR = 8
+# Splat A panels hold each float of A four times, so the micro-kernel loads its broadcasts
+# instead of shuffling them out of one vector (see _tile_product); only where each float of A
+# feeds at least SPLAT_MIN_COLS columns of C, else the four-fold packing costs more than the
+# shuffles it saves (digits' 128 → 10 layer: 4.3 µs with shuffles, 5.3 splat).
+SPLAT = 4
+SPLAT_MIN_COLS = 32
+# Bytes of splat A panels that pass under all B panels before the next ones (_tiles): half
+# the smallest L2 of the x86-64 cores measured here (Zen 3: 512 KB per core).
+A_BLOCK_BYTES = 256 * 1024
 
 
 def _c(x: int) -> ir.Constant:
@@ -120,26 +129,39 @@ def _panel_floats(lanes: int, width: int, narrow_edge: bool) -> int:
     return sum(g.count * g.width for g in _groups(lanes, width, narrow_edge))
 
 
+def _st_splat(b: ir.IRBuilder, v: ir.Value, dst: ir.Value, o: ir.Value, lane0: int) -> None:
+    """Lanes lane0 … lane0 + 3 of a splat panel's depth row at dst[o…]: lane j of v broadcast
+    to dst[o + SPLAT·(lane0 + j) …]."""
+    for j in range(4):
+        _st4(b, _lane(b, v, j), dst, b.add(o, _c(SPLAT * (lane0 + j))), align=16)
+
+
 def _pack_copy(b: ir.IRBuilder, src: ir.Value, ld: int, depth: ir.Value | int, g: Group,
-               dst: ir.Value, row_sum: ir.Value | None = None, accumulate: bool = False) -> None:
-    """dst[p][d][0:width] = src[d, first + p·width …] (zero past the valid lanes).
+               dst: ir.Value, row_sum: ir.Value | None = None, accumulate: bool = False,
+               splat: bool = False) -> None:
+    """dst[p][d][0:width] = src[d, first + p·width …] (zero past the valid lanes); with
+    `splat`, each of those floats as SPLAT copies (dst[p][d][lane][0:SPLAT]).
 
     With row_sum, also row_sum[first + …] (+)= Σ_d src[d, …] of the lanes packed.
     """
     nv = g.width // 4
+    per = g.width * (SPLAT if splat else 1)  # floats per unit of depth
 
     def panel(p: ir.Value) -> None:
         col = b.add(_c(g.first), b.mul(p, _c(g.width)))
-        out = b.mul(p, b.mul(_as(depth), _c(g.width)))
+        out = b.mul(p, b.mul(_as(depth), _c(per)))
         lanes = [min(4, g.last_valid - 4 * v) if g.count == 1 else 4 for v in range(nv)]
 
         def step(d: ir.Value, sums: list[ir.Value]) -> list[ir.Value]:
             row = b.add(b.mul(d, _c(ld)), col)
-            o = b.add(out, b.mul(d, _c(g.width)))
+            o = b.add(out, b.mul(d, _c(per)))
             vs = [_ld_part(b, src, b.add(row, _c(4 * v)), n) if n > 0 else ZERO4
                   for v, n in enumerate(lanes)]
             for v, x in enumerate(vs):
-                _st4(b, x, dst, b.add(o, _c(4 * v)), align=16)
+                if splat:
+                    _st_splat(b, x, dst, o, 4 * v)
+                else:
+                    _st4(b, x, dst, b.add(o, _c(4 * v)), align=16)
             return [b.fadd(s, x) for s, x in zip(sums, vs, strict=True)] if sums else []
 
         sums = _for(b, 0, depth, 1, [ZERO4] * nv if row_sum is not None else [], step, "pc")
@@ -152,14 +174,16 @@ def _pack_copy(b: ir.IRBuilder, src: ir.Value, ld: int, depth: ir.Value | int, g
 
 
 def _pack_transpose(b: ir.IRBuilder, src: ir.Value, depth: int, rows: ir.Value | int,
-                    g: Group, count: ir.Value | int, dst: ir.Value) -> None:
+                    g: Group, count: ir.Value | int, dst: ir.Value, splat: bool = False) -> None:
     """dst[p][d][r] = src[first + p·width + r, d] for `count` panels; src is [rows, depth].
+    With `splat`, each float as SPLAT copies: dst[p][d][r][0:SPLAT].
 
     Rows at or past `rows` repeat the last row: they only feed rows of C that are never
     stored, and so the last panel reads no byte outside src.
     """
     last = b.sub(_as(rows), _c(1))
     whole = depth - depth % 4
+    per = g.width * (SPLAT if splat else 1)  # floats per unit of depth
 
     def panel(p: ir.Value) -> None:
         r0 = b.add(_c(g.first), b.mul(p, _c(g.width)))
@@ -167,13 +191,16 @@ def _pack_transpose(b: ir.IRBuilder, src: ir.Value, depth: int, rows: ir.Value |
         for r in range(g.width):
             ri = b.add(r0, _c(r))
             starts.append(b.mul(b.select(b.icmp_signed("<", ri, last), ri, last), _c(depth)))
-        out = b.mul(p, _c(depth * g.width))
+        out = b.mul(p, _c(depth * per))
 
         def store_cols(d: ir.Value | int, cols: list[list[ir.Value]]) -> None:
             for j, col in enumerate(cols):  # col[q]: column d + j of rows 4q … 4q + 3
-                o = b.add(out, b.mul(b.add(_as(d), _c(j)), _c(g.width)))
+                o = b.add(out, b.mul(b.add(_as(d), _c(j)), _c(per)))
                 for q, v in enumerate(col):
-                    _st4(b, v, dst, b.add(o, _c(4 * q)), align=16)
+                    if splat:
+                        _st_splat(b, v, dst, o, 4 * q)
+                    else:
+                        _st4(b, v, dst, b.add(o, _c(4 * q)), align=16)
 
         def step4(d: ir.Value) -> None:
             blocks = [transpose4(b, [_ld4(b, src, b.add(starts[4 * q + r], d)) for r in range(4)])
@@ -215,16 +242,27 @@ def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Pane
                   ) -> list[list[ir.Value]]:
     """acc[r][v] = Σ_d pa_i[d·lda + r] · pb_j[d·ldb + 4v …] over one A and one B panel.
 
-    Per step: one A vector load broadcast to four rows by shuffles, nr/4 B vector loads and
-    4·nr/4 mul+add pairs. Unrolling did not help: LLVM hoisted the second step's loads and
-    Cranelift spilled accumulators.
+    Per step: the four rows' broadcasts of A, nr/4 B vectors and 4·nr/4 mul+add pairs. From a
+    splat panel the broadcasts are four vector loads; otherwise one A vector is loaded and
+    each lane broadcast by a shuffle. On x86-64 the shuffles compete with the multiplies and
+    adds for the vector ports, so the splat panels run faster (docs/performance.md). The
+    operands of one step are loaded as one wide vector each (<16 x float>, <8 x float>) and
+    split: LLVM's loop strength reduction then keeps one address per operand, and the loads
+    take constant offsets from it (with four separate loads it chose a base at the last one
+    and negative offsets, which Wasm loads cannot fold: an add per load). Unrolling did not
+    help: Cranelift emits a block's loads (which may trap) in order but its arithmetic where a
+    result is first needed, here the back edge, so both steps' loads are live at once and the
+    accumulators spill. For the same reason a load is never folded into `vmulps` here.
     """
     nv = nr // 4
 
     def step(d: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
-        bv = [_ld4(b, pb_j, b.add(b.mul(d, _c(pb.ld)), _c(4 * v)), pb.align) for v in range(nv)]
-        av = _ld4(b, pa_i, b.mul(d, _c(pa.ld)), pa.align)
-        rows = [_lane(b, av, r) for r in range(MR)]
+        bv = _split(b, _ld_wide(b, pb_j, b.mul(d, _c(pb.ld)), nr, pb.align))
+        if pa.splat:
+            rows = _split(b, _ld_wide(b, pa_i, b.mul(d, _c(pa.ld)), MR * SPLAT, pa.align))
+        else:
+            av = _ld4(b, pa_i, b.mul(d, _c(pa.ld)), pa.align)
+            rows = [_lane(b, av, r) for r in range(MR)]
         if madd:  # Cranelift (wasmtime 50) lowers it to vfmadd213ps plus register copies
             return [_madd(b, rows[r], bv[v], acc[r * nv + v])
                     for r in range(MR) for v in range(nv)]
@@ -233,6 +271,16 @@ def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Pane
 
     flat = _for(b, 0, depth, 1, [ZERO4] * (MR * nv), step, "k")
     return [flat[r * nv:(r + 1) * nv] for r in range(MR)]
+
+
+def _ld_wide(b: ir.IRBuilder, p: ir.Value, idx: ir.Value, floats: int, align: int) -> ir.Value:
+    return b.load(_at(b, p, idx), typ=ir.VectorType(F32, floats), align=align)
+
+
+def _split(b: ir.IRBuilder, v: ir.Value) -> list[ir.Value]:
+    """A <4k x float> as k <4 x float>."""
+    return [b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 4), list(range(i, i + 4))))
+            for i in range(0, v.type.count, 4)]
 
 
 def _store_out(b: ir.IRBuilder, v: ir.Value, p: ir.Value, idx: ir.Value, lanes: int,
@@ -305,12 +353,15 @@ class Panels:
     stride: ir.Value | int
     ld: int
     align: int = 16
+    splat: bool = False  # A only: each float stored 4 times (a <4 x float> broadcast)
 
 
 def _packed(group: Group, base: ir.Value, depth: ir.Value | int, b: ir.IRBuilder,
-            count: ir.Value | int | None = None) -> Panels:
-    stride = group.width * depth if isinstance(depth, int) else b.mul(depth, _c(group.width))
-    return Panels(group, base, group.count if count is None else count, stride, group.width)
+            count: ir.Value | int | None = None, splat: bool = False) -> Panels:
+    ld = group.width * (SPLAT if splat else 1)
+    stride = ld * depth if isinstance(depth, int) else b.mul(depth, _c(ld))
+    return Panels(group, base, group.count if count is None else count, stride, ld,
+                  splat=splat)
 
 
 def _in_place(b: ir.IRBuilder, src: ir.Value, group: Group, ld: int) -> Panels:
@@ -323,26 +374,55 @@ def _tiles(b: ir.IRBuilder, a_panels: Sequence[Panels], b_panels: Sequence[Panel
            bias: ir.Value | None = None, mask: ir.Value | None = None) -> None:
     """C[rows, cols] (+)= epilogue(A panels · B panels), tile by tile.
 
-    B panels outside, A panels inside: one B panel stays in L1 while the A panels stream; the
-    other order measured the same.
+    B panels outside, A panels inside: one B panel stays in L1 while the A panels stream.
+    Splat A panels are four times the size of A, so they pass in blocks of A_BLOCK_BYTES,
+    each block under every B panel in turn: a block stays in L2 (512³ unblocked: 4 MB of
+    splat A, 32 → 23 GFLOP/s).
     """
     if not flavor.madd and isinstance(depth, int):  # not for relaxed_madd: its loop then ran
         depth = opaque_count(b, depth)  # 2× slower (MNIST, 256 deep)
-    for pb in b_panels:
-        def col_tiles(jp: ir.Value, pb: Panels = pb) -> None:
-            pb_j = _at(b, pb.base, b.mul(jp, _as(pb.stride)))
-            col0 = b.add(_c(pb.group.first), b.mul(jp, _c(pb.group.width)))
-            for pa in a_panels:
-                def tile(ip: ir.Value, pa: Panels = pa) -> None:
-                    pa_i = _at(b, pa.base, b.mul(ip, _as(pa.stride)))
-                    acc = _tile_product(b, pb.group.width, pa, pa_i, pb, pb_j, depth, flavor.madd)
-                    row0 = b.add(_c(pa.group.first), b.mul(ip, _c(MR)))
-                    _store_tile(b, acc, c, cols, row0, rows, col0, pb.group.last_valid,
-                                bias, mask, flavor)
+    firsts: list[ir.Value] = [_c(0)]  # each group's first panel in the run of all A panels
+    for pa in a_panels:
+        firsts.append(b.add(firsts[-1], _as(pa.count)))
+    total = firsts.pop()
 
-                _for_each(b, 0, pa.count, 1, tile, "ip")
+    def block(lo: ir.Value, hi: ir.Value) -> None:  # A panels lo … hi − 1 of the run
+        for pb in b_panels:
+            def col_tiles(jp: ir.Value, pb: Panels = pb) -> None:
+                pb_j = _at(b, pb.base, b.mul(jp, _as(pb.stride)))
+                col0 = b.add(_c(pb.group.first), b.mul(jp, _c(pb.group.width)))
+                for pa, first in zip(a_panels, firsts, strict=True):
+                    def tile(ip: ir.Value, pa: Panels = pa) -> None:
+                        pa_i = _at(b, pa.base, b.mul(ip, _as(pa.stride)))
+                        acc = _tile_product(b, pb.group.width, pa, pa_i, pb, pb_j, depth,
+                                            flavor.madd)
+                        row0 = b.add(_c(pa.group.first), b.mul(ip, _c(MR)))
+                        _store_tile(b, acc, c, cols, row0, rows, col0, pb.group.last_valid,
+                                    bias, mask, flavor)
 
-        _for_each(b, 0, pb.group.count, 1, col_tiles, "jp")
+                    start = _max(b, b.sub(lo, first), _c(0))  # this block's panels of pa
+                    _for_each(b, start, _min(b, b.sub(hi, first), _as(pa.count)), 1, tile, "ip")
+
+            _for_each(b, 0, pb.group.count, 1, col_tiles, "jp")
+
+    if not any(pa.splat for pa in a_panels):
+        block(_c(0), total)
+        return
+    depth1 = _max(b, _as(depth), _c(1))  # tn's depth is m, which may be 0
+    per = b.udiv(_c(A_BLOCK_BYTES), b.mul(depth1, _c(4 * max(pa.ld for pa in a_panels))))
+    per = _max(b, per, _c(1))  # A panels per block
+    blocks = b.udiv(b.add(total, b.sub(per, _c(1))), per)
+    _for_each(b, 0, blocks, 1,
+              lambda blk: block(b.mul(blk, per), _min(b, b.add(b.mul(blk, per), per), total)),
+              "ib")
+
+
+def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _max(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed(">", x, y), x, y)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,12 +484,23 @@ def scratch_bytes(kind: Kind, m_max: int, n: int, k: int, a_packed: bool = False
     return 4 * (_packed_b_floats(kind, m_max, n, k) + a_floats)
 
 
+def _splat_a(kind: Kind, n: int, k: int) -> bool:
+    """Whether A is packed as splat panels: where each float of A feeds at least
+    SPLAT_MIN_COLS columns of C (C has n columns, k for nt)."""
+    return (k if kind == "nt" else n) >= SPLAT_MIN_COLS
+
+
+def _tn_a_in_place(n: int, k: int) -> bool:
+    return k <= TN_A_IN_PLACE_MAX_K and not _splat_a("tn", n, k)
+
+
 def _packed_a_floats(kind: Kind, m_max: int, n: int, k: int) -> int:
+    per = SPLAT if _splat_a(kind, n, k) else 1
     if kind != "tn":
-        return _up(m_max, MR) * (k if kind == "nn" else n)
-    if k <= TN_A_IN_PLACE_MAX_K:  # only the last 1–3 columns are packed
-        return MR * m_max if k % MR else 0
-    return _up(k, MR) * m_max
+        return per * _up(m_max, MR) * (k if kind == "nn" else n)
+    if _tn_a_in_place(n, k):  # only the last 1–3 columns are packed
+        return per * MR * m_max if k % MR else 0
+    return per * _up(k, MR) * m_max
 
 
 def _b_panels(b: ir.IRBuilder, src: ir.Value, n: int, depth: ir.Value | int,
@@ -456,13 +547,14 @@ def _body_nn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
     m, a, bm, c, bias, scratch = args
     pb = _b_panels(b, bm, n, k, scratch, _in_place_b("nn", n, k))
     count = ceil_div(b, m, MR)
+    splat = _splat_a("nn", n, k) and not flavor.a_packed
     if flavor.a_packed:
         pa = a
     else:
         pa = _at(b, scratch, _packed_b_floats("nn", 0, n, k))
-        _pack_transpose(b, a, k, m, Group(0, 0, MR, MR), count, pa)
-    _tiles(b, [_packed(Group(0, 0, MR, MR), pa, k, b, count)], pb, k, m, n, c, flavor,
-           bias=bias if flavor.fused else None)
+        _pack_transpose(b, a, k, m, Group(0, 0, MR, MR), count, pa, splat=splat)
+    _tiles(b, [_packed(Group(0, 0, MR, MR), pa, k, b, count, splat=splat)], pb, k, m, n, c,
+           flavor, bias=bias if flavor.fused else None)
 
 
 def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
@@ -474,9 +566,10 @@ def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
         pb.append(_packed(g, dst, n, b))
     pa = _at(b, scratch, _packed_b_floats("nt", 0, n, k))
     count = ceil_div(b, m, MR)
-    _pack_transpose(b, a, n, m, Group(0, 0, MR, MR), count, pa)
-    _tiles(b, [_packed(Group(0, 0, MR, MR), pa, n, b, count)], pb, n, m, k, c, flavor,
-           mask=mask if flavor.fused else None)
+    splat = _splat_a("nt", n, k)
+    _pack_transpose(b, a, n, m, Group(0, 0, MR, MR), count, pa, splat=splat)
+    _tiles(b, [_packed(Group(0, 0, MR, MR), pa, n, b, count, splat=splat)], pb, n, m, k, c,
+           flavor, mask=mask if flavor.fused else None)
 
 
 def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
@@ -488,14 +581,15 @@ def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
         pb = _b_panels(b, g_mat, n, m, scratch, False, row_sum if flavor.fused else None,
                        flavor.accumulate)
     rest = _at(b, scratch, b.mul(m, _c(_packed_b_floats("tn", 1, n, k))))
-    pa, in_place = [], k <= TN_A_IN_PLACE_MAX_K
+    pa, in_place, splat = [], _tn_a_in_place(n, k), _splat_a("tn", n, k)
     for g in _groups(k, MR, narrow_edge=False):
         if in_place and g.last_valid == MR:
             pa.append(_in_place(b, a, g, k))
         else:
-            dst = _at(b, rest, b.mul(m, _c(0 if in_place else g.first)))
-            _pack_copy(b, a, k, m, g, dst)
-            pa.append(_packed(g, dst, m, b))
+            first = 0 if in_place else g.first * (SPLAT if splat else 1)
+            dst = _at(b, rest, b.mul(m, _c(first)))
+            _pack_copy(b, a, k, m, g, dst, splat=splat)
+            pa.append(_packed(g, dst, m, b, splat=splat))
     _tiles(b, pa, pb, m, k, n, c, flavor)
 
 

@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from .torch_harness import ParamMap, compare_with_torch, random_batches, same, torch
+from .torch_harness import (
+    ParamMap,
+    Tolerance,
+    compare_with_torch,
+    random_batches,
+    same,
+    torch,
+)
 
 COVERS = {"layer_norm", "group_norm", "leaky_relu", "gelu", "softmax", "log_softmax", "concat",
           "embedding", "mean_pool"}
@@ -43,7 +50,7 @@ def _model(inputs: str, target: str, body: str, loss: str) -> str:
 
 
 def _compare(src: str, forward: Forward, loss: Callable[[Any, Any], Any], batches: list[Any],
-             lr: float = 0.1, momentum: float = 0.0) -> None:
+             lr: float = 0.1, momentum: float = 0.0, tol: Tolerance | None = None) -> None:
     """Train src with sgd(lr, momentum) and the torch forward/loss on the same batches."""
     src += f"optimizer sgd(lr={lr}, momentum={momentum})\n"
 
@@ -52,7 +59,7 @@ def _compare(src: str, forward: Forward, loss: Callable[[Any, Any], Any], batche
         return (lambda x, y: loss(forward(x, ps), y)), mapping
 
     compare_with_torch(src, build, lambda ps: torch.optim.SGD(ps, lr=lr, momentum=momentum),
-                       batches)
+                       batches, tol=tol or Tolerance())
 
 
 # --- dense layers: layer_norm, gelu, leaky_relu, concat along the features -----------------
@@ -122,7 +129,10 @@ logits = dense(group_norm(dense(x, 8), 4), 4)
         return _dense(h, ps, 1)
 
     batches = random_batches(np.random.default_rng(9), [6, 6, 6], (9,), classes=4)
-    _compare(src, forward, F.cross_entropy, batches)
+    # Groups of two features: 1/σ magnifies float32 rounding, so the two float32 results
+    # differ more than elsewhere. On an Intel Xeon (torch's AVX-512 kernels) the first
+    # weight differed by 8.5e-6 of its scale after step 2, past the default 1e-5·0.72.
+    _compare(src, forward, F.cross_entropy, batches, tol=Tolerance(param=2e-5))
 
 
 # --- softmax and log_softmax as layers --------------------------------------------------------
