@@ -3,8 +3,9 @@
 No column matrix: per example and group the input channels are copied into a zero-bordered
 scratch image (the padding), and a register tile of 4 output channels × 2 segments (a
 segment is 4 consecutive outputs of one row; so 8 outputs of a wide row, or 4 of two narrow
-rows) accumulates Σ_c Σ_taps w · x with the taps unrolled: per tap one aligned load of 4
-pre-packed weights broadcast to rows by shuffles, 2 unaligned input loads, 8 mul+add.
+rows) accumulates Σ_c Σ_taps w · x: per (channel, tap) step one load of the 4 output channels'
+weights, pre-packed as broadcasts (each weight four times, as gemm's splat A panels: no
+shuffles in the loop), 2 unaligned input loads, 8 mul+add.
 
 The input gradient of a stride-1 convolution is itself such a convolution (of dy, with the
 kernel flipped, channels swapped and padding k−1−p), so both use the same kernel.
@@ -36,7 +37,9 @@ from .kernels import (
 )
 
 ZERO4 = ir.Constant(V4, [0.0] * 4)
-TILE_O = 4  # output channels per tile (the lanes of one packed weight vector)
+TILE_O = 4  # output channels per tile
+SPLAT = 4  # copies of each packed weight (one <4 x float> broadcast per output channel)
+TILE_W = TILE_O * SPLAT  # packed floats per (channel, tap) step
 SEGS = 2  # segments per tile
 
 
@@ -76,7 +79,7 @@ class Direct:
         return -(-self.cout // TILE_O)
 
     def pack_floats(self) -> int:
-        return self.groups * self.o_tiles * self.cin * self.taps * TILE_O
+        return self.groups * self.o_tiles * self.cin * self.taps * TILE_W
 
     def image_floats(self) -> int:
         hp, wp = self.padded
@@ -90,14 +93,15 @@ class Direct:
 
 
 def _pack(b: ir.IRBuilder, d: Direct, w: ir.Value, dst: ir.Value) -> None:
-    """dst[g][tile][c][tap][lane] = weight (g, tile·4 + lane, c, tap); zero past cout."""
+    """dst[g][tile][c][tap][lane][0:SPLAT] = weight (g, tile·4 + lane, c, tap), broadcast;
+    zero past cout."""
     so, sc, st, t0 = d.w_strides
     per_g = d.cout * d.cin * d.taps
     with loop(b, 0, d.groups * d.o_tiles, 1, "pk") as gt:
         g = b.udiv(gt, i32c(d.o_tiles))
         o0 = b.mul(b.urem(gt, i32c(d.o_tiles)), i32c(TILE_O))
         base = b.add(b.mul(g, i32c(per_g)), i32c(t0))
-        out = b.mul(gt, i32c(d.cin * d.taps * TILE_O))
+        out = b.mul(gt, i32c(d.cin * d.taps * TILE_W))
         with loop(b, 0, d.cin, 1, "pc") as c:
             for tap in range(d.taps):
                 for lane in range(TILE_O):
@@ -106,8 +110,8 @@ def _pack(b: ir.IRBuilder, d: Direct, w: ir.Value, dst: ir.Value) -> None:
                     at = b.add(base, b.add(b.mul(b.select(ok, o, i32c(0)), i32c(so)),
                                            b.add(b.mul(c, i32c(sc)), i32c(tap * st))))
                     v = b.select(ok, load(b, w, at), ir.Constant(F32, 0.0))
-                    slot = b.add(out, b.mul(c, i32c(d.taps * TILE_O)))
-                    store(b, v, dst, b.add(slot, i32c(tap * TILE_O + lane)))
+                    slot = b.add(out, b.mul(c, i32c(d.taps * TILE_W)))
+                    store4(b, splat(b, v), dst, b.add(slot, i32c(tap * TILE_W + lane * SPLAT)))
 
 
 def _zero(b: ir.IRBuilder, dst: ir.Value, count: int) -> None:
@@ -131,9 +135,12 @@ def _fill(b: ir.IRBuilder, d: Direct, src: ir.Value, img: ir.Value) -> None:
             store(b, load(b, row, x), dst, x)
 
 
-def _lanes(b: ir.IRBuilder, v: ir.Value) -> list[ir.Value]:
-    """Each lane of v broadcast (shuffles: wasmtime's load32_splat is slow)."""
-    return [b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 4), [r] * 4))
+def _broadcasts(b: ir.IRBuilder, wp: ir.Value, t: ir.Value) -> list[ir.Value]:
+    """Step t's TILE_O packed broadcasts, loaded as one <16 x float> and split (one address
+    for LLVM's loop strength reduction, constant offsets for the four loads)."""
+    v = b.load(gep(b, wp, b.mul(t, i32c(TILE_W))), typ=ir.VectorType(F32, TILE_W), align=16)
+    return [b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 4),
+                                               list(range(SPLAT * r, SPLAT * r + 4))))
             for r in range(TILE_O)]
 
 
@@ -157,7 +164,7 @@ def _tile(b: ir.IRBuilder, d: Direct, wp: ir.Value, img: ir.Value, table: ir.Val
     loads and Cranelift spilled the accumulators."""
     def step(t: ir.Value, accs: list[ir.Value]) -> list[ir.Value]:
         off = load(b, table, t, I32)
-        rows = _lanes(b, b.load(gep(b, wp, b.mul(t, i32c(TILE_O))), typ=V4, align=16))
+        rows = _broadcasts(b, wp, t)
         xs = [load4(b, img, b.add(st, off)) for st in starts]
         return [b.fadd(accs[r * SEGS + s], b.fmul(rows[r], xs[s]))
                 for r in range(TILE_O) for s in range(SEGS)]
@@ -201,7 +208,7 @@ def run(ctx: LowerCtx, d: Direct, src: ir.Value, w: ir.Value, bias: ir.Value | N
             dst = gep(b, out, b.mul(ex, i32c(d.cout * ho * wo)))
             with loop(b, 0, d.o_tiles, 1, "ot") as ot:
                 wp = gep(b, pack, b.mul(b.add(b.mul(g, i32c(d.o_tiles)), ot),
-                                        i32c(d.cin * d.taps * TILE_O)))
+                                        i32c(d.cin * d.taps * TILE_W)))
                 o0 = b.mul(ot, i32c(TILE_O))
                 init = _bias(b, d, bias, g, o0)
                 with loop(b, 0, n_segs, SEGS, "sg") as s0:
