@@ -28,6 +28,7 @@ from .kernels import (
     i32c,
     load,
     load4,
+    load_split,
     loop,
     opaque_count,
     reduce_add4,
@@ -135,15 +136,6 @@ def _fill(b: ir.IRBuilder, d: Direct, src: ir.Value, img: ir.Value) -> None:
             store(b, load(b, row, x), dst, x)
 
 
-def _broadcasts(b: ir.IRBuilder, wp: ir.Value, t: ir.Value) -> list[ir.Value]:
-    """Step t's TILE_O packed broadcasts, loaded as one <16 x float> and split (one address
-    for LLVM's loop strength reduction, constant offsets for the four loads)."""
-    v = b.load(gep(b, wp, b.mul(t, i32c(TILE_W))), typ=ir.VectorType(F32, TILE_W), align=16)
-    return [b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 4),
-                                               list(range(SPLAT * r, SPLAT * r + 4))))
-            for r in range(TILE_O)]
-
-
 def _offsets(b: ir.IRBuilder, d: Direct, table: ir.Value) -> None:
     """table[c·taps + i·kw + j] = c·plane + i·Wp + j: each step's offset into the image."""
     hp, wpad = d.padded
@@ -164,7 +156,7 @@ def _tile(b: ir.IRBuilder, d: Direct, wp: ir.Value, img: ir.Value, table: ir.Val
     loads and Cranelift spilled the accumulators."""
     def step(t: ir.Value, accs: list[ir.Value]) -> list[ir.Value]:
         off = load(b, table, t, I32)
-        rows = _broadcasts(b, wp, t)
+        rows = load_split(b, wp, b.mul(t, i32c(TILE_W)), TILE_W, align=16)  # no shuffles
         xs = [load4(b, img, b.add(st, off)) for st in starts]
         return [b.fadd(accs[r * SEGS + s], b.fmul(rows[r], xs[s]))
                 for r in range(TILE_O) for s in range(SEGS)]

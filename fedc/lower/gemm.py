@@ -9,7 +9,14 @@ from typing import Literal
 
 from llvmlite import ir
 
-from .kernels import carry_loop, ceil_div, opaque_count, transpose4, where_positive
+from .kernels import (
+    carry_loop,
+    ceil_div,
+    load_split,
+    opaque_count,
+    transpose4,
+    where_positive,
+)
 
 I32 = ir.IntType(32)
 F32 = ir.FloatType()
@@ -247,9 +254,7 @@ def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Pane
     each lane broadcast by a shuffle. On x86-64 the shuffles compete with the multiplies and
     adds for the vector ports, so the splat panels run faster (docs/performance.md). The
     operands of one step are loaded as one wide vector each (<16 x float>, <8 x float>) and
-    split: LLVM's loop strength reduction then keeps one address per operand, and the loads
-    take constant offsets from it (with four separate loads it chose a base at the last one
-    and negative offsets, which Wasm loads cannot fold: an add per load). Unrolling did not
+    split (kernels.load_split: constant offsets from one address per operand). Unrolling did not
     help: Cranelift emits a block's loads (which may trap) in order but its arithmetic where a
     result is first needed, here the back edge, so both steps' loads are live at once and the
     accumulators spill. For the same reason a load is never folded into `vmulps` here.
@@ -257,9 +262,9 @@ def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Pane
     nv = nr // 4
 
     def step(d: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
-        bv = _split(b, _ld_wide(b, pb_j, b.mul(d, _c(pb.ld)), nr, pb.align))
+        bv = load_split(b, pb_j, b.mul(d, _c(pb.ld)), nr, pb.align)
         if pa.splat:
-            rows = _split(b, _ld_wide(b, pa_i, b.mul(d, _c(pa.ld)), MR * SPLAT, pa.align))
+            rows = load_split(b, pa_i, b.mul(d, _c(pa.ld)), MR * SPLAT, pa.align)
         else:
             av = _ld4(b, pa_i, b.mul(d, _c(pa.ld)), pa.align)
             rows = [_lane(b, av, r) for r in range(MR)]
@@ -271,16 +276,6 @@ def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Pane
 
     flat = _for(b, 0, depth, 1, [ZERO4] * (MR * nv), step, "k")
     return [flat[r * nv:(r + 1) * nv] for r in range(MR)]
-
-
-def _ld_wide(b: ir.IRBuilder, p: ir.Value, idx: ir.Value, floats: int, align: int) -> ir.Value:
-    return b.load(_at(b, p, idx), typ=ir.VectorType(F32, floats), align=align)
-
-
-def _split(b: ir.IRBuilder, v: ir.Value) -> list[ir.Value]:
-    """A <4k x float> as k <4 x float>."""
-    return [b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 4), list(range(i, i + 4))))
-            for i in range(0, v.type.count, 4)]
 
 
 def _store_out(b: ir.IRBuilder, v: ir.Value, p: ir.Value, idx: ir.Value, lanes: int,

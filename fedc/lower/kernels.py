@@ -73,6 +73,18 @@ def store4(b: ir.IRBuilder, value: ir.Value, base: ir.Value, index: ir.Value | i
     b.store(value, gep(b, base, index), align=4)
 
 
+def load_split(b: ir.IRBuilder, p: ir.Value, index: ir.Value | int, floats: int,
+               align: int = 4) -> list[ir.Value]:
+    """p[index … index + floats) as floats/4 <4 x float>, loaded as one <floats x float>. In a
+    loop, LLVM's loop strength reduction then keeps one address for them, and the Wasm loads
+    the wide one is split into take constant offsets from it (as separate loads they got a
+    base at the last one and negative offsets, which Wasm loads cannot fold: an add each)."""
+    at = b.gep(p, [as_value(index)], inbounds=True, source_etype=F32)
+    v = b.load(at, typ=ir.VectorType(F32, floats), align=align)
+    return [b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 4), list(range(i, i + 4))))
+            for i in range(0, floats, LANES)]
+
+
 @contextmanager
 def loop(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int,
          step: int = 1, name: str = "i") -> Iterator[ir.Value]:
