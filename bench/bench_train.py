@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -236,14 +238,52 @@ class Worker:
         self.proc.wait()
 
 
+class NodeWorker(Worker):
+    """fedc's JS runtime training the same module in Node (V8), bench/node_train.mjs."""
+
+    def __init__(self, case: Case, variant: str, tmp: Path) -> None:
+        from fedc.pipeline import Options, compile_source
+
+        art = compile_source((ROOT / case.source).read_text(), case.source,
+                             Options(variant=variant))
+        model_dir = art.write(tmp / variant)
+        x, y = data(case)
+        data_file = tmp / "data.bin"
+        data_file.write_bytes(x.tobytes() + y.astype(np.int32).tobytes())
+        cmd = ["node", *NODE_FLAGS, str(ROOT / "bench" / "node_train.mjs"), str(model_dir),
+               str(data_file), str(case.rows), str(case.batch)]
+        self.proc = subprocess.Popen(cmd, text=True, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        self.threads = int(self.proc.stdout.readline())
+
+
+# Node 20 runs relaxed SIMD only behind this flag (Node 22 and Chrome ≥ 114 by default).
+NODE_FLAGS = ("--experimental-wasm-relaxed-simd",)
+
+
+def _node_workers(case: Case, tmp: Path) -> dict[str, Worker]:
+    if shutil.which("node") is None:
+        print("bench_train: node not found, skipping the Node (V8) contenders", file=sys.stderr)
+        return {}
+    return {f"fedc wasm {v} (Node, V8)": NodeWorker(case, v, tmp)
+            for v in ("simd128", "relaxed-simd")}
+
+
 def run_case(case: Case, reps: int, seconds: float) -> dict[str, list[float]]:
     """Samples/s of every contender, one list entry per repetition."""
+    with tempfile.TemporaryDirectory(prefix="fedc-bench-") as tmp:
+        return _run_case(case, reps, seconds, Path(tmp))
+
+
+def _run_case(case: Case, reps: int, seconds: float, tmp: Path) -> dict[str, list[float]]:
     local = fedc_contenders(case)
     x, y = data(case)
     for epoch in local.values():  # warm-up
         epoch(x, y, np.random.default_rng(0))
     workers = {name: Worker(name, case) for name in WORKERS
                if case.hidden is not None or not name.startswith("numpy")}
+    workers.update(_node_workers(case, tmp))
     names = [*local, *workers]
     rates: dict[str, list[float]] = {name: [] for name in names}
     try:

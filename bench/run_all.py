@@ -104,6 +104,11 @@ def training_rows(reps: int, seconds: float, peak: float) -> list[Row]:
         if best != "fedc wasm simd128":
             rows.append((f"{label}: best Wasm variant ({best.split()[-1]}) ÷ torch 1 thread",
                          _fmt(_ratio(rates[best], torch1), spec=".2f"), "", ""))
+        for variant in ("simd128", "relaxed-simd"):  # the JS runtime, when node is installed
+            node = rates.get(f"fedc wasm {variant} (Node, V8)")
+            if node is not None:
+                rows.append((f"{label}: fedc wasm {variant} in Node (V8) ÷ torch 1 thread",
+                             _fmt(_ratio(node, torch1), spec=".2f"), "", ""))
         if "numpy step 1 thread" in rates:
             r = _ratio(wasm, rates["numpy step 1 thread"])
             rows.append((f"{label}: fedc wasm ÷ numpy step", _fmt(r, spec=".2f"),

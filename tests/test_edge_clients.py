@@ -173,3 +173,41 @@ def test_node_client_errors_are_one_line(tmp_path, digits_mlp):
                               "--data", str(tmp_path / "d.npz")], capture_output=True, text=True,
                              timeout=60)
     assert out.returncode == 1 and out.stderr.strip() == "error: invalid token"
+
+
+def test_js_rejects_nan_and_inf_anywhere_in_an_input(tmp_path):
+    """Model._data's finite check (four running sums of x·0 for a Float32Array): NaN, +Inf
+    and -Inf in the first, a middle and each of the last three values (the loop's tail: 7
+    features, 1–3 rows) are errors; the largest finite float, -0 and a subnormal are not; a
+    plain Array is checked value by value."""
+    from fedc.pipeline import compile_source
+    art = compile_source("""model Seven:
+    input x: f32[7]
+    target y: class[3]
+    logits = dense(x, 3)
+    loss = softmax_cross_entropy(logits, y)
+
+optimizer sgd(lr=0.1)
+""", "seven.fed")
+    (tmp_path / "model.wasm").write_bytes(art.wasm)
+    rt = (ROOT / "runtime" / "js" / "fedc-runtime.js").as_uri()
+    out = node(f"""import fs from 'node:fs';
+import {{ Model }} from '{rt}';
+const m = await Model.create(fs.readFileSync({json.dumps(str(tmp_path / 'model.wasm'))}),
+                             {json.dumps(art.manifest)});
+const verdicts = [];
+for (const rows of [1, 2, 3]) {{  // 7, 14, 21 values: tails of 3, 2, 1
+  const y = new Int32Array(rows);
+  const n = rows * 7;
+  for (const at of [0, Math.floor(n / 2), n - 1, n - 2, n - 3]) {{
+    for (const v of [NaN, Infinity, -Infinity, 3.4028234663852886e38, -0, 1e-45]) {{
+      const x = new Float32Array(n).fill(0.5);
+      x[at] = v;
+      try {{ m._data(x, y); verdicts.push(1); }} catch (e) {{ verdicts.push(0); }}
+    }}
+  }}
+  try {{ m._data(new Array(n).fill('1'), y); verdicts.push(1); }} catch (e) {{ verdicts.push(0); }}
+}}
+console.log(JSON.stringify(verdicts));""", tmp_path)
+    per_at = [0, 0, 0, 1, 1, 1]
+    assert json.loads(out) == (per_at * 5 + [0]) * 3
