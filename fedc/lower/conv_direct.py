@@ -26,6 +26,7 @@ from .kernels import (
     carry_loop,
     gep,
     i32c,
+    imin,
     load,
     load4,
     load_split,
@@ -204,7 +205,7 @@ def run(ctx: LowerCtx, d: Direct, src: ir.Value, w: ir.Value, bias: ir.Value | N
                 o0 = b.mul(ot, i32c(TILE_O))
                 init = _bias(b, d, bias, g, o0)
                 with loop(b, 0, n_segs, SEGS, "sg") as s0:
-                    segs = [s0] + [_clamp(b, b.add(s0, i32c(k)), n_segs - 1)
+                    segs = [s0] + [imin(b, b.add(s0, i32c(k)), i32c(n_segs - 1))
                                    for k in range(1, SEGS)]
                     pos = [(b.udiv(s, i32c(seg_row)), b.mul(b.urem(s, i32c(seg_row)), i32c(4)))
                            for s in segs]
@@ -212,10 +213,6 @@ def run(ctx: LowerCtx, d: Direct, src: ir.Value, w: ir.Value, bias: ir.Value | N
                               for oh, ow in pos]
                     acc = _tile(b, d, wp, img, table, starts, init)
                     _emit_tile(b, d, acc, dst, o0, segs, pos, s0, n_segs, seg_row)
-
-
-def _clamp(b: ir.IRBuilder, v: ir.Value, hi: int) -> ir.Value:
-    return b.select(b.icmp_signed(">", v, i32c(hi)), i32c(hi), v)
 
 
 def _bias(b: ir.IRBuilder, d: Direct, bias: ir.Value | None, g: ir.Value,
@@ -352,7 +349,7 @@ def run_weight(ctx: LowerCtx, d: Direct, x: ir.Value, dy: ir.Value, dw: ir.Value
                 # rows past cout read the last real plane; their partial sums are never reduced
                 rows = [b.add(o0, i32c(r)) for r in range(TILE_O)]
                 if d.cout % TILE_O:
-                    rows = [_clamp(b, o, d.cout - 1) for o in rows]
+                    rows = [imin(b, o, i32c(d.cout - 1)) for o in rows]
                 dys_at = [gep(b, src, b.mul(o, i32c(ho * dy_row))) for o in rows]
                 part = gep(b, part_g, b.mul(o0, i32c(per_tile)))
                 _dw_taps(b, d, img, table, dys_at, dy_row, part, per_tile, k)

@@ -12,6 +12,8 @@ from llvmlite import ir
 from .kernels import (
     carry_loop,
     ceil_div,
+    imax,
+    imin,
     load_split,
     opaque_count,
     transpose4,
@@ -197,7 +199,7 @@ def _pack_transpose(b: ir.IRBuilder, src: ir.Value, depth: int, rows: ir.Value |
         starts = []  # element offset of each source row of the panel
         for r in range(g.width):
             ri = b.add(r0, _c(r))
-            starts.append(b.mul(b.select(b.icmp_signed("<", ri, last), ri, last), _c(depth)))
+            starts.append(b.mul(imin(b, ri, last), _c(depth)))
         out = b.mul(p, _c(depth * per))
 
         def store_cols(d: ir.Value | int, cols: list[list[ir.Value]]) -> None:
@@ -395,29 +397,21 @@ def _tiles(b: ir.IRBuilder, a_panels: Sequence[Panels], b_panels: Sequence[Panel
                         _store_tile(b, acc, c, cols, row0, rows, col0, pb.group.last_valid,
                                     bias, mask, flavor)
 
-                    start = _max(b, b.sub(lo, first), _c(0))  # this block's panels of pa
-                    _for_each(b, start, _min(b, b.sub(hi, first), _as(pa.count)), 1, tile, "ip")
+                    start = imax(b, b.sub(lo, first), _c(0))  # this block's panels of pa
+                    _for_each(b, start, imin(b, b.sub(hi, first), _as(pa.count)), 1, tile, "ip")
 
             _for_each(b, 0, pb.group.count, 1, col_tiles, "jp")
 
     if not any(pa.splat for pa in a_panels):
         block(_c(0), total)
         return
-    depth1 = _max(b, _as(depth), _c(1))  # tn's depth is m, which may be 0
+    depth1 = imax(b, _as(depth), _c(1))  # tn's depth is m, which may be 0
     per = b.udiv(_c(A_BLOCK_BYTES), b.mul(depth1, _c(4 * max(pa.ld for pa in a_panels))))
-    per = _max(b, per, _c(1))  # A panels per block
+    per = imax(b, per, _c(1))  # A panels per block
     blocks = b.udiv(b.add(total, b.sub(per, _c(1))), per)
     _for_each(b, 0, blocks, 1,
-              lambda blk: block(b.mul(blk, per), _min(b, b.add(b.mul(blk, per), per), total)),
+              lambda blk: block(b.mul(blk, per), imin(b, b.add(b.mul(blk, per), per), total)),
               "ib")
-
-
-def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
-    return b.select(b.icmp_signed("<", x, y), x, y)
-
-
-def _max(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
-    return b.select(b.icmp_signed(">", x, y), x, y)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,16 @@ def as_value(x: ir.Value | int) -> ir.Value:
     return i32c(x) if isinstance(x, int) else x
 
 
+def imin(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """The smaller of two signed i32 values."""
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def imax(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """The larger of two signed i32 values."""
+    return b.select(b.icmp_signed(">", x, y), x, y)
+
+
 def ceil_div(b: ir.IRBuilder, x: ir.Value | int, d: int) -> ir.Value | int:
     """⌈x / d⌉ for x ≥ 0: a Python int for an int, else an unsigned i32 division."""
     return (x + d - 1) // d if isinstance(x, int) else b.udiv(b.add(x, i32c(d - 1)), i32c(d))

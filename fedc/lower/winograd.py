@@ -33,7 +33,19 @@ from llvmlite import ir
 
 from . import gemm
 from .context import LowerCtx
-from .kernels import LANES, ceil_div, gep, i32c, load, load4, loop, store, store4, transpose4
+from .kernels import (
+    LANES,
+    ceil_div,
+    gep,
+    i32c,
+    imin,
+    load,
+    load4,
+    loop,
+    store,
+    store4,
+    transpose4,
+)
 from .wino_transforms import F2, F4, Cell, Transforms, transpose, two_sided, zero
 
 if TYPE_CHECKING:
@@ -447,7 +459,7 @@ class _Chunks:
         b, e_max = self.ctx.b, self.wg.chunk
         with loop(b, 0, self.ctx.n, e_max, "wn") as n0:
             left = b.sub(self.ctx.n, n0)
-            body(n0, b.select(b.icmp_signed("<", left, i32c(e_max)), left, i32c(e_max)))
+            body(n0, imin(b, left, i32c(e_max)))
 
     def shared(self, label: str, fn: Callable[..., None], *args: ir.Value | None,
                **static: int) -> None:
@@ -517,7 +529,7 @@ def image_lanes(ctx: LowerCtx, wg: Wino, src: ir.Value, e: ir.Value, area: ir.Va
         rows = []
         for lane in range(LANES):
             i = b.add(b.mul(q, i32c(LANES)), i32c(lane))
-            i = b.select(b.icmp_signed("<", i, last), i, last)
+            i = imin(b, i, last)
             rows.append(load4(b, src, b.add(b.mul(b.add(b.mul(i, i32c(ch)), c), i32c(hw)), p)))
         first = b.mul(b.add(b.mul(b.add(b.mul(q, i32c(ch)), c), i32c(hw)), p), i32c(LANES))
         for j, v in enumerate(transpose4(b, rows)):
