@@ -91,3 +91,36 @@ def test_relaxed_simd_gemm_kernels_match_reference(op):
         arrays = random_inputs(op, batch, rng, np.float32)
         want = REGISTRY[op].ref([a.astype(np.float64) for a in arrays], {})
         np.testing.assert_allclose(kernel(arrays, batch), want, rtol=2e-5, atol=2e-5)
+
+
+STRIDED_CNN = """model Strided:
+    input x: f32[2, 9, 9]
+    target y: class[4]
+    h = relu(conv2d(x, 6, 3, stride=2))
+    logits = dense(flatten(h), 4)
+    loss = softmax_cross_entropy(logits, y)
+optimizer sgd(lr=0.05, momentum=0.9)
+"""
+
+
+@pytest.mark.parametrize("source", ["examples/digits_cnn.fed", "examples/waveforms_cnn1d.fed",
+                                    "strided"])
+def test_relaxed_simd_convolutions_train_like_simd128(source):
+    """relaxed_madd in every convolution strategy (the direct kernel, Winograd's and im2col's
+    products): one epoch of the relaxed-simd build lands where simd128's does."""
+    from pathlib import Path
+    text = STRIDED_CNN if source == "strided" else (
+        Path(__file__).resolve().parent.parent / source).read_text()
+    weights = []
+    for variant in ("simd128", "relaxed-simd"):
+        art = compile_source(text, "m.fed", Options(variant=variant))
+        assert ("llvm.wasm.relaxed.madd" in art.optimized_ir) == (variant == "relaxed-simd")
+        model = Model(art.wasm, art.manifest)
+        model.init_weights(1)
+        rng = np.random.default_rng(0)
+        shape = tuple(art.manifest["inputs"][0]["shape"])
+        classes = art.manifest["targets"][0]["classes"]
+        x = rng.normal(size=(48, *shape)).astype(np.float32)
+        model.train_epoch(x, rng.integers(0, classes, size=48), 16, seed=2)
+        weights.append(model.get_weights())
+    np.testing.assert_allclose(weights[1], weights[0], rtol=1e-4, atol=1e-5)

@@ -21,6 +21,11 @@ class LowerCtx:
     # false in eval_step/predict: only ops registered with modal=True (dropout) may read it
     training: bool = True
 
+    @property
+    def madd(self) -> bool:
+        """Whether this build's products use f32x4.relaxed_madd (the relaxed-simd variant)."""
+        return "relaxed-simd" in self.features
+
     def ptr(self, v: Value) -> ir.Value:
         return self.b.inttoptr(i32c(self.addr_of(v)), PTR)
 

@@ -188,7 +188,7 @@ def _forward_each(ctx: LowerCtx, s: ConvShape, x: ir.Value, w: ir.Value,
                 emit_cols(b, s.p, lambda j, vec: store_w(b, splat(b, v) if vec else v, row, j,
                                                          vec), "bf")
         gemm.emit_matmul(b, kind="nn", m=s.og, n=s.p, k=s.k, a=packed_w(g), bmat=col, c=dst,
-                         scratch=pack, accumulate=bias is not None, a_packed=True)
+                         scratch=pack, accumulate=bias is not None, madd=ctx.madd, a_packed=True)
 
     _each_group(ctx, s, body)
 
@@ -202,7 +202,8 @@ def _grad_input_each(ctx: LowerCtx, s: ConvShape, dy: ir.Value, w: ir.Value, dx:
     def body(n: ir.Value, g: ir.Value) -> None:
         src = _slice(b, dy, n, s.out_channels * s.p, g, s.og * s.p)
         gemm.emit_matmul(b, kind="tn", m=s.og, n=s.p, k=s.k,
-                         a=gep(b, w, b.mul(g, i32c(s.og * s.k))), bmat=src, c=dcol, scratch=pack)
+                         a=gep(b, w, b.mul(g, i32c(s.og * s.k))), bmat=src, c=dcol, scratch=pack,
+                         madd=ctx.madd)
         _each_tap(b, s, _slice(b, dx, n, s.channels * s.win.plane, g, s.cg * s.win.plane), dcol,
                   gather=False)
 
@@ -245,7 +246,7 @@ def _grad_weight_each(ctx: LowerCtx, s: ConvShape, x: ir.Value, dy: ir.Value, dw
                     _move_rows(b, s.og, s.p, src, s.p, gep(b, dys, b.mul(i, i32c(s.p))), e * s.p)
                 gemm.emit_matmul(b, kind="nt", m=s.og, n=e * s.p, k=s.k, a=dys, bmat=col,
                                  c=gep(b, dw, b.mul(g, i32c(s.og * s.k))), scratch=pack,
-                                 accumulate=True)
+                                 accumulate=True, madd=ctx.madd)
     pack = ctx.addr_ptr(ctx.scratch + s.col_bytes())
     with loop(b, whole, ctx.n, 1, "n") as n:
         with loop(b, 0, s.groups, 1, "g") as g:
@@ -254,7 +255,7 @@ def _grad_weight_each(ctx: LowerCtx, s: ConvShape, x: ir.Value, dy: ir.Value, dw
             gemm.emit_matmul(b, kind="nt", m=s.og, n=s.p, k=s.k,
                              a=_slice(b, dy, n, s.out_channels * s.p, g, s.og * s.p), bmat=col,
                              c=gep(b, dw, b.mul(g, i32c(s.og * s.k))), scratch=pack,
-                             accumulate=True)
+                             accumulate=True, madd=ctx.madd)
 
 
 def _move_rows(b: ir.IRBuilder, rows: int, count: int, src: ir.Value, src_ld: int,

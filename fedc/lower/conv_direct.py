@@ -31,6 +31,7 @@ from .kernels import (
     load4,
     load_split,
     loop,
+    mul_add,
     opaque_count,
     reduce_add4,
     splat,
@@ -150,7 +151,7 @@ def _offsets(b: ir.IRBuilder, d: Direct, table: ir.Value) -> None:
 
 
 def _tile(b: ir.IRBuilder, d: Direct, wp: ir.Value, img: ir.Value, table: ir.Value,
-          starts: list[ir.Value], init: list[ir.Value]) -> list[list[ir.Value]]:
+          starts: list[ir.Value], init: list[ir.Value], madd: bool) -> list[list[ir.Value]]:
     """acc[r][s] = init[r] + Σ_t wp[t][r] · img[starts[s] + table[t]] over t < cin·taps.
 
     One step per (channel, tap), not unrolled: with the taps unrolled LLVM hoisted their
@@ -159,7 +160,7 @@ def _tile(b: ir.IRBuilder, d: Direct, wp: ir.Value, img: ir.Value, table: ir.Val
         off = load(b, table, t, I32)
         rows = load_split(b, wp, b.mul(t, i32c(TILE_W)), TILE_W, align=16)  # no shuffles
         xs = [load4(b, img, b.add(st, off)) for st in starts]
-        return [b.fadd(accs[r * SEGS + s], b.fmul(rows[r], xs[s]))
+        return [mul_add(b, rows[r], xs[s], accs[r * SEGS + s], madd)
                 for r in range(TILE_O) for s in range(SEGS)]
 
     first = [x for x in init for _ in range(SEGS)]
@@ -211,7 +212,7 @@ def run(ctx: LowerCtx, d: Direct, src: ir.Value, w: ir.Value, bias: ir.Value | N
                            for s in segs]
                     starts = [b.add(b.mul(b.mul(oh, i32c(d.stride_h)), i32c(wpad)), ow)
                               for oh, ow in pos]
-                    acc = _tile(b, d, wp, img, table, starts, init)
+                    acc = _tile(b, d, wp, img, table, starts, init, ctx.madd)
                     _emit_tile(b, d, acc, dst, o0, segs, pos, s0, n_segs, seg_row)
 
 
@@ -288,7 +289,8 @@ def weight_scratch_bytes(d: Direct) -> int:
 
 
 def _dw_tile(b: ir.IRBuilder, d: Direct, img: ir.Value, offs: list[ir.Value],
-             dys_at: list[ir.Value], dy_row: int, acc: list[ir.Value]) -> list[ir.Value]:
+             dys_at: list[ir.Value], dy_row: int, acc: list[ir.Value],
+             madd: bool) -> list[ir.Value]:
     """acc[r·len(offs) + j] += Σ_q dy_r[q] · img[start(q) + offs[j]] over one example's
     segments, dy_r the plane at dys_at[r] (rows dy_row floats apart)."""
     ho, _ = d.out
@@ -299,7 +301,7 @@ def _dw_tile(b: ir.IRBuilder, d: Direct, img: ir.Value, offs: list[ir.Value],
     def segment(start: ir.Value, at: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
         xs = [load4(b, img, b.add(start, off)) for off in offs]
         dys = [load4(b, p, at) for p in dys_at]
-        return [b.fadd(acc[r * nt + j], b.fmul(dys[r], xs[j]))
+        return [mul_add(b, dys[r], xs[j], acc[r * nt + j], madd)
                 for r in range(TILE_O) for j in range(nt)]
 
     def row(oh: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
@@ -352,7 +354,7 @@ def run_weight(ctx: LowerCtx, d: Direct, x: ir.Value, dy: ir.Value, dw: ir.Value
                     rows = [imin(b, o, i32c(d.cout - 1)) for o in rows]
                 dys_at = [gep(b, src, b.mul(o, i32c(ho * dy_row))) for o in rows]
                 part = gep(b, part_g, b.mul(o0, i32c(per_tile)))
-                _dw_taps(b, d, img, table, dys_at, dy_row, part, per_tile, k)
+                _dw_taps(b, d, img, table, dys_at, dy_row, part, per_tile, k, ctx.madd)
     with loop(b, 0, d.groups * d.cout, 1, "dwg") as go:  # groups × output channels in order
         g, o = b.udiv(go, i32c(d.cout)), b.urem(go, i32c(d.cout))
         base = gep(b, partial, b.add(b.mul(g, i32c(d.o_tiles * TILE_O * per_tile)),
@@ -363,7 +365,8 @@ def run_weight(ctx: LowerCtx, d: Direct, x: ir.Value, dy: ir.Value, dw: ir.Value
 
 
 def _dw_taps(b: ir.IRBuilder, d: Direct, img: ir.Value, table: ir.Value,
-             dys_at: list[ir.Value], dy_row: int, part: ir.Value, per_tile: int, k: int) -> None:
+             dys_at: list[ir.Value], dy_row: int, part: ir.Value, per_tile: int, k: int,
+             madd: bool) -> None:
     """The 4 × DW_TAPS tiles of one output-channel tile over every tap (a 4 × 1 tile for an
     odd last tap), added into the tile's partial sums."""
     def tile(t0: ir.Value, nt: int) -> None:
@@ -371,7 +374,7 @@ def _dw_taps(b: ir.IRBuilder, d: Direct, img: ir.Value, table: ir.Value,
         slots = [b.add(b.mul(b.add(t0, i32c(j)), i32c(LANES)), i32c(r * per_tile))
                  for r in range(TILE_O) for j in range(nt)]
         acc = [b.load(gep(b, part, at), typ=V4, align=16) for at in slots]
-        acc = _dw_tile(b, d, img, offs, dys_at, dy_row, acc)
+        acc = _dw_tile(b, d, img, offs, dys_at, dy_row, acc, madd)
         for v, at in zip(acc, slots, strict=True):
             b.store(v, gep(b, part, at), align=16)
 

@@ -15,6 +15,7 @@ from .kernels import (
     imax,
     imin,
     load_split,
+    mul_add,
     opaque_count,
     transpose4,
     where_positive,
@@ -237,15 +238,6 @@ def _gather(b: ir.IRBuilder, src: ir.Value, starts: Sequence[ir.Value], d: int) 
 # The micro-kernel: a 4×nr block of C (nr = 8, or 4 at a narrow edge) in nr/4·4 registers.
 
 
-def _madd(b: ir.IRBuilder, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
-    """x·y + acc in one f32x4.relaxed_madd (fused or not, as the engine's CPU does it)."""
-    name = "llvm.wasm.relaxed.madd.v4f32"
-    fn = b.module.globals.get(name)
-    if fn is None:
-        fn = ir.Function(b.module, ir.FunctionType(V4, [V4, V4, V4]), name)
-    return b.call(fn, [x, y, acc])
-
-
 def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Panels,
                   pb_j: ir.Value, depth: ir.Value | int, madd: bool = False
                   ) -> list[list[ir.Value]]:
@@ -270,10 +262,9 @@ def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Pane
         else:
             av = _ld4(b, pa_i, b.mul(d, _c(pa.ld)), pa.align)
             rows = [_lane(b, av, r) for r in range(MR)]
-        if madd:  # Cranelift (wasmtime 50) lowers it to vfmadd213ps plus register copies
-            return [_madd(b, rows[r], bv[v], acc[r * nv + v])
-                    for r in range(MR) for v in range(nv)]
-        return [b.fadd(acc[r * nv + v], b.fmul(rows[r], bv[v]))
+        # relaxed_madd: Cranelift (wasmtime 50) lowers it to vfmadd213ps plus register copies,
+        # V8 to an FMA into the accumulator (docs/performance.md)
+        return [mul_add(b, rows[r], bv[v], acc[r * nv + v], madd)
                 for r in range(MR) for v in range(nv)]
 
     flat = _for(b, 0, depth, 1, [ZERO4] * (MR * nv), step, "k")

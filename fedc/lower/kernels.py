@@ -83,6 +83,20 @@ def store4(b: ir.IRBuilder, value: ir.Value, base: ir.Value, index: ir.Value | i
     b.store(value, gep(b, base, index), align=4)
 
 
+def relaxed_madd(b: ir.IRBuilder, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
+    """x·y + acc in one f32x4.relaxed_madd (fused or not, as the engine's CPU does it)."""
+    name = "llvm.wasm.relaxed.madd.v4f32"
+    fn = b.module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(b.module, ir.FunctionType(V4, [V4, V4, V4]), name)
+    return b.call(fn, [x, y, acc])
+
+
+def mul_add(b: ir.IRBuilder, x: ir.Value, y: ir.Value, acc: ir.Value, madd: bool) -> ir.Value:
+    """acc + x·y: one relaxed_madd if `madd` (the relaxed-simd build), else mul then add."""
+    return relaxed_madd(b, x, y, acc) if madd else b.fadd(acc, b.fmul(x, y))
+
+
 def load_split(b: ir.IRBuilder, p: ir.Value, index: ir.Value | int, floats: int,
                align: int = 4) -> list[ir.Value]:
     """p[index … index + floats) as floats/4 <4 x float>, loaded as one <floats x float>. In a

@@ -13,7 +13,7 @@ def nn(ctx: LowerCtx, *, m: ir.Value, n: int, k: int, a: ir.Value, b: ir.Value, 
        bias: ir.Value | None = None, relu: bool = False) -> None:
     """C[m,n] = A[m,k] · B[k,n] (+ bias[n]) (then relu): the register-blocked forward kernel."""
     gemm.emit_matmul(ctx.b, kind="nn", m=m, n=n, k=k, a=a, bmat=b, c=c,
-                     scratch=ctx.addr_ptr(ctx.scratch), bias=bias, madd=madd(ctx), relu=relu)
+                     scratch=ctx.addr_ptr(ctx.scratch), bias=bias, madd=ctx.madd, relu=relu)
 
 
 def nt(ctx: LowerCtx, *, m: ir.Value, n: int, k: int, a: ir.Value, b: ir.Value,
@@ -21,19 +21,14 @@ def nt(ctx: LowerCtx, *, m: ir.Value, n: int, k: int, a: ir.Value, b: ir.Value,
     """C[m,n] = A[m,k] · Bᵀ with B stored [n,k] (the input gradient; no explicit transpose),
     zero where mask[m,n] ≤ 0 when a mask (laid out like C) is given."""
     gemm.emit_matmul(ctx.b, kind="nt", m=m, n=k, k=n, a=a, bmat=b, c=c,
-                     scratch=ctx.addr_ptr(ctx.scratch), madd=madd(ctx), mask=mask)
+                     scratch=ctx.addr_ptr(ctx.scratch), madd=ctx.madd, mask=mask)
 
 
 def tn(ctx: LowerCtx, *, m: ir.Value, n: int, k: int, a: ir.Value, b: ir.Value,
        c: ir.Value) -> None:
     """C[k,n] = Aᵀ · B with A stored [m,k], B [m,n]: the weight gradient, reducing over m."""
     gemm.emit_matmul(ctx.b, kind="tn", m=m, n=n, k=k, a=a, bmat=b, c=c,
-                     scratch=ctx.addr_ptr(ctx.scratch), madd=madd(ctx))
-
-
-def madd(ctx: LowerCtx) -> bool:
-    """Whether this build's GEMMs use f32x4.relaxed_madd (the relaxed-simd variant)."""
-    return "relaxed-simd" in ctx.features
+                     scratch=ctx.addr_ptr(ctx.scratch), madd=ctx.madd)
 
 
 def scratch(kind: gemm.Kind, max_batch: int, n: int, k: int) -> int:

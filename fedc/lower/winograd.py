@@ -513,7 +513,7 @@ class _Chunks:
                              bmat=gep(b, self.area(bmat), b.mul(xi, i32c(rows[bmat]))),
                              c=gep(b, self.area(c), b.mul(xi, i32c(rows[c]))),
                              scratch=self.area("gemm"), accumulate=accumulate,
-                             a_packed=a_packed, b_packed=b_packed)
+                             madd=self.ctx.madd, a_packed=a_packed, b_packed=b_packed)
 
 
 def image_lanes(ctx: LowerCtx, wg: Wino, src: ir.Value, e: ir.Value, area: ir.Value, *,
