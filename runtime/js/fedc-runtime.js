@@ -215,6 +215,19 @@ async function sha256Hex(bytes) {
 
 const rowSize = (shape) => shape.reduce((a, b) => a * b, 1);
 
+/** dst's rows 0 … n−1 ← src's rows rowIndex(0 … n−1), rows of `size` values. A row of one value
+ * (a class label) is one assignment, not a subarray and a set: 32 allocations fewer per batch. */
+function copyRows(src, dst, size, rowIndex, n) {
+  if (size === 1) {
+    for (let r = 0; r < n; r++) dst[r] = src[rowIndex(r)];
+    return;
+  }
+  for (let r = 0; r < n; r++) {
+    const i = rowIndex(r) * size;
+    dst.set(src.subarray(i, i + size), r * size);
+  }
+}
+
 /** Whether every value is a finite number. For a Float32Array, four running sums of x·0
  * (0 for a finite x, NaN for ±Inf and NaN): 2.4× faster than Number.isFinite per element, which
  * trainEpoch pays on every call (a digits epoch: 153 → 64 µs). */
@@ -395,22 +408,8 @@ export class Model {
   }
 
   _write(xs, y, rowIndex, n) {
-    for (const d of this.manifest.inputs) {
-      const size = rowSize(d.shape);
-      const src = xs[d.name];
-      const dst = this.inputs[d.name];
-      for (let r = 0; r < n; r++) {
-        const i = rowIndex(r);
-        dst.set(src.subarray(i * size, i * size + size), r * size);
-      }
-    }
-    if (y !== null) {
-      const size = rowSize(this.manifest.targets[0].shape);
-      for (let r = 0; r < n; r++) {
-        const i = rowIndex(r);
-        this.target.set(y.subarray(i * size, i * size + size), r * size);
-      }
-    }
+    for (const d of this.manifest.inputs) copyRows(xs[d.name], this.inputs[d.name], rowSize(d.shape), rowIndex, n);
+    if (y !== null) copyRows(y, this.target, rowSize(this.manifest.targets[0].shape), rowIndex, n);
   }
 
   /** One optimizer step on one batch (≤ maxBatch rows); returns its loss. */
