@@ -219,9 +219,12 @@ class Worker:
     """A contender in its own process (see WORKERS)."""
 
     def __init__(self, name: str, case: Case) -> None:
-        env = {**os.environ, **WORKERS[name]}
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", name, "--cases",
-                                      case.name], env=env, text=True, stdin=subprocess.PIPE,
+        self._start([sys.executable, __file__, "--worker", name, "--cases", case.name],
+                    {**os.environ, **WORKERS[name]})
+
+    def _start(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        """Run the worker; its first line is its thread count."""
+        self.proc = subprocess.Popen(cmd, env=env, text=True, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE)
         assert self.proc.stdout is not None
         self.threads = int(self.proc.stdout.readline())
@@ -241,21 +244,14 @@ class Worker:
 class NodeWorker(Worker):
     """fedc's JS runtime training the same module in Node (V8), bench/node_train.mjs."""
 
-    def __init__(self, case: Case, variant: str, tmp: Path) -> None:
+    def __init__(self, case: Case, variant: str, tmp: Path, data_file: Path) -> None:
         from fedc.pipeline import Options, compile_source
 
         art = compile_source((ROOT / case.source).read_text(), case.source,
                              Options(variant=variant))
         model_dir = art.write(tmp / variant)
-        x, y = data(case)
-        data_file = tmp / "data.bin"
-        data_file.write_bytes(x.tobytes() + y.astype(np.int32).tobytes())
-        cmd = ["node", *NODE_FLAGS, str(ROOT / "bench" / "node_train.mjs"), str(model_dir),
-               str(data_file), str(case.rows), str(case.batch)]
-        self.proc = subprocess.Popen(cmd, text=True, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE)
-        assert self.proc.stdout is not None
-        self.threads = int(self.proc.stdout.readline())
+        self._start(["node", *NODE_FLAGS, str(ROOT / "bench" / "node_train.mjs"),
+                     str(model_dir), str(data_file), str(case.rows), str(case.batch)])
 
 
 # Node 20 runs relaxed SIMD only behind this flag (Node 22 and Chrome ≥ 114 by default).
@@ -266,7 +262,10 @@ def _node_workers(case: Case, tmp: Path) -> dict[str, Worker]:
     if shutil.which("node") is None:
         print("bench_train: node not found, skipping the Node (V8) contenders", file=sys.stderr)
         return {}
-    return {f"fedc wasm {v} (Node, V8)": NodeWorker(case, v, tmp)
+    x, y = data(case)
+    data_file = tmp / "data.bin"  # the inputs as float32, then the labels as int32
+    data_file.write_bytes(x.tobytes() + y.astype(np.int32).tobytes())
+    return {f"fedc wasm {v} (Node, V8)": NodeWorker(case, v, tmp, data_file)
             for v in ("simd128", "relaxed-simd")}
 
 
