@@ -41,7 +41,7 @@ from .kernels import (
 
 ZERO4 = ir.Constant(V4, [0.0] * 4)
 TILE_O = 4  # output channels per tile
-SPLAT = 4  # copies of each packed weight (one <4 x float> broadcast per output channel)
+SPLAT = LANES  # copies of each packed weight (one <4 x float> broadcast per output channel)
 TILE_W = TILE_O * SPLAT  # packed floats per (channel, tap) step
 SEGS = 2  # segments per tile
 

@@ -10,6 +10,7 @@ from typing import Literal
 from llvmlite import ir
 
 from .kernels import (
+    LANES,
     carry_loop,
     ceil_div,
     imax,
@@ -39,7 +40,7 @@ NR = 8
 # instead of shuffling them out of one vector (see _tile_product); only where each float of A
 # feeds at least SPLAT_MIN_COLS columns of C, else the four-fold packing costs more than the
 # shuffles it saves (digits' 128 → 10 layer: 4.3 µs with shuffles, 5.3 splat).
-SPLAT = 4
+SPLAT = LANES
 SPLAT_MIN_COLS = 32
 # Bytes of splat A panels that pass under all B panels before the next ones (_tiles): half
 # the smallest L2 of the x86-64 cores measured here (Zen 3: 512 KB per core).
