@@ -1,5 +1,6 @@
 """softmax_cross_entropy(+grad) Wasm kernels vs the reference for class counts that exercise
-every chunk remainder (c mod 4 = 0…3), the straight-line rows and the looped long rows."""
+every chunk remainder (c mod 4 = 0…3), the straight-line rows and the looped long rows, and
+batches that exercise the four-rows-at-a-time path and the rows left after it."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import numpy as np
 import pytest
 
 from fedc.ir import BATCH, f32, i32
-from fedc.lower.softmax import UNROLL_MAX
+from fedc.lower import softmax
+from fedc.lower.softmax import GROUP_MAX, UNROLL_MAX
 from fedc.ops import REGISTRY
 
 from .op_harness import WasmKernel
 
-CLASSES = [1, 2, 3, 4, 5, 7, 10, UNROLL_MAX, UNROLL_MAX + 1, UNROLL_MAX + 6]
+CLASSES = [1, 2, 3, 4, 5, 7, 10, GROUP_MAX, GROUP_MAX + 1, UNROLL_MAX, UNROLL_MAX + 1,
+           UNROLL_MAX + 6]
+BATCHES = (1, 4, 5, 8, 11)  # no group, one group, a group and a row, groups and three rows
 
 
 def _inputs(op: str, c: int, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -28,9 +32,9 @@ def test_cross_entropy_kernel_matches_reference_for_every_remainder(op, c, eps):
     logits_t = (f32(BATCH, c), i32(BATCH))
     types = logits_t if op == "softmax_cross_entropy" else (f32(), *logits_t)
     attrs = {"label_smoothing": eps} if eps else {}
-    kernel = WasmKernel(op, max_batch=5, types=types, attrs=attrs)
+    kernel = WasmKernel(op, max_batch=max(BATCHES), types=types, attrs=attrs)
     rng = np.random.default_rng(c)
-    for batch in (1, 5):
+    for batch in BATCHES:
         arrays = _inputs(op, c, batch, rng)
         want = REGISTRY[op].ref([a.astype(np.float64) if a.dtype == np.float32 else a
                                  for a in map(np.asarray, arrays)], attrs)
@@ -46,3 +50,26 @@ def test_cross_entropy_of_extreme_logits_is_finite():
     want = REGISTRY["softmax_cross_entropy"].ref([logits.astype(np.float64),
                                                   np.array([3, 0])], {})
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("c", [1, 2, 3, 4, 6, 10, 13, GROUP_MAX])
+@pytest.mark.parametrize("op", ["softmax_cross_entropy", "softmax_cross_entropy_grad"])
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_grouped_rows_are_bit_identical_to_one_row_at_a_time(monkeypatch, op, c, eps):
+    """The grouped path repeats each row's arithmetic in the row path's order, so its results,
+    and hence training, do not change with the batch's size or a row's place in it."""
+    types = (f32(BATCH, c), i32(BATCH))
+    types = types if op == "softmax_cross_entropy" else (f32(), *types)
+    attrs = {"label_smoothing": eps} if eps else {}
+    grouped = WasmKernel(op, max_batch=11, types=types, attrs=attrs)
+    monkeypatch.setattr(softmax, "GROUP_MAX", 0)  # every row through row_stats
+    by_row = WasmKernel(op, max_batch=11, types=types, attrs=attrs)
+    rng = np.random.default_rng(100 + c)
+    for batch in (4, 11):
+        arrays = _inputs(op, c, batch, rng)
+        logits = arrays[-2]
+        logits[0, 0] = 80.0  # one exp near overflow, a row of ties, a row of ±0
+        logits[1] = 2.5
+        logits[2] = np.where(np.arange(c) % 2, 0.0, -0.0)
+        got, want = grouped(arrays, batch), by_row(arrays, batch)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

@@ -15,7 +15,20 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from . import mathfn
-from .kernels import F32, I32, LANES, V4, accumulate, i32c, load, load4, loop, reduce_add4, splat
+from .kernels import (
+    F32,
+    I32,
+    LANES,
+    V4,
+    accumulate,
+    i32c,
+    load,
+    load4,
+    loop,
+    reduce_add4,
+    splat,
+    transpose4,
+)
 
 UNROLL_MAX = 64  # floats per row handled as straight-line code (16 vectors)
 NEG_INF = float("-inf")
@@ -160,3 +173,89 @@ def scale_row(b: ir.IRBuilder, stats: RowStats, out: ir.Value, c: int, k: ir.Val
     if rest:
         store_chunk(b, fix(load_chunk(b, out, full, rest, 0.0)), out, full, rest)
 
+
+
+# --- four rows at a time, one row per lane -------------------------------------------------
+#
+# With a row per lane, a group's max, exponentials' sum and log are lane-wise vector ops: no
+# horizontal max or sum per row and one vector log for four rows, where a row at a time is a
+# chain of shuffles, three exps and a scalar log. Every lane repeats its row's arithmetic in
+# row_stats' order (the same chunk tree, then the same horizontal step), so a row's results
+# are bit-identical whichever path it takes.
+
+GROUP = LANES  # rows per group
+GROUP_MAX = 16  # widest row (classes) the grouped path keeps in registers
+
+
+@dataclass
+class GroupStats:
+    """Four rows' softmax statistics, lane r for row r; cols[j] is column j of the rows."""
+
+    max: ir.Value  # <4 x float>
+    sum: ir.Value  # <4 x float>: Σ_j e^(z_j − max) per row
+    cols: list[ir.Value]
+    exps: list[ir.Value]  # e^(z_j − max) per column
+
+
+def load_cols(b: ir.IRBuilder, rows: list[ir.Value], c: int) -> list[ir.Value]:
+    """Columns 0..c−1 of four rows of c floats: full chunks by 4×4 transposes, the rest by lane."""
+    cols: list[ir.Value] = []
+    for j, n in chunks(c):
+        if n == LANES:
+            cols += transpose4(b, [load4(b, r, j) for r in rows])
+            continue
+        for jj in range(j, j + n):
+            v: ir.Value = _const4(0.0)
+            for lane, r in enumerate(rows):
+                v = b.insert_element(v, load(b, r, jj), i32c(lane))
+            cols.append(v)
+    return cols
+
+
+def store_cols(b: ir.IRBuilder, cols: list[ir.Value], rows: list[ir.Value], c: int) -> None:
+    """The inverse of load_cols: write column vectors back to four rows of c floats."""
+    for j, n in chunks(c):
+        if n == LANES:
+            for r, v in zip(rows, transpose4(b, cols[j:j + LANES]), strict=True):
+                b.store(v, b.gep(r, [i32c(j)], source_etype=F32), align=4)
+            continue
+        for jj in range(j, j + n):
+            for lane, r in enumerate(rows):
+                b.store(b.extract_element(cols[jj], i32c(lane)),
+                        b.gep(r, [i32c(jj)], source_etype=F32), align=4)
+
+
+def _lanewise(b: ir.IRBuilder, cols: list[ir.Value], pad: float,
+              op: Callable[[ir.Value, ir.Value], ir.Value]) -> ir.Value:
+    """Per lane, cols reduced by op in the row path's order: the tree over a row's chunks
+    (lane k of chunk i is column 4i + k; a partial last chunk's missing lanes hold pad), then
+    the horizontal step of hmax4/reduce_add4, (s0 ∘ s2) ∘ (s1 ∘ s3)."""
+    padded = cols + [_const4(pad)] * (-len(cols) % LANES)
+    s = [_tree(b, padded[k::LANES], op) for k in range(LANES)]
+    return op(op(s[0], s[2]), op(s[1], s[3]))
+
+
+def lane_sum(b: ir.IRBuilder, cols: list[ir.Value]) -> ir.Value:
+    """Per lane, Σ_j cols[j] exactly as row_sum adds a row."""
+    return _lanewise(b, cols, 0.0, b.fadd)
+
+
+def group_stats(b: ir.IRBuilder, rows: list[ir.Value], c: int) -> GroupStats:
+    """row_stats for four rows of c ≤ GROUP_MAX floats at once, lane r for row r."""
+    cols = load_cols(b, rows, c)
+    mx = _lanewise(b, cols, NEG_INF, lambda x, y: vmax(b, x, y))
+    exps = [mathfn.exp(b, b.fsub(z, mx)) for z in cols]
+    return GroupStats(mx, lane_sum(b, exps), cols, exps)
+
+
+def pick(b: ir.IRBuilder, cols: list[ir.Value], labels: ir.Value) -> ir.Value:
+    """Lane r of cols[labels[r]] (labels <4 x i32> in 0..len(cols)−1)."""
+    out = cols[-1]
+    for j in range(len(cols) - 2, -1, -1):
+        hit = b.icmp_signed("==", labels, ir.Constant(ir.VectorType(I32, LANES), [j] * LANES))
+        out = b.select(hit, cols[j], out)
+    return out
+
+
+def lanes(b: ir.IRBuilder, v: ir.Value) -> list[ir.Value]:
+    return [b.extract_element(v, i32c(lane)) for lane in range(LANES)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,19 @@ from llvmlite import ir
 from ..ir import BATCH, Node, TensorType, Value, f32, i32
 from ..lower import softmax
 from ..lower.context import LowerCtx
-from ..lower.kernels import F32, I32, accumulate, emit_map, f32c, i32c, load, loop, splat, store
+from ..lower.kernels import (
+    F32,
+    I32,
+    accumulate,
+    carry_loop,
+    emit_map,
+    f32c,
+    i32c,
+    load,
+    splat,
+    store,
+)
+from ..lower.rows import like
 from . import ShapeError, register
 from .surface import NUMBER, REQUIRED, TENSOR, SurfaceCtx, SurfaceError, bind
 
@@ -64,6 +77,31 @@ def _xent_surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> V
                     {"label_smoothing": eps} if eps else None)
 
 
+Rows = Callable[[ir.Value, list[ir.Value]], list[ir.Value]]
+
+
+def _xent_rows(ctx: LowerCtx, c: int, carried: list[ir.Value], group: Rows, row: Rows
+               ) -> list[ir.Value]:
+    """carried = group(i, carried) for rows i..i+3 of the batch while four remain (when
+    classes ≤ GROUP_MAX), then carried = row(i, carried) for each row left; the finals."""
+    b = ctx.b
+    start: ir.Value = i32c(0)
+    if c <= softmax.GROUP_MAX:
+        start = b.and_(ctx.n, i32c(-softmax.GROUP))
+        carried = carry_loop(b, 0, start, softmax.GROUP, carried, group, "xg")
+    return carry_loop(b, start, ctx.n, 1, carried, row, "xr")
+
+
+def _group_rows(b: ir.IRBuilder, base: ir.Value, i: ir.Value, c: int) -> list[ir.Value]:
+    return [b.gep(base, [b.mul(b.add(i, i32c(r)), i32c(c))], source_etype=F32)
+            for r in range(softmax.GROUP)]
+
+
+def _group_labels(b: ir.IRBuilder, yp: ir.Value, i: ir.Value) -> ir.Value:
+    at = b.gep(yp, [i], source_etype=I32)
+    return b.load(at, typ=ir.VectorType(I32, softmax.GROUP), align=4)
+
+
 def _xent_lower(ctx: LowerCtx, node: Node) -> None:
     b = ctx.b
     logits, y = node.inputs
@@ -71,18 +109,31 @@ def _xent_lower(ctx: LowerCtx, node: Node) -> None:
     lp, yp = ctx.ptr(logits), ctx.ptr(y)
     eps = float(node.attr("label_smoothing", 0.0))
 
-    def row_loss(i: ir.Value, acc: ir.Value) -> ir.Value:
+    def loss_of(lse_max: ir.Value, zy: ir.Value, zsum: Callable[[], ir.Value]) -> ir.Value:
         # −Σ_j q_j·log p_j with q = (1−ε)·onehot(y) + ε/C:  lse − (1−ε)·z_y − (ε/C)·Σ_j z_j
-        row = b.gep(lp, [b.mul(i, i32c(c))], source_etype=F32)
-        st = softmax.row_stats(b, row, c)
-        zy = load(b, row, load(b, yp, i, I32))
-        loss = b.fsub(b.fadd(_mathfn().log(b, st.sum), st.max),
-                      b.fmul(f32c(1.0 - eps), zy) if eps else zy)
+        loss = b.fsub(lse_max, b.fmul(like(b, f32c(1.0 - eps), zy), zy) if eps else zy)
         if eps:
-            loss = b.fsub(loss, b.fmul(f32c(eps / c), softmax.row_sum(b, row, c)))
-        return b.fadd(acc, loss)
+            loss = b.fsub(loss, b.fmul(like(b, f32c(eps / c), zy), zsum()))
+        return loss
 
-    total = accumulate(b, ctx.n, row_loss, f32c(0.0), 1, "xr")
+    def group(i: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+        st = softmax.group_stats(b, _group_rows(b, lp, i, c), c)
+        zy = softmax.pick(b, st.cols, _group_labels(b, yp, i))
+        loss = loss_of(b.fadd(_mathfn().log(b, st.sum), st.max), zy,
+                       lambda: softmax.lane_sum(b, st.cols))
+        total = acc[0]
+        for x in softmax.lanes(b, loss):  # the row losses added in row order, as row() does
+            total = b.fadd(total, x)
+        return [total]
+
+    def row(i: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+        r = b.gep(lp, [b.mul(i, i32c(c))], source_etype=F32)
+        st = softmax.row_stats(b, r, c)
+        zy = load(b, r, load(b, yp, i, I32))
+        return [b.fadd(acc[0], loss_of(b.fadd(_mathfn().log(b, st.sum), st.max), zy,
+                                       lambda: softmax.row_sum(b, r, c)))]
+
+    total = _xent_rows(ctx, c, [f32c(0.0)], group, row)[0]
     store(b, b.fdiv(total, ctx.n_float()), ctx.ptr(node.out), 0)
 
 
@@ -121,13 +172,31 @@ def _xent_grad_lower(ctx: LowerCtx, node: Node) -> None:
     eps = float(node.attr("label_smoothing", 0.0))
     smooth = b.fmul(scale, f32c(eps / c)) if eps else None  # g/N · ε/C off every class
     hit = b.fmul(scale, f32c(1.0 - eps)) if eps else scale  # and g/N · (1−ε) off y
-    with loop(b, 0, ctx.n, 1, "gr") as i:
+
+    def group(i: ir.Value, _: list[ir.Value]) -> list[ir.Value]:
+        st = softmax.group_stats(b, _group_rows(b, lp, i, c), c)
+        k, hv = b.fdiv(splat(b, scale), st.sum), splat(b, hit)
+        sv = splat(b, smooth) if smooth is not None else None
+        labels = _group_labels(b, yp, i)
+        cols = []
+        for j, e in enumerate(st.exps):
+            p = b.fmul(e, k)
+            p = b.fsub(p, sv) if sv is not None else p
+            is_y = b.icmp_signed("==", labels, ir.Constant(labels.type, [j] * softmax.GROUP))
+            cols.append(b.select(is_y, b.fsub(p, hv), p))
+        softmax.store_cols(b, cols, _group_rows(b, out, i, c), c)
+        return []
+
+    def row(i: ir.Value, _: list[ir.Value]) -> list[ir.Value]:
         base = b.mul(i, i32c(c))
         orow = b.gep(out, [base], source_etype=F32)
         st = softmax.row_stats(b, b.gep(lp, [base], source_etype=F32), c, orow)
         softmax.scale_row(b, st, orow, c, b.fdiv(scale, st.sum), smooth)
         yi = load(b, yp, i, I32)
         store(b, b.fsub(load(b, orow, yi), hit), orow, yi)
+        return []
+
+    _xent_rows(ctx, c, [], group, row)
 
 
 register("softmax_cross_entropy_grad",
