@@ -14,7 +14,7 @@ from fedc.runtime import Model, RuntimeDataError
 MODEL = """model M:
     input x: f32[6]
     target y: f32[3]
-    h = tanh(dense(x, 7))
+    h = tanh(dense(x, {hidden}))
     loss = mse(dense(h, 3), y)
 optimizer {optimizer}
 {federated}"""
@@ -32,6 +32,12 @@ VARIANTS = [
     "adagrad(lr=0.1, clip_norm=0.05)",
     "rmsprop(lr=0.01, momentum=0.9, clip_norm=100.0, warmup=3)",
 ]
+
+
+def _source(optimizer: str, federated: str = "", hidden: int = 7) -> str:
+    return MODEL.format(optimizer=optimizer, federated=federated, hidden=hidden)
+
+
 FEDPROX = "federated:\n    strategy = fedprox\n    proximal_mu = 0.5\n"
 
 
@@ -66,18 +72,27 @@ def _check_steps(src: str, steps: int = 6, anchor_shift: float = 0.0) -> None:
                                        err_msg=f"optimizer state after step {k}")
 
 
+@pytest.mark.parametrize("hidden", [1, 2, 5])
+@pytest.mark.parametrize("optimizer", ["sgd(lr=0.1, momentum=0.9)", "adam(lr=0.01)"])
+def test_fused_update_covers_every_parameter_count_remainder(optimizer: str, hidden: int
+                                                              ) -> None:
+    """10·hidden + 3 = 13, 23, 53 parameters: the update's unrolled loop (8 per iteration),
+    a leftover vector and 1 or 3 scalars."""
+    _check_steps(_source(optimizer, hidden=hidden), steps=2)
+
+
 @pytest.mark.parametrize("optimizer", DEFAULTS + VARIANTS)
 def test_fused_update_matches_numpy_reference(optimizer: str) -> None:
-    _check_steps(MODEL.format(optimizer=optimizer, federated=""))
+    _check_steps(_source(optimizer=optimizer, federated=""))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd(lr=0.1, momentum=0.9)", "adam(lr=0.01, clip_norm=0.1)"])
 def test_fedprox_term_matches_numpy_reference(optimizer: str) -> None:
-    _check_steps(MODEL.format(optimizer=optimizer, federated=FEDPROX), anchor_shift=0.3)
+    _check_steps(_source(optimizer=optimizer, federated=FEDPROX), anchor_shift=0.3)
 
 
 def test_reset_optimizer_zeroes_state_and_step_counter() -> None:
-    art = compile_source(MODEL.format(optimizer="adam(lr=0.01, amsgrad=true)", federated=""),
+    art = compile_source(_source(optimizer="adam(lr=0.01, amsgrad=true)", federated=""),
                          "opt.fed")
     model = Model(art.wasm, art.manifest)
     model.init_weights(0)
@@ -95,7 +110,7 @@ def test_reset_optimizer_zeroes_state_and_step_counter() -> None:
 
 
 def test_fedprox_strategy_defaults_mu_and_gives_the_module_an_anchor() -> None:
-    src = MODEL.format(optimizer="sgd(lr=0.1)", federated="federated:\n    strategy = fedprox\n")
+    src = _source(optimizer="sgd(lr=0.1)", federated="federated:\n    strategy = fedprox\n")
     art = compile_source(src, "opt.fed")
     assert art.model.optimizer.proximal_mu == 0.01
     assert art.manifest["optimizer"]["hparams_order"][-1] == "proximal_mu"
@@ -111,7 +126,7 @@ def test_fedprox_strategy_defaults_mu_and_gives_the_module_an_anchor() -> None:
 
 def test_a_model_without_fedprox_has_no_anchor_to_set() -> None:
     fed = "federated:\n    strategy = fedprox\n    proximal_mu = 0\n"
-    art = compile_source(MODEL.format(optimizer="sgd(lr=0.1)", federated=fed), "opt.fed")
+    art = compile_source(_source(optimizer="sgd(lr=0.1)", federated=fed), "opt.fed")
     assert art.manifest["anchor_region"] is None
     assert "proximal_mu" not in art.manifest["optimizer"]["hparams_order"]
     model = Model(art.wasm, art.manifest)

@@ -273,3 +273,46 @@ def transpose4(b: ir.IRBuilder, rows: Sequence[ir.Value]) -> list[ir.Value]:
             b.shuffle_vector(t2, t3, ir.Constant(m, [0, 1, 4, 5])),
             b.shuffle_vector(t2, t3, ir.Constant(m, [2, 3, 6, 7]))]
 
+
+
+def emit_zip_static(b: ir.IRBuilder, count: int, fn: ZipFn, inputs: Sequence[int],
+                    outputs: Sequence[int], unroll: int = 2) -> None:
+    """emit_zip over regions at static byte offsets of linear memory, `unroll` vectors per
+    iteration.
+
+    Every address is an inbounds GEP of a region's offset (plus the unrolled vector's) from one
+    shared byte index, which the Wasm backend folds into the loads' and stores' offset fields:
+    one induction variable and one zero-extension per iteration for all streams. With a
+    pointer per region, LLVM's loop strength reduction gave each its own induction variable
+    (an add and a zero-extension per stream and vector under Cranelift).
+    """
+    def step(j: ir.Value, at: int, width: int) -> None:
+        base = b.inttoptr(j, PTR)
+        typ = V4 if width == LANES else F32
+
+        def ptr(off: int) -> ir.Value:
+            return b.gep(base, [i32c(off + at)], inbounds=True, source_etype=ir.IntType(8))
+
+        vals = [b.load(ptr(p), typ=typ, align=4) for p in inputs]
+        for res, out in zip(fn(b, vals), outputs, strict=True):
+            b.store(res, ptr(out), align=4)
+
+    block = LANES * unroll
+    body_end = count // block * block
+    if body_end:  # bottom-tested: LSR then keeps the index from 0 (top-tested, from −block)
+        pre, body = b.block, b.append_basic_block("zs.body")
+        b.branch(body)
+        b.position_at_end(body)
+        j = b.phi(I32, name="zs")
+        j.add_incoming(i32c(0), pre)
+        for u in range(unroll):
+            step(j, u * LANES * 4, LANES)
+        nxt = b.add(j, i32c(block * 4), flags=["nuw", "nsw"])
+        j.add_incoming(nxt, body)
+        done = b.append_basic_block("zs.done")
+        b.cbranch(b.icmp_unsigned("<", nxt, i32c(body_end * 4)), body, done)
+        b.position_at_end(done)
+    for i in range(body_end, count // LANES * LANES, LANES):
+        step(i32c(0), i * 4, LANES)
+    for i in range(count // LANES * LANES, count):
+        step(i32c(0), i * 4, 1)

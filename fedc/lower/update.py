@@ -15,7 +15,7 @@ from .kernels import (
     PTR,
     V4,
     accumulate,
-    emit_zip,
+    emit_zip_static,
     f32c,
     i32c,
     load,
@@ -49,15 +49,16 @@ def emit_update(b: ir.IRBuilder, plan: MemoryPlan, spec: OptimizerSpec) -> None:
     opt = spec.definition
     if opt.prepare is not None:
         scalars.update(opt.prepare(b, scalars, t))
-    regions = [ptr(plan.params_offset), ptr(plan.grads_offset)]
+    offsets = [plan.params_offset, plan.grads_offset]
     if spec.proximal:
         assert plan.anchor_offset is not None
-        regions.append(ptr(plan.anchor_offset))
+        offsets.append(plan.anchor_offset)
+    regions = [ptr(o) for o in offsets]
     count = i32c(plan.param_count)
     if spec.clip_norm is not None:
         scalars["clip_coef"] = _clip_coefficient(b, scalars, regions, count, _grad_fn(spec, False))
     grad = _grad_fn(spec, spec.clip_norm is not None)
-    state = [ptr(plan.state_offset + s * plan.slot_stride * 4) for s in range(plan.state_slots)]
+    states = [plan.state_offset + s * plan.slot_stride * 4 for s in range(plan.state_slots)]
     static = spec.static_hparams()
     fixed = len(regions)
 
@@ -67,7 +68,7 @@ def emit_update(b: ir.IRBuilder, plan: MemoryPlan, spec: OptimizerSpec) -> None:
         p, new_state = opt.update(bb, h, static, vals[0], grad(bb, h, vals), vals[fixed:])
         return [p, *new_state]
 
-    emit_zip(b, count, body, [*regions, *state], [regions[0], *state])
+    emit_zip_static(b, plan.param_count, body, [*offsets, *states], [offsets[0], *states])
     store(b, t, ptr(plan.step_offset), 0)
 
 
