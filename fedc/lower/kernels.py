@@ -286,7 +286,8 @@ def emit_zip_static(b: ir.IRBuilder, count: int, fn: ZipFn, inputs: Sequence[int
     stream and vector under Cranelift: 22 instructions per vector of SGD with momentum, now
     15.5). LSR still rebases the index by one iteration, so Cranelift computes each address
     with an `lea` rather than folding the offset into the load; with LSR disabled the offsets
-    fold (14 per vector), but LSR is process-wide and the GEMMs rely on it.
+    fold (14 per vector), but the switch is process-wide and its effect on the GEMMs was lost
+    in the host's noise when measured.
     """
     def step(j: ir.Value, at: int, width: int) -> None:
         base = b.inttoptr(j, PTR)
