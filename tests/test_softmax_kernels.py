@@ -73,3 +73,28 @@ def test_grouped_rows_are_bit_identical_to_one_row_at_a_time(monkeypatch, op, c,
         logits[2] = np.where(np.arange(c) % 2, 0.0, -0.0)
         got, want = grouped(arrays, batch), by_row(arrays, batch)
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("c", [3, 10])
+def test_gradient_writes_only_its_batch_rows(c):
+    """The last group of four repeats the batch's last row: nothing past row n − 1 is read
+    as a row of the batch, and no byte outside the gradient's first n rows is written (a
+    batch of 11 in a buffer of 11 rows, whose last group would reach row 11)."""
+    types = (f32(), f32(BATCH, c), i32(BATCH))
+    kernel = WasmKernel("softmax_cross_entropy_grad", max_batch=11, types=types, attrs={})
+    rng = np.random.default_rng(c)
+    for batch in (5, 11):
+        arrays = _inputs("softmax_cross_entropy_grad", c, batch, rng)
+        out = kernel._view(kernel.out, 11)
+        out[...] = np.nan
+        for v, a in zip(kernel.ins, arrays, strict=True):
+            kernel._view(v, batch)[...] = a
+        before = kernel.mem.copy()
+        kernel.run_fn(kernel.store, batch)
+        changed = np.nonzero(kernel.mem != before)[0]
+        start = kernel.plan.addr(kernel.out)
+        assert changed.min() >= start and changed.max() < start + batch * c * 4
+        assert np.isnan(out[batch:]).all()
+        want = REGISTRY["softmax_cross_entropy_grad"].ref(
+            [np.float64(arrays[0]), arrays[1].astype(np.float64), arrays[2]], {})
+        np.testing.assert_allclose(out[:batch], want, rtol=2e-5, atol=2e-6)

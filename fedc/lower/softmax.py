@@ -180,8 +180,10 @@ def scale_row(b: ir.IRBuilder, stats: RowStats, out: ir.Value, c: int, k: ir.Val
 # With a row per lane, a group's max, exponentials' sum and log are lane-wise vector ops: no
 # horizontal max or sum per row and one vector log for four rows, where a row at a time is a
 # chain of shuffles, three exps and a scalar log. Every lane repeats its row's arithmetic in
-# row_stats' order (the same chunk tree, then the same horizontal step), so a row's results
-# are bit-identical whichever path it takes.
+# row_stats' order (the same chunk tree, then the same horizontal step), so its results are
+# bit-identical to the row path's (tests/test_softmax_kernels.py compares the two). A batch's
+# last rows fill a group by repeating its last row, whose lanes then compute (and store)
+# exactly what that row's own lane does.
 
 GROUP = LANES  # rows per group
 GROUP_MAX = 16  # widest row (classes) the grouped path keeps in registers

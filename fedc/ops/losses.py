@@ -19,6 +19,7 @@ from ..lower.kernels import (
     emit_map,
     f32c,
     i32c,
+    imin,
     load,
     splat,
     store,
@@ -82,24 +83,28 @@ Rows = Callable[[ir.Value, list[ir.Value]], list[ir.Value]]
 
 def _xent_rows(ctx: LowerCtx, c: int, carried: list[ir.Value], group: Rows, row: Rows
                ) -> list[ir.Value]:
-    """carried = group(i, carried) for rows i..i+3 of the batch while four remain (when
-    classes ≤ GROUP_MAX), then carried = row(i, carried) for each row left; the finals."""
-    b = ctx.b
-    start: ir.Value = i32c(0)
+    """carried = group(i, carried) for rows i, i+4, … (classes ≤ GROUP_MAX: the last group
+    repeats row n − 1 as needed), else carried = row(i, carried) for every row; the finals."""
     if c <= softmax.GROUP_MAX:
-        start = b.and_(ctx.n, i32c(-softmax.GROUP))
-        carried = carry_loop(b, 0, start, softmax.GROUP, carried, group, "xg")
-    return carry_loop(b, start, ctx.n, 1, carried, row, "xr")
+        return carry_loop(ctx.b, 0, ctx.n, softmax.GROUP, carried, group, "xg")
+    return carry_loop(ctx.b, 0, ctx.n, 1, carried, row, "xr")
 
 
-def _group_rows(b: ir.IRBuilder, base: ir.Value, i: ir.Value, c: int) -> list[ir.Value]:
-    return [b.gep(base, [b.mul(b.add(i, i32c(r)), i32c(c))], source_etype=F32)
-            for r in range(softmax.GROUP)]
+def _group_rows(ctx: LowerCtx, i: ir.Value) -> list[ir.Value]:
+    """Row indices i … i+3, the ones past the batch clamped to its last row."""
+    b, last = ctx.b, ctx.b.sub(ctx.n, i32c(1))
+    return [imin(b, b.add(i, i32c(r)), last) for r in range(softmax.GROUP)]
 
 
-def _group_labels(b: ir.IRBuilder, yp: ir.Value, i: ir.Value) -> ir.Value:
-    at = b.gep(yp, [i], source_etype=I32)
-    return b.load(at, typ=ir.VectorType(I32, softmax.GROUP), align=4)
+def _row_ptrs(b: ir.IRBuilder, base: ir.Value, rows: list[ir.Value], c: int) -> list[ir.Value]:
+    return [b.gep(base, [b.mul(r, i32c(c))], source_etype=F32) for r in rows]
+
+
+def _group_labels(b: ir.IRBuilder, yp: ir.Value, rows: list[ir.Value]) -> ir.Value:
+    v: ir.Value = ir.Constant(ir.VectorType(I32, softmax.GROUP), None)
+    for lane, r in enumerate(rows):
+        v = b.insert_element(v, load(b, yp, r, I32), i32c(lane))
+    return v
 
 
 def _xent_lower(ctx: LowerCtx, node: Node) -> None:
@@ -117,13 +122,15 @@ def _xent_lower(ctx: LowerCtx, node: Node) -> None:
         return loss
 
     def group(i: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
-        st = softmax.group_stats(b, _group_rows(b, lp, i, c), c)
-        zy = softmax.pick(b, st.cols, _group_labels(b, yp, i))
+        rows = _group_rows(ctx, i)
+        st = softmax.group_stats(b, _row_ptrs(b, lp, rows, c), c)
+        zy = softmax.pick(b, st.cols, _group_labels(b, yp, rows))
         loss = loss_of(b.fadd(_mathfn().log(b, st.sum), st.max), zy,
                        lambda: softmax.lane_sum(b, st.cols))
         total = acc[0]
-        for x in softmax.lanes(b, loss):  # the row losses added in row order, as row() does
-            total = b.fadd(total, x)
+        for r, x in enumerate(softmax.lanes(b, loss)):  # in row order, rows of the batch only
+            inside = b.icmp_signed("<", b.add(i, i32c(r)), ctx.n)
+            total = b.select(inside, b.fadd(total, x), total) if r else b.fadd(total, x)
         return [total]
 
     def row(i: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
@@ -174,17 +181,19 @@ def _xent_grad_lower(ctx: LowerCtx, node: Node) -> None:
     hit = b.fmul(scale, f32c(1.0 - eps)) if eps else scale  # and g/N · (1−ε) off y
 
     def group(i: ir.Value, _: list[ir.Value]) -> list[ir.Value]:
-        st = softmax.group_stats(b, _group_rows(b, lp, i, c), c)
+        rows = _group_rows(ctx, i)
+        st = softmax.group_stats(b, _row_ptrs(b, lp, rows, c), c)
         k, hv = b.fdiv(splat(b, scale), st.sum), splat(b, hit)
         sv = splat(b, smooth) if smooth is not None else None
-        labels = _group_labels(b, yp, i)
+        labels = _group_labels(b, yp, rows)
         cols = []
         for j, e in enumerate(st.exps):
             p = b.fmul(e, k)
             p = b.fsub(p, sv) if sv is not None else p
             is_y = b.icmp_signed("==", labels, ir.Constant(labels.type, [j] * softmax.GROUP))
             cols.append(b.select(is_y, b.fsub(p, hv), p))
-        softmax.store_cols(b, cols, _group_rows(b, out, i, c), c)
+        # a repeated last row's lanes hold that row's values: it is stored again, unchanged
+        softmax.store_cols(b, cols, _row_ptrs(b, out, rows, c), c)
         return []
 
     def row(i: ir.Value, _: list[ir.Value]) -> list[ir.Value]:
