@@ -29,43 +29,50 @@ class RuntimeDataError(ValueError):
 
 
 class _Call:
-    """One export, called through wasmtime_func_call_unchecked (2–6 µs instead of 11–180 µs).
+    """One export, called through wasmtime_func_call_unchecked (0.75 µs instead of 11–180 µs).
 
     The export's signature is checked against the manifest once, at load time, which is what
-    makes the unchecked path safe. Falls back to the generic call if the private ctypes
-    bindings of this wasmtime version are not what we expect.
+    makes the unchecked path safe. The C function is called through a prototype of plain
+    pointers with the addresses computed once: wasmtime's own ctypes prototype converts its
+    typed pointer arguments on every call (1.7 µs a call here). Falls back to the generic
+    call if the private ctypes bindings of this wasmtime version are not what we expect.
     """
 
     def __init__(self, store: wasmtime.Store, func: wasmtime.Func, n_results: int) -> None:
         self.store, self.func, self.n_results = store, func, n_results
         try:
-            from wasmtime import _ffi as ffi
+            from wasmtime import _bindings, _ffi
             from wasmtime._trap import Trap
 
-            self._ffi, self._trap_cls = ffi, Trap
-            self._ctx = store._context()
-            self._fn = ctypes.byref(func._func)
-            self._buf = (ffi.wasmtime_val_raw_t * 1)()
-            self._trap = ctypes.POINTER(ffi.wasm_trap_t)()
-            self._trap_ref = ctypes.byref(self._trap)
+            P = ctypes.c_void_p
+            proto = ctypes.CFUNCTYPE(P, P, P, P, ctypes.c_size_t, P)
+            self._fn = proto(ctypes.cast(_bindings._wasmtime_func_call_unchecked, P).value)
+            self._ffi, self._trap_cls = _ffi, Trap
+            self._buf = (_ffi.wasmtime_val_raw_t * 1)()
+            self._val = self._buf[0]
+            self._trap = ctypes.POINTER(_ffi.wasm_trap_t)()
+            self._trap_slot = P.from_address(ctypes.addressof(self._trap))
+            self._args = (ctypes.cast(store._context(), P).value,
+                          ctypes.addressof(func._func), ctypes.addressof(self._buf), 1,
+                          ctypes.addressof(self._trap))
             self.fast = True
-        except (ImportError, AttributeError):  # pragma: no cover - other wasmtime versions
+        except (ImportError, AttributeError, TypeError):  # pragma: no cover - other versions
             self.fast = False
 
     def __call__(self, n: int) -> float | None:
         if not self.fast:
             return self.func(self.store, n)  # type: ignore[no-any-return]
-        self._buf[0].i32 = n
-        err = self._ffi.wasmtime_func_call_unchecked(self._ctx, self._fn, self._buf, 1,
-                                                      self._trap_ref)
+        self._val.i32 = n
+        err = self._fn(*self._args)
         if err:
-            raise wasmtime.WasmtimeError._from_ptr(err)
+            raise wasmtime.WasmtimeError._from_ptr(
+                ctypes.cast(err, ctypes.POINTER(self._ffi.wasmtime_error_t)))
         if self._trap:
-            trap = self._trap_cls._from_ptr(self._trap)
-            self._trap = ctypes.POINTER(self._ffi.wasm_trap_t)()
-            self._trap_ref = ctypes.byref(self._trap)
+            trap = self._trap_cls._from_ptr(ctypes.cast(self._trap_slot.value,
+                                                        ctypes.POINTER(self._ffi.wasm_trap_t)))
+            self._trap_slot.value = None  # the Trap owns it now; the slot is ours again
             raise trap
-        return float(self._buf[0].f32) if self.n_results else None
+        return float(self._val.f32) if self.n_results else None
 
 
 # Builds of one module (manifest "wasm" and "variants"), most capable first: Model.load takes
