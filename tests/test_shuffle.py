@@ -58,3 +58,36 @@ def test_train_epoch_with_int_seed_is_reproducible_and_continues_a_stream(digits
     m.init_weights(0)
     m.train_epoch(x, y, 16, 4)
     assert not np.array_equal(runs[0], m.get_weights())
+
+
+TWO_INPUTS = """model Two:
+    input a: f32[{width}]
+    input b: f32[2, 3]
+    target y: class[4]
+    h = concat(dense(a, 5), dense(flatten(b), 3))
+    loss = softmax_cross_entropy(dense(h, 4), y)
+optimizer sgd(lr=0.1, momentum=0.9)
+"""
+
+
+@pytest.mark.parametrize("width", [7, 700])  # a batch of a's rows under / over _TAKE_BYTES
+def test_train_epoch_trains_on_the_rows_of_its_order(width):
+    """train_epoch's batch gathers (opaque row records, or np.take for large batches) give
+    the same weights, bit for bit, as train_step on the rows fedc-shuffle/1 orders."""
+    from fedc.pipeline import compile_source
+    from fedc.runtime import Model
+
+    art = compile_source(TWO_INPUTS.format(width=width), "two.fed")
+    rng = np.random.default_rng(width)
+    a = rng.normal(size=(45, width)).astype(np.float32)
+    b = rng.normal(size=(45, 2, 3)).astype(np.float32)
+    y = rng.integers(0, 4, 45).astype(np.int32)
+    epoch, steps = (Model(art.wasm, art.manifest) for _ in range(2))
+    for m in (epoch, steps):
+        m.init_weights(1)
+    epoch.train_epoch({"a": a, "b": b}, y, 16, seed=9)
+    order = Shuffle(9).permutation(45)
+    for start in range(0, 45, 16):
+        idx = order[start:start + 16]
+        steps.train_step({"a": a[idx], "b": b[idx]}, y[idx])
+    assert np.array_equal(epoch.get_weights(), steps.get_weights())

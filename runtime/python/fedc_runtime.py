@@ -75,6 +75,8 @@ class _Call:
         return float(self._val.f32) if self.n_results else None
 
 
+_TAKE_BYTES = 32 * 1024  # see Model.train_epoch
+
 # Builds of one module (manifest "wasm" and "variants"), most capable first: Model.load takes
 # the first the engine validates. relaxed-simd's results may differ in the last bit between
 # CPUs; simd128 and scalar are deterministic.
@@ -359,11 +361,24 @@ class Model:
         step = self._calls["train_step"]
         total = 0.0
         batches = 0
+        # Each row as one opaque record, gathered by fancy indexing: 2.2 -> 1.0 µs a digits
+        # batch against np.take of float rows. Fancy indexing builds a temporary, so batches of
+        # over _TAKE_BYTES gather straight into linear memory with np.take (MNIST's 200 KB: a
+        # temporary that size cost 4 µs a batch).
+        gathers = [(_records(self.inputs[name]), _records(arr)) for name, arr in xs.items()]
+        gathers.append((_records(self.targets[self.manifest["targets"][0]["name"]]),
+                        _records(yy)))
+        small = [(d, s) for d, s in gathers if s.itemsize * batch_size <= _TAKE_BYTES]
+        large = [(d, s) for d, s in gathers if s.itemsize * batch_size > _TAKE_BYTES]
         for start in range(0, rows, batch_size):
             idx = order[start:start + batch_size]
-            self._write(xs, yy, idx, len(idx))
+            n = len(idx)
+            for dst, src in small:
+                dst[:n] = src[idx]
+            for dst, src in large:
+                np.take(src, idx, out=dst[:n], mode="clip")
             self._next_dropout_key()
-            total += step(len(idx))  # type: ignore[operator]
+            total += step(n)  # type: ignore[operator]
             batches += 1
         return total / max(batches, 1)
 
@@ -408,6 +423,12 @@ def _hits(task: str, out: np.ndarray, y: np.ndarray) -> float:
         return float((out.argmax(axis=1) == y).sum())
     right = (out > 0) == (y.reshape(out.shape) > 0.5)
     return float(right.reshape(len(out), -1).mean(axis=1).sum())
+
+
+def _records(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous array as a 1-D array of its rows, each one opaque record (np.void)."""
+    rows = a.reshape(len(a), -1)
+    return rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).reshape(len(a))
 
 
 def _rows(xs: dict[str, np.ndarray]) -> int:
