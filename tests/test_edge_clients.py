@@ -86,6 +86,22 @@ console.log(JSON.stringify([[s.nextU32(), s.nextU32(), s.nextU32(), s.nextU32()]
     assert big == Shuffle(1234567).permutation(1000).tolist()
 
 
+BOUNDS = [1, 2, 7, 2**31 + 1, 3 * 2**30, 2**32 - 1, 2**32]  # large ones reject often
+
+
+def test_js_below_matches_python_where_rejection_is_frequent(tmp_path):
+    """Shuffle.below's rejection (r < (2**32 − bound) % bound, drawn again) in both runtimes:
+    3·2**30 rejects a quarter of the draws, so a mistake in it changes the stream."""
+    rt = (ROOT / "runtime" / "js" / "fedc-runtime.js").as_uri()
+    out = node(f"""import {{ Shuffle }} from '{rt}';
+const s = new Shuffle(99);
+console.log(JSON.stringify({BOUNDS}.map((b) => Array.from({{ length: 300 }}, () => s.below(b)))));""",
+               tmp_path)
+    from fedc.runtime import Shuffle
+    s = Shuffle(99)
+    assert json.loads(out) == [[s.below(b) for _ in range(300)] for b in BOUNDS]
+
+
 def test_node_and_python_clients_make_bit_identical_updates(bundle, tmp_path):
     """Same global weights, data and task → the same bytes. Wasm floats are deterministic
     (no relaxed SIMD), both hosts write the same rows in the same order and sum losses in
