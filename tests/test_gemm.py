@@ -198,8 +198,9 @@ def test_scalar_variant_matches_numpy() -> None:
 
 
 def test_relaxed_simd_variant_matches_numpy() -> None:
-    """f32x4.relaxed_madd in the micro-kernel, on every remainder path."""
-    mod = _guarded_module(_cases((1, 3, 4, 10, 13), (1, 5, 8)), "relaxed-simd")
+    """f32x4.relaxed_madd in the micro-kernel, on every remainder path, and at widths where
+    simd128 would use splat A panels (relaxed-simd never does)."""
+    mod = _guarded_module(_cases((1, 3, 4, 10, 13, 40), (1, 5, 8, 37)), "relaxed-simd")
     rng = np.random.default_rng(2)
     for i in range(len(mod.cases)):
         for m in (1, 3, 5, 33):
@@ -297,3 +298,6 @@ def test_splat_layout_broadcasts_each_float() -> None:
     assert gemm.scratch_bytes("nt", 5, 3, narrow) == 4 * (gemm._panel_floats(narrow, 8, True)
                                                           * 3 + 8 * 3)
     assert gemm._tn_a_in_place(narrow, 64) and not gemm._tn_a_in_place(wide, 64)
+    # with relaxed_madd's FMAs the shuffles are free: no splat, tn's A in place again
+    assert gemm._splat_a("nn", wide, 3) and not gemm._splat_a("nn", wide, 3, madd=True)
+    assert gemm._tn_a_in_place(wide, 64, madd=True)

@@ -39,7 +39,8 @@ NR = 8
 # Splat A panels hold each float of A four times, so the micro-kernel loads its broadcasts
 # instead of shuffling them out of one vector (see _tile_product); only where each float of A
 # feeds at least SPLAT_MIN_COLS columns of C, else the four-fold packing costs more than the
-# shuffles it saves (digits' 128 → 10 layer: 4.3 µs with shuffles, 5.3 splat).
+# shuffles it saves (digits' 128 → 10 layer: 4.3 µs with shuffles, 5.3 splat); and not with
+# relaxed_madd, whose FMAs leave the shuffles a port of their own (_splat_a).
 SPLAT = LANES
 SPLAT_MIN_COLS = 32
 # Bytes of splat A panels that pass under all B panels before the next ones (_tiles): half
@@ -465,14 +466,24 @@ def scratch_bytes(kind: Kind, m_max: int, n: int, k: int, a_packed: bool = False
     return 4 * (_packed_b_floats(kind, m_max, n, k) + a_floats)
 
 
-def _splat_a(kind: Kind, n: int, k: int) -> bool:
+def _splat_a(kind: Kind, n: int, k: int, madd: bool = False) -> bool:
     """Whether A is packed as splat panels: where each float of A feeds at least
-    SPLAT_MIN_COLS columns of C (C has n columns, k for nt)."""
-    return (k if kind == "nt" else n) >= SPLAT_MIN_COLS
+    SPLAT_MIN_COLS columns of C (C has n columns, k for nt), and never for relaxed_madd.
+
+    Splat panels trade the shuffles that broadcast A's lanes for four times the packing and
+    four loads a step. That pays with mul + add, which share their vector ports with the
+    shuffles (p0, p1, p5 on the Intel machine). An FMA issues on p0/p1 only, so the
+    shuffles run beside it on p5 for free and only the costs of splat remain. Without splat
+    under relaxed-simd, min of 6–9 interleaved (docs/performance.md): MNIST's 784-deep
+    weight gradient 650 → 597 µs under V8 and 847 → 764 under wasmtime; steps digits 40.1 →
+    38.1 / 50.5 → 48.4, MNIST 1,850 → 1,756 / 2,326 → 2,188, digits CNN 226 → 221 / 256 →
+    246 µs (V8 / wasmtime). Scratch is sized for the splat layout, the larger.
+    """
+    return not madd and (k if kind == "nt" else n) >= SPLAT_MIN_COLS
 
 
-def _tn_a_in_place(n: int, k: int) -> bool:
-    return k <= TN_A_IN_PLACE_MAX_K and not _splat_a("tn", n, k)
+def _tn_a_in_place(n: int, k: int, madd: bool = False) -> bool:
+    return k <= TN_A_IN_PLACE_MAX_K and not _splat_a("tn", n, k, madd)
 
 
 def _packed_a_floats(kind: Kind, m_max: int, n: int, k: int) -> int:
@@ -528,7 +539,7 @@ def _body_nn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
     m, a, bm, c, bias, scratch = args
     pb = _b_panels(b, bm, n, k, scratch, _in_place_b("nn", n, k))
     count = ceil_div(b, m, MR)
-    splat = _splat_a("nn", n, k) and not flavor.a_packed
+    splat = _splat_a("nn", n, k, flavor.madd) and not flavor.a_packed
     if flavor.a_packed:
         pa = a
     else:
@@ -547,7 +558,7 @@ def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
         pb.append(_packed(g, dst, n, b))
     pa = _at(b, scratch, _packed_b_floats("nt", 0, n, k))
     count = ceil_div(b, m, MR)
-    splat = _splat_a("nt", n, k)
+    splat = _splat_a("nt", n, k, flavor.madd)
     _pack_transpose(b, a, n, m, Group(0, 0, MR, MR), count, pa, splat=splat)
     _tiles(b, [_packed(Group(0, 0, MR, MR), pa, n, b, count, splat=splat)], pb, n, m, k, c,
            flavor, mask=mask if flavor.fused else None)
@@ -562,7 +573,7 @@ def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
         pb = _b_panels(b, g_mat, n, m, scratch, False, row_sum if flavor.fused else None,
                        flavor.accumulate)
     rest = _at(b, scratch, b.mul(m, _c(_packed_b_floats("tn", 1, n, k))))
-    pa, in_place, splat = [], _tn_a_in_place(n, k), _splat_a("tn", n, k)
+    pa, in_place, splat = [], _tn_a_in_place(n, k, flavor.madd), _splat_a("tn", n, k, flavor.madd)
     for g in _groups(k, MR, narrow_edge=False):
         if in_place and g.last_valid == MR:
             pa.append(_in_place(b, a, g, k))
