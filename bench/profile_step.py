@@ -1,6 +1,8 @@
-"""Profile: a .fed model's train_step → time per IR node (and the update) inside wasmtime, µs.
+"""Profile: a .fed model's train_step → time per IR node (and the update) inside wasmtime or
+Node's V8, µs.
 
 Run: python bench/profile_step.py examples/digits_mlp.fed [--batch 32] [--reps 5]
+         [--variant relaxed-simd] [--engine node]
 Every node's kernel (and the optimizer update) becomes an export that a wrapper calls `iters`
 times inside the module, so the host's call cost is not measured. Memory holds random data; the
 times are those of the real kernels on the real plan.
@@ -9,8 +11,11 @@ times are those of the real kernels on the real plan.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -54,9 +59,24 @@ def build(path: str, variant: str, features: frozenset[str] | None = None,
     return link(obj, plan.end, [f"rep_{n}" for n in names]), names, plan
 
 
+def initial_arena(plan: object) -> np.ndarray:
+    """The arena's starting bytes: f32 buffers uniform in ±0.01, the others zero."""
+    from fedc.link import ARENA_BASE
+
+    end: int = plan.end  # type: ignore[attr-defined]
+    arena = np.random.default_rng(0).uniform(-0.01, 0.01, (end - ARENA_BASE) // 4)
+    raw = arena.astype(np.float32).view(np.uint8)
+    for b in plan.buffers:  # type: ignore[attr-defined]
+        if b.dtype != "f32":  # labels, token ids, counters: 0 is valid for every op
+            raw[b.offset - ARENA_BASE:b.offset - ARENA_BASE + b.bytes] = 0
+    return raw
+
+
 class Profile:
     def __init__(self, path: str, variant: str = "simd128", fuse: bool = True) -> None:
         import wasmtime
+
+        from fedc.link import ARENA_BASE
 
         wasm, self.names, plan = build(path, variant, fuse=fuse)
         engine = wasmtime.Engine()
@@ -65,18 +85,13 @@ class Profile:
         self.ex = inst.exports(self.store)
         mem = self.ex["memory"]
         buf = np.ctypeslib.as_array(mem.data_ptr(self.store), shape=(mem.data_len(self.store),))
-        from fedc.link import ARENA_BASE
-
-        words = buf[ARENA_BASE:plan.end].view(np.float32)  # type: ignore[attr-defined]
-        words[:] = np.random.default_rng(0).uniform(-0.01, 0.01, words.shape)
-        for b in plan.buffers:  # type: ignore[attr-defined]
-            if b.dtype != "f32":  # labels, token ids, counters: 0 is valid for every op
-                buf[b.offset:b.offset + b.bytes] = 0
         # Every measurement starts from this state: the update and the whole step change the
         # weights on each call, and after thousands of calls on fixed gradients the loss kernel
         # measured 1.2–6.6 µs between repetitions (likely exponentials underflowing to
         # subnormals, which Intel cores handle in microcode; not confirmed).
-        self.arena, self.start = words, words.copy()
+        self.start = initial_arena(plan)
+        self.arena = buf[ARENA_BASE:ARENA_BASE + len(self.start)]
+        self.arena[:] = self.start
 
     def time(self, name: str, n: int, seconds: float) -> float:
         fn = self.ex[f"rep_{name}"]
@@ -91,6 +106,51 @@ class Profile:
             iters *= 2
 
 
+# Node's side of --engine node: the same doubling protocol as Profile.time, on V8.
+NODE_PROFILE = r"""
+import fs from 'node:fs';
+const [wasmFile, arenaFile, base, n, reps, seconds, ...names] = process.argv.slice(2);
+const { instance } = await WebAssembly.instantiate(fs.readFileSync(wasmFile), {});
+const ex = instance.exports;
+const start = new Uint8Array(fs.readFileSync(arenaFile));
+const arena = new Uint8Array(ex.memory.buffer, Number(base), start.length);
+const times = Object.fromEntries(names.map((k) => [k, []]));
+for (let r = 0; r < Number(reps); r++) {
+  for (const name of names) {
+    const fn = ex[`rep_${name}`];
+    for (let iters = 1; ; iters *= 2) {
+      arena.set(start);
+      const t0 = process.hrtime.bigint();
+      fn(iters, Number(n));
+      const dt = Number(process.hrtime.bigint() - t0) / 1e9;
+      if (dt > Number(seconds) || iters >= 1 << 24) { times[name].push(dt / iters * 1e6); break; }
+    }
+  }
+}
+console.log(JSON.stringify(times));
+"""
+
+
+def node_times(path: str, variant: str, fuse: bool, n: int, reps: int, seconds: float
+               ) -> dict[str, list[float]]:
+    """Profile's measurements under Node (V8): each export's µs per call, `reps` of each."""
+    from fedc.link import ARENA_BASE
+
+    wasm, names, plan = build(path, variant, fuse=fuse)
+    with tempfile.TemporaryDirectory(prefix="fedc-profile-") as tmp:
+        files = {"model.wasm": wasm, "arena.bin": initial_arena(plan).tobytes(),
+                 "profile.mjs": NODE_PROFILE.encode()}
+        for name, data in files.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        out = subprocess.run(
+            ["node", "--experimental-wasm-relaxed-simd", os.path.join(tmp, "profile.mjs"),
+             os.path.join(tmp, "model.wasm"), os.path.join(tmp, "arena.bin"), str(ARENA_BASE),
+             str(n), str(reps), str(seconds), *names],
+            capture_output=True, text=True, check=True).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("file")
@@ -99,12 +159,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.05)
     ap.add_argument("--variant", default="simd128")
     ap.add_argument("--no-fuse", action="store_true", help="profile the unfused graph")
+    ap.add_argument("--engine", choices=("wasmtime", "node"), default="wasmtime",
+                    help="node: the same exports timed in Node's V8 (needs `node` on PATH)")
     args = ap.parse_args()
-    prof = Profile(args.file, args.variant, fuse=not args.no_fuse)
-    times: dict[str, list[float]] = {n: [] for n in prof.names}
-    for _ in range(args.reps):
-        for name in prof.names:
-            times[name].append(prof.time(name, args.batch, args.seconds))
+    if args.engine == "node":
+        times = node_times(args.file, args.variant, not args.no_fuse, args.batch, args.reps,
+                           args.seconds)
+    else:
+        prof = Profile(args.file, args.variant, fuse=not args.no_fuse)
+        times = {n: [] for n in prof.names}
+        for _ in range(args.reps):
+            for name in prof.names:
+                times[name].append(prof.time(name, args.batch, args.seconds))
     total = sum(np.median(v) for k, v in times.items() if k != "step")
     for name, v in times.items():
         med = float(np.median(v))

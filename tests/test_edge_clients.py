@@ -95,8 +95,8 @@ def test_js_below_matches_python_where_rejection_is_frequent(tmp_path):
     rt = (ROOT / "runtime" / "js" / "fedc-runtime.js").as_uri()
     out = node(f"""import {{ Shuffle }} from '{rt}';
 const s = new Shuffle(99);
-console.log(JSON.stringify({BOUNDS}.map((b) => Array.from({{ length: 300 }}, () => s.below(b)))));""",
-               tmp_path)
+const draws = (b) => Array.from({{ length: 300 }}, () => s.below(b));
+console.log(JSON.stringify({BOUNDS}.map(draws)));""", tmp_path)
     from fedc.runtime import Shuffle
     s = Shuffle(99)
     assert json.loads(out) == [[s.below(b) for _ in range(300)] for b in BOUNDS]
