@@ -134,6 +134,41 @@ console.log(JSON.stringify([r.trainLoss, r.evaluation]));""", tmp_path)
     assert js_loss == loss and js_eval == evaluation
 
 
+def test_js_train_step_and_predict_match_python(bundle, tmp_path):
+    """trainStep (a batch's rows copied in one piece) and predict (maxBatch chunks from row
+    offsets > 0) in Node against the Python runtime, bit for bit."""
+    client = load_client_module(bundle)
+    model = client.Model.load(bundle)
+    model.init_weights(2)  # the JS runtime's initWeights draws differently: set these
+    model.get_weights().astype("<f4").tofile(tmp_path / "w0.bin")
+    x, y = client.load_data(bundle / "data" / "client-2.npz", model.manifest)
+    for lo, hi in ((0, 7), (7, 7 + model.max_batch)):
+        model.train_step(x[lo:hi], y[lo:hi])
+    pred = model.predict(x)
+    js = (bundle / "fedc-client.js").as_uri()
+    data = bundle / "data" / "client-2.npz"
+    out = node(f"""import fs from 'node:fs';
+import {{ Model, loadData }} from '{js}';
+const dir = {json.dumps(str(bundle))};
+const manifest = JSON.parse(fs.readFileSync(dir + '/manifest.json'));
+const model = await Model.create(fs.readFileSync(dir + '/model.wasm'), manifest);
+const w0 = new Uint8Array(fs.readFileSync({json.dumps(str(tmp_path / 'w0.bin'))}));
+model.initWeights(2); // the same dropout seed as Python's init_weights(2)
+model.setWeights(new Float32Array(w0.buffer));
+const {{ x, y }} = await loadData(fs.readFileSync({json.dumps(str(data))}), manifest);
+const row = x.length / y.length;
+for (const [lo, hi] of [[0, 7], [7, 7 + model.maxBatch]]) {{
+  model.trainStep(x.subarray(lo * row, hi * row), y.subarray(lo, hi));
+}}
+const pred = model.predict(x, y.length);
+fs.writeFileSync({json.dumps(str(tmp_path / 'w.bin'))}, new Uint8Array(model.getWeights().buffer));
+fs.writeFileSync({json.dumps(str(tmp_path / 'p.bin'))},
+  new Uint8Array(pred.buffer, pred.byteOffset, pred.byteLength));""", tmp_path)
+    assert out == ""
+    assert np.fromfile(tmp_path / "w.bin", "<f4").tobytes() == model.get_weights().tobytes()
+    assert np.fromfile(tmp_path / "p.bin", "<f4").tobytes() == np.asarray(pred, "<f4").tobytes()
+
+
 def test_js_reads_npz_files_as_python_does(tmp_path, digits_mlp):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, 8, 8))  # float64, 3-D: rounded to float32 and flattened
