@@ -274,7 +274,6 @@ def transpose4(b: ir.IRBuilder, rows: Sequence[ir.Value]) -> list[ir.Value]:
             b.shuffle_vector(t2, t3, ir.Constant(m, [2, 3, 6, 7]))]
 
 
-
 def emit_zip_static(b: ir.IRBuilder, count: int, fn: ZipFn, inputs: Sequence[int],
                     outputs: Sequence[int], unroll: int = 2) -> None:
     """emit_zip over regions at static byte offsets of linear memory, `unroll` vectors per
@@ -302,7 +301,7 @@ def emit_zip_static(b: ir.IRBuilder, count: int, fn: ZipFn, inputs: Sequence[int
 
     block = LANES * unroll
     body_end = count // block * block
-    if body_end:  # bottom-tested: LSR then keeps the index from 0 (top-tested, from −block)
+    if body_end:  # bottom-tested: the count is static and at least one block
         pre, body = b.block, b.append_basic_block("zs.body")
         b.branch(body)
         b.position_at_end(body)

@@ -174,7 +174,6 @@ def scale_row(b: ir.IRBuilder, stats: RowStats, out: ir.Value, c: int, k: ir.Val
         store_chunk(b, fix(load_chunk(b, out, full, rest, 0.0)), out, full, rest)
 
 
-
 # --- four rows at a time, one row per lane -------------------------------------------------
 #
 # With a row per lane, a group's max, exponentials' sum and log are lane-wise vector ops: no
@@ -186,7 +185,7 @@ def scale_row(b: ir.IRBuilder, stats: RowStats, out: ir.Value, c: int, k: ir.Val
 # exactly what that row's own lane does.
 
 GROUP = LANES  # rows per group
-GROUP_MAX = 16  # widest row (classes) the grouped path keeps in registers
+GROUP_MAX = 16  # widest row (classes) the grouped path takes (its stack buffer's columns)
 
 
 @dataclass
