@@ -311,15 +311,13 @@ class Model:
             raise RuntimeDataError(f"class label {bad} is outside 0..{classes - 1}")
         return arr
 
-    def _write(self, xs: dict[str, np.ndarray], y: np.ndarray | None, idx: slice | np.ndarray,
+    def _write(self, xs: dict[str, np.ndarray], y: np.ndarray | None, rows: slice,
                n: int) -> None:
+        """Consecutive rows into the batch buffers (train_epoch gathers shuffled ones itself)."""
         for name, arr in xs.items():
-            if isinstance(idx, slice):
-                self.inputs[name][:n] = arr[idx]
-            else:  # gather the shuffled rows straight into linear memory (no temporary)
-                np.take(arr, idx, axis=0, out=self.inputs[name][:n], mode="clip")
+            self.inputs[name][:n] = arr[rows]
         if y is not None:
-            self.targets[self.manifest["targets"][0]["name"]][:n] = y[idx]
+            self.targets[self.manifest["targets"][0]["name"]][:n] = y[rows]
 
     # --- training and evaluation ----------------------------------------------------------
     def train_step(self, x: Arrays, y: np.ndarray) -> float:
