@@ -91,3 +91,13 @@ def test_train_epoch_trains_on_the_rows_of_its_order(width):
         idx = order[start:start + 16]
         steps.train_step({"a": a[idx], "b": b[idx]}, y[idx])
     assert np.array_equal(epoch.get_weights(), steps.get_weights())
+
+
+def test_train_epoch_on_no_rows_trains_nothing(digits_mlp):
+    """A client whose partition is empty: no batch, a loss of 0, the weights unchanged."""
+    from fedc.runtime import Model
+    m = Model(digits_mlp.wasm, digits_mlp.manifest)
+    m.init_weights(0)
+    before = m.get_weights()
+    assert m.train_epoch(np.zeros((0, 64), np.float32), np.zeros(0, np.int32), 16, 3) == 0.0
+    assert np.array_equal(m.get_weights(), before)

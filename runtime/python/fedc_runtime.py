@@ -425,7 +425,7 @@ def _hits(task: str, out: np.ndarray, y: np.ndarray) -> float:
 
 def _records(a: np.ndarray) -> np.ndarray:
     """A C-contiguous array as a 1-D array of its rows, each one opaque record (np.void)."""
-    rows = a.reshape(len(a), -1)
+    rows = a.reshape(len(a), int(np.prod(a.shape[1:], dtype=np.int64)))  # also for 0 rows
     return rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).reshape(len(a))
 
 
