@@ -292,10 +292,17 @@ def _key_value(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _simulate_flags(c: argparse.ArgumentParser) -> None:
-    from .fl.faults import parse_attack
+def _parse_scheme(text: str) -> object:  # imported when used: numpy.random is slow to import
     from .fl.partition import parse_scheme
+    return parse_scheme(text)
 
+
+def _parse_attack(text: str) -> object:
+    from .fl.faults import parse_attack
+    return parse_attack(text)
+
+
+def _simulate_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("file")
     c.add_argument("--data", required=True, help="digits | breast_cancer | iris | wine | "
                    "waveforms | synthetic_text | FILE.npz")
@@ -311,7 +318,7 @@ def _simulate_flags(c: argparse.ArgumentParser) -> None:
                    "block's")
     c.add_argument("--strategy-opt", type=_key_value, action="append", default=[],
                    metavar="KEY=VALUE", help="a strategy option, e.g. mu=0.01, f=2, beta=0.2")
-    c.add_argument("--partition", type=_checked(parse_scheme), default="iid",
+    c.add_argument("--partition", type=_checked(_parse_scheme), default="iid",
                    help="iid | dirichlet:ALPHA | shards:K | quantity:ALPHA (default iid)")
     c.add_argument("--show-partition", action="store_true",
                    help="print each client's sample count and label histogram")
@@ -328,7 +335,7 @@ def _simulate_flags(c: argparse.ArgumentParser) -> None:
                    help="log-std of client speeds (default 1.0)")
     c.add_argument("--byzantine", type=_nonneg, default=0, metavar="K",
                    help="K clients (chosen by the seed) send forged models")
-    c.add_argument("--attack", type=_checked(parse_attack), default="scale:-10",
+    c.add_argument("--attack", type=_checked(_parse_attack), default="scale:-10",
                    help="scale:F — send global + F·(honest − global) (default scale:-10)")
     c.add_argument("--federated-eval", action="store_true",
                    help="also evaluate on each client's local test split (20%% of its data)")

@@ -109,3 +109,14 @@ def test_train_save_writes_weights(tmp_path):
     assert out.returncode == 0, out.stderr
     w = np.load(tmp_path / "s" / "weights.npy")
     assert w.shape == (9610,) and w.dtype == np.float32
+
+
+def test_the_parser_imports_no_server_code():
+    """Every fedc command builds the whole parser first: it must not import the server, the
+    Flower bridge, the partitioner or urllib (~70 ms of `fedc compile`'s start)."""
+    code = ("import sys; from fedc.cli import build_parser; build_parser(); "
+            "print(' '.join(m for m in ('fedc.serve.rounds', 'fedc.serve.flower_bridge', "
+            "'fedc.fl.partition', 'fedc.fl.faults', 'urllib.request') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == ""

@@ -9,8 +9,6 @@ import socket
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,7 +55,6 @@ def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], No
     c.add_argument("--keyfile", help="TLS private key (PEM)")
     compile_flags(c)
     c.add_argument("--json", action="store_true", help="--issue-tokens: JSON on stdout")
-    from .flower_bridge import add_bridge_flags
     add_bridge_flags(c)
     c.set_defaults(run=cmd_serve)
 
@@ -242,9 +239,27 @@ def _run(args: argparse.Namespace, bundle_dir: Path, wasm: bytes, manifest: dict
     return coord.status()
 
 
+def add_bridge_flags(c: argparse.ArgumentParser) -> None:
+    """`fedc serve`'s flags for fedc/serve/flower_bridge.py (defined here: importing the
+    bridge to build the parser would import the server for every fedc command)."""
+    g = c.add_argument_group("Flower bridge (this server joins a Flower federation as one node)")
+    g.add_argument("--flower-superlink", metavar="HOST:PORT",
+                   help="act as a Flower SuperNode of this SuperLink: each Flower round becomes "
+                        "one round of this server's clients")
+    g.add_argument("--flower-root-certificates", metavar="CA.pem",
+                   help="CA certificate of the SuperLink's TLS (default: system CAs)")
+    g.add_argument("--flower-insecure", action="store_true",
+                   help="connect to the SuperLink without TLS (local tests only)")
+    g.add_argument("--flower-auth-key", metavar="KEY",
+                   help="this SuperNode's private key (Flower node authentication)")
+
+
 # --- status ---------------------------------------------------------------------------------------
 
 def fetch_status(url: str, timeout: float = 10.0) -> dict[str, Any]:
+    import urllib.error  # here, not at the top: every fedc command would import http.client
+    import urllib.request
+
     base = url.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise UsageError.at(f"expected an http:// or https:// URL, got {url!r}")

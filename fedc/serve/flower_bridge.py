@@ -210,19 +210,6 @@ def _upstream(body: bytes, num_params: int) -> tuple[np.ndarray, int, int]:
 
 # --- `fedc serve --flower-superlink` -------------------------------------------------------------
 
-def add_bridge_flags(c: argparse.ArgumentParser) -> None:
-    g = c.add_argument_group("Flower bridge (this server joins a Flower federation as one node)")
-    g.add_argument("--flower-superlink", metavar="HOST:PORT",
-                   help="act as a Flower SuperNode of this SuperLink: each Flower round becomes "
-                        "one round of this server's clients")
-    g.add_argument("--flower-root-certificates", metavar="CA.pem",
-                   help="CA certificate of the SuperLink's TLS (default: system CAs)")
-    g.add_argument("--flower-insecure", action="store_true",
-                   help="connect to the SuperLink without TLS (local tests only)")
-    g.add_argument("--flower-auth-key", metavar="KEY",
-                   help="this SuperNode's private key (Flower node authentication)")
-
-
 def supernode_command(args: argparse.Namespace, url: str, token_file: Path) -> list[str]:
     """The flower-supernode command line of the bridge node."""
     cmd = [str(Path(sys.executable).parent / "flower-supernode"), "--superlink",
