@@ -1,4 +1,4 @@
-"""fedc.link: which wasm-ld runs, and what a missing or failing one reports."""
+"""fedc.link: which wasm-ld runs, and what a missing one reports."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from fedc import link
 from fedc.diagnostics import ToolchainError
 
 
-def test_the_ziglang_wheels_zig_runs_directly() -> None:
+def test_the_ziglang_wheels_zig_runs_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDC_WASM_LD", raising=False)
     cmd = link.wasm_ld_command()
     assert cmd[1:] == ["wasm-ld"] and Path(cmd[0]).name.startswith("zig")
     assert cmd[0] != sys.executable  # not through a second Python start (python -m ziglang)
