@@ -16,7 +16,9 @@ from fedc.lower import gemm
 
 M_MAX = 33
 M_VALUES = (0, 1, 2, 3, 5, 32, 33)
-N_VALUES = (1, 3, 4, 7, 8, 10, 12, 13, 128)
+# 34: splat A panels (n ≥ SPLAT_MIN_COLS) with a padded remainder; narrower remainders are
+# columns groups (gemm._groups)
+N_VALUES = (1, 3, 4, 7, 8, 10, 12, 13, 34, 128)
 # 261: packed where shorter depths read in place; at n = 128 (rows 512 bytes apart, 8 of L1's
 # sets) 64 is the deepest read in place and 65 is packed
 K_VALUES = (1, 3, 8, 64, 65, 261)
@@ -301,3 +303,25 @@ def test_splat_layout_broadcasts_each_float() -> None:
     # with relaxed_madd's FMAs the shuffles are free: no splat, tn's A in place again
     assert gemm._splat_a("nn", wide, 3) and not gemm._splat_a("nn", wide, 3, madd=True)
     assert gemm._tn_a_in_place(wide, 64, madd=True)
+
+
+def test_remainder_columns_are_columns_groups_unless_a_is_splat() -> None:
+    """Past the 8-wide panels: a full 4-wide panel if there is one, then the last 1–3
+    columns as a columns group (a 4×w tile of column vectors). Where A's panels are splat
+    the remainder is one padded panel, as before columns groups existed."""
+    def layout(n: int, columns: bool) -> list[tuple[int, int, int, bool]]:
+        return [(g.first, g.width, g.last_valid, g.columns)
+                for g in gemm._groups(n, gemm.NR, True, columns)]
+
+    assert layout(10, True) == [(0, 8, 8, False), (8, 2, 2, True)]
+    assert layout(13, True) == [(0, 8, 8, False), (8, 4, 4, False), (12, 1, 1, True)]
+    assert layout(12, True) == [(0, 8, 8, False), (8, 4, 4, False)]
+    assert layout(3, True) == [(0, 3, 3, True)]
+    assert layout(10, False) == [(0, 8, 8, False), (8, 4, 2, False)]
+    assert layout(13, False) == [(0, 8, 8, False), (8, 8, 5, False)]
+    assert gemm._panel_floats(10, gemm.NR, True, columns=True) == 8 + 2 * gemm.SPLAT
+    # scratch holds the larger layout: simd128's splat A with a padded B remainder, or
+    # relaxed-simd's plain A with a columns group (here the former)
+    splat_a, plain_a = gemm.SPLAT * 8 * 3, 8 * 3  # A: 5 rows → 8, depth 3
+    assert gemm.scratch_bytes("nn", 5, 34, 3) == 4 * max(splat_a + 4 * 3,
+                                                         plain_a + 2 * gemm.SPLAT * 3)

@@ -21,6 +21,7 @@ from .kernels import (
     transpose4,
     where_positive,
 )
+from .kernels import splat as broadcast
 
 I32 = ir.IntType(32)
 F32 = ir.FloatType()
@@ -118,33 +119,57 @@ def _for_each(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step
 @dataclass(frozen=True)
 class Group:
     """`count` consecutive panels of `width` lanes starting at lane `first`; `last_valid` lanes
-    of the final panel are real (the rest is padding)."""
+    of the final panel are real (the rest is padding).
+
+    A `columns` group (B only) is the last 1–3 columns of C, each stored as a <4 x float>
+    broadcast per unit of depth; its tile holds them as columns of four rows (_column_product).
+    """
 
     first: int
     count: int
     width: int
     last_valid: int
+    columns: bool = False
+
+    @property
+    def floats(self) -> int:
+        """Floats per unit of depth of all the group's panels, padding included."""
+        return self.count * self.width * (SPLAT if self.columns else 1)
+
+    @property
+    def in_place(self) -> bool:
+        """Whether its panels can be read straight from a row-major operand (no padding)."""
+        return self.last_valid == self.width and not self.columns
 
 
-def _groups(lanes: int, width: int, narrow_edge: bool) -> list[Group]:
-    """Full `width`-lane panels, then one panel for the remainder: 4 lanes wide if that is
-    enough and narrow_edge (a 4×4 tile beats a 4×8 one that is mostly padding), else padded."""
+def _groups(lanes: int, width: int, narrow_edge: bool, columns: bool = False) -> list[Group]:
+    """Full `width`-lane panels, then the remainder: one panel 4 lanes wide if that is enough
+    and narrow_edge (a 4×4 tile beats a 4×8 one that is mostly padding), else padded; with
+    `columns`, a full 4-lane panel if the remainder has one, then its last 1–3 lanes as a
+    columns group (a 4×2 edge tile computes 2 columns, not 4 of which 2 are padding)."""
     groups = [Group(0, lanes // width, width, width)] if lanes // width else []
     rest = lanes % width
-    if rest:
+    if columns:
+        if rest >= 4:
+            groups.append(Group(lanes - rest, 1, 4, 4))
+            rest -= 4
+        if rest:
+            groups.append(Group(lanes - rest, 1, rest, rest, columns=True))
+    elif rest:
         groups.append(Group(lanes - rest, 1, _up(rest, 4) if narrow_edge else width, rest))
     return groups
 
 
-def _panel_floats(lanes: int, width: int, narrow_edge: bool) -> int:
-    """Lanes of all panels of _groups(…), padding included: the floats per unit of depth."""
-    return sum(g.count * g.width for g in _groups(lanes, width, narrow_edge))
+def _panel_floats(lanes: int, width: int, narrow_edge: bool, columns: bool = False) -> int:
+    """Floats per unit of depth of all panels of _groups(…), padding included."""
+    return sum(g.floats for g in _groups(lanes, width, narrow_edge, columns))
 
 
-def _st_splat(b: ir.IRBuilder, v: ir.Value, dst: ir.Value, o: ir.Value, lane0: int) -> None:
-    """Lanes lane0 … lane0 + 3 of a splat panel's depth row at dst[o…]: lane j of v broadcast
-    to dst[o + SPLAT·(lane0 + j) …]."""
-    for j in range(4):
+def _st_splat(b: ir.IRBuilder, v: ir.Value, dst: ir.Value, o: ir.Value, lane0: int,
+              lanes: int = 4) -> None:
+    """Lanes lane0 … lane0 + lanes − 1 of a splat panel's depth row at dst[o…]: lane j of v
+    broadcast to dst[o + SPLAT·(lane0 + j) …]."""
+    for j in range(lanes):
         _st4(b, _lane(b, v, j), dst, b.add(o, _c(SPLAT * (lane0 + j))), align=16)
 
 
@@ -152,11 +177,13 @@ def _pack_copy(b: ir.IRBuilder, src: ir.Value, ld: int, depth: ir.Value | int, g
                dst: ir.Value, row_sum: ir.Value | None = None, accumulate: bool = False,
                splat: bool = False) -> None:
     """dst[p][d][0:width] = src[d, first + p·width …] (zero past the valid lanes); with
-    `splat`, each of those floats as SPLAT copies (dst[p][d][lane][0:SPLAT]).
+    `splat` (always for a columns group), each of those floats as SPLAT copies
+    (dst[p][d][lane][0:SPLAT]).
 
     With row_sum, also row_sum[first + …] (+)= Σ_d src[d, …] of the lanes packed.
     """
-    nv = g.width // 4
+    splat = splat or g.columns
+    nv = _up(g.width, 4) // 4
     per = g.width * (SPLAT if splat else 1)  # floats per unit of depth
 
     def panel(p: ir.Value) -> None:
@@ -171,7 +198,7 @@ def _pack_copy(b: ir.IRBuilder, src: ir.Value, ld: int, depth: ir.Value | int, g
                   for v, n in enumerate(lanes)]
             for v, x in enumerate(vs):
                 if splat:
-                    _st_splat(b, x, dst, o, 4 * v)
+                    _st_splat(b, x, dst, o, 4 * v, min(4, g.width - 4 * v))
                 else:
                     _st4(b, x, dst, b.add(o, _c(4 * v)), align=16)
             return [b.fadd(s, x) for s, x in zip(sums, vs, strict=True)] if sums else []
@@ -269,38 +296,73 @@ def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Pane
         return [mul_add(b, rows[r], bv[v], acc[r * nv + v], madd)
                 for r in range(MR) for v in range(nv)]
 
-    if madd and nv == 1:
-        flat = _split_chains(b, step, depth)
-    else:
-        flat = _for(b, 0, depth, 1, [ZERO4] * (MR * nv), step, "k")
+    # relaxed_madd's 4×4 tile: two sets of four FMA chains (_chains)
+    flat = _chains(b, step, depth, 2 if madd and nv == 1 else 1, MR * nv)
     return [flat[r * nv:(r + 1) * nv] for r in range(MR)]
 
 
-def _split_chains(b: ir.IRBuilder, step: Callable[[ir.Value, list[ir.Value]], list[ir.Value]],
-                  depth: ir.Value | int) -> list[ir.Value]:
-    """A 4×4 tile's sums as two accumulator sets, even and odd depths, added at the end.
+def _column_product(b: ir.IRBuilder, pa: Panels, pa_i: ir.Value, pb: Panels, pb_j: ir.Value,
+                    depth: ir.Value | int, madd: bool = False) -> list[ir.Value]:
+    """acc[j] = Σ_d pa_i[d·lda + 0…3] · pb_j[d·ldb + SPLAT·j] for the w = 1–3 columns of a
+    columns group: column j of a 4×w block of C as one vector over its four rows.
 
-    With relaxed_madd each accumulator is a chain of FMAs (latency 4 on x86-64), and a 4×4
-    tile has only four of them: one FMA a cycle where the CPU issues two. Eight chains fill
-    both ports: digits' 128 → 10 layers (a 4×8 and a 4×4 tile per four rows), min of
-    interleaved runs, forward 3.25 → 2.93 µs under V8 and 3.77 → 3.54 µs under wasmtime, the
-    weight gradient 3.30 → 3.11 µs under wasmtime. The 4×8 tile has eight chains already, and
-    splitting simd128's add chains measured the same (its ports, not latency, are the bound).
+    Per step one A vector, w broadcasts of B (loaded: the panel stores them splat) and w
+    mul+add pairs; a padded 4×4 tile would spend four shuffles and four pairs. With so few
+    accumulators the chains of adds, not the ports, bound the loop, so the sums run in
+    4 // w sets of depths (_chains).
     """
-    def pair(d: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
-        return step(d, acc[:MR]) + step(b.add(d, _c(1)), acc[MR:])
+    assert not pa.splat, "a columns tile reads A's rows as one vector"
+    w = pb.group.width
+
+    def step(d: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+        av = _ld4(b, pa_i, b.mul(d, _c(pa.ld)), pa.align)
+        bs = load_split(b, pb_j, b.mul(d, _c(pb.ld)), SPLAT * w, pb.align)
+        return [mul_add(b, av, bs[j], acc[j], madd) for j in range(w)]
+
+    return _chains(b, step, depth, max(1, 4 // w), w)
+
+
+Step = Callable[[ir.Value, list[ir.Value]], list[ir.Value]]
+
+
+def _chains(b: ir.IRBuilder, step: Step, depth: ir.Value | int, sets: int, width: int
+            ) -> list[ir.Value]:
+    """Σ over depth of `width` accumulators updated by step(d, acc), kept as `sets` (a power
+    of two) sets, depth d in set d % sets, added together at the end.
+
+    More sets, more independent chains: with relaxed_madd each accumulator is a chain of FMAs
+    (latency 4 on x86-64) and a 4×4 tile has only four of them, one FMA a cycle where the CPU
+    issues two. Two sets fill both ports: digits' 128 → 10 layers (a 4×8 and a 4×4 tile per
+    four rows), min of interleaved runs, forward 3.25 → 2.93 µs under V8 and 3.77 → 3.54 µs
+    under wasmtime, the weight gradient 3.30 → 3.11 µs under wasmtime. The 4×8 tile has eight
+    chains already, and splitting simd128's add chains there measured the same (its ports, not
+    latency, are the bound).
+    """
+    zeros = [ZERO4] * width
+    if sets == 1:
+        return _for(b, 0, depth, 1, zeros, step, "k")
+
+    def group(d: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+        out: list[ir.Value] = []
+        for s in range(sets):
+            out += step(b.add(d, _c(s)) if s else d, acc[s * width:(s + 1) * width])
+        return out
 
     if isinstance(depth, int):
-        even = depth & ~1
-        sets = _for(b, 0, even, 2, [ZERO4] * (2 * MR), pair, "k2")
-        if depth & 1:
-            sets = step(_c(even), sets[:MR]) + sets[MR:]
+        whole = depth - depth % sets
+        acc = _for(b, 0, whole, sets, zeros * sets, group, f"k{sets}")
+        first = acc[:width]
+        for d in range(whole, depth):
+            first = step(_c(d), first)
     else:
-        even = b.and_(depth, _c(-2))
-        sets = _for(b, 0, even, 2, [ZERO4] * (2 * MR), pair, "k2")
-        tail = _for(b, even, depth, 1, sets[:MR], step, "k1")
-        sets = tail + sets[MR:]
-    return [b.fadd(x, y) for x, y in zip(sets[:MR], sets[MR:], strict=True)]
+        whole = b.and_(depth, _c(-sets))
+        acc = _for(b, 0, whole, sets, zeros * sets, group, f"k{sets}")
+        first = _for(b, whole, depth, 1, acc[:width], step, "k1")
+    parts = [first, *(acc[s * width:(s + 1) * width] for s in range(1, sets))]
+    while len(parts) > 1:  # pairwise: (s0 + s1) + (s2 + s3)
+        parts = [[b.fadd(x, y) for x, y in zip(parts[i], parts[i + 1], strict=True)]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
 
 
 def _store_out(b: ir.IRBuilder, v: ir.Value, p: ir.Value, idx: ir.Value, lanes: int,
@@ -361,6 +423,34 @@ def _store_tile(b: ir.IRBuilder, acc: list[list[ir.Value]], c: ir.Value, ldc: in
                 store_row()
 
 
+def _store_columns(b: ir.IRBuilder, cols: list[ir.Value], c: ir.Value, ldc: int,
+                   row0: ir.Value, rows: ir.Value | int, col0: ir.Value,
+                   bias: ir.Value | None, flavor: Flavor) -> None:
+    """C[row0 + r, col0 + j] (+)= epilogue(cols[j][r]) for row0 + r < rows: a columns tile."""
+    xs = []
+    for j, x in enumerate(cols):
+        if bias is not None:
+            x = b.fadd(x, broadcast(b, b.load(_at(b, bias, b.add(col0, _c(j))), typ=F32, align=4)))
+        if flavor.relu:  # relu's select: NaN gives 0, as fedc's relu op
+            x = where_positive(b, x, x)
+        xs.append(x)
+    valid = b.sub(_as(rows), row0)
+    for r in range(MR):
+        def store_row(r: int = r) -> None:
+            base = b.add(b.mul(b.add(row0, _c(r)), _c(ldc)), col0)
+            for j, x in enumerate(xs):
+                v, at = b.extract_element(x, _c(r)), _at(b, c, b.add(base, _c(j)))
+                if flavor.accumulate:
+                    v = b.fadd(b.load(at, typ=F32, align=4), v)
+                b.store(v, at, align=4)
+
+        if r == 0:  # a tile has at least one valid row
+            store_row()
+        else:
+            with b.if_then(b.icmp_signed(">", valid, _c(r))):
+                store_row()
+
+
 @dataclass(frozen=True)
 class Panels:
     """Where `count` panels of one operand live: panel p at base[p·stride], its depth-d vector
@@ -378,7 +468,7 @@ class Panels:
 
 def _packed(group: Group, base: ir.Value, depth: ir.Value | int, b: ir.IRBuilder,
             count: ir.Value | int | None = None, splat: bool = False) -> Panels:
-    ld = group.width * (SPLAT if splat else 1)
+    ld = group.width * (SPLAT if splat or group.columns else 1)
     stride = ld * depth if isinstance(depth, int) else b.mul(depth, _c(ld))
     return Panels(group, base, group.count if count is None else count, stride, ld,
                   splat=splat)
@@ -414,9 +504,14 @@ def _tiles(b: ir.IRBuilder, a_panels: Sequence[Panels], b_panels: Sequence[Panel
                 for pa, first in zip(a_panels, firsts, strict=True):
                     def tile(ip: ir.Value, pa: Panels = pa) -> None:
                         pa_i = _at(b, pa.base, b.mul(ip, _as(pa.stride)))
+                        row0 = b.add(_c(pa.group.first), b.mul(ip, _c(MR)))
+                        if pb.group.columns:
+                            assert mask is None, "nt packs no columns group"
+                            vs = _column_product(b, pa, pa_i, pb, pb_j, depth, flavor.madd)
+                            _store_columns(b, vs, c, cols, row0, rows, col0, bias, flavor)
+                            return
                         acc = _tile_product(b, pb.group.width, pa, pa_i, pb, pb_j, depth,
                                             flavor.madd)
-                        row0 = b.add(_c(pa.group.first), b.mul(ip, _c(MR)))
                         _store_tile(b, acc, c, cols, row0, rows, col0, pb.group.last_valid,
                                     bias, mask, flavor)
 
@@ -476,24 +571,26 @@ def _in_place_b(kind: Kind, n: int, k: int) -> bool:
     return kind == "nn" and k <= IN_PLACE_DEPTH and k <= l1_rows(n)
 
 
-def _packed_b_floats(kind: Kind, m_max: int, n: int, k: int) -> int:
+def _packed_b_floats(kind: Kind, m_max: int, n: int, k: int, columns: bool) -> int:
+    """Floats of B's packed panels (nn, tn: `columns` as _b_panels is given it)."""
     if kind == "nt":
         return _panel_floats(k, NR, True) * n
     depth = k if kind == "nn" else m_max
-    if not _in_place_b(kind, n, k):
-        return _panel_floats(n, NR, True) * depth
-    rest = _groups(n, NR, True)[-1]
-    if rest.last_valid == rest.width:  # no padding lanes: every panel is read in place
-        return 0
-    return rest.width * depth
+    groups = _groups(n, NR, True, columns)
+    in_place = _in_place_b(kind, n, k)  # then only panels with padding or columns are packed
+    return sum(g.floats for g in groups if not (in_place and g.in_place)) * depth
 
 
 def scratch_bytes(kind: Kind, m_max: int, n: int, k: int, a_packed: bool = False) -> int:
-    """Bytes of scratch emit_matmul needs for a batch of at most m_max rows."""
+    """Bytes of scratch emit_matmul needs for a batch of at most m_max rows: the larger of the
+    simd128 layout (splat A where _splat_a, B's columns group where not) and relaxed-simd's
+    (no splat A, a columns group)."""
     if kind not in _BODIES:
         raise ValueError(f"unknown matmul kind {kind!r}")
-    a_floats = 0 if a_packed else _packed_a_floats(kind, m_max, n, k)
-    return 4 * (_packed_b_floats(kind, m_max, n, k) + a_floats)
+    splat = _splat_a(kind, n, k) and not a_packed
+    return 4 * max(_packed_b_floats(kind, m_max, n, k, not s)
+                   + (0 if a_packed else _packed_a_floats(kind, m_max, n, k, s))
+                   for s in {splat, False})
 
 
 def _splat_a(kind: Kind, n: int, k: int, madd: bool = False) -> bool:
@@ -516,30 +613,31 @@ def _tn_a_in_place(n: int, k: int, madd: bool = False) -> bool:
     return k <= TN_A_IN_PLACE_MAX_K and not _splat_a("tn", n, k, madd)
 
 
-def _packed_a_floats(kind: Kind, m_max: int, n: int, k: int) -> int:
-    per = SPLAT if _splat_a(kind, n, k) else 1
+def _packed_a_floats(kind: Kind, m_max: int, n: int, k: int, splat: bool) -> int:
+    per = SPLAT if splat else 1
     if kind != "tn":
         return per * _up(m_max, MR) * (k if kind == "nn" else n)
-    if _tn_a_in_place(n, k):  # only the last 1–3 columns are packed
-        return per * MR * m_max if k % MR else 0
+    if k <= TN_A_IN_PLACE_MAX_K and not splat:  # _tn_a_in_place: only the last 1–3 columns
+        return MR * m_max if k % MR else 0
     return per * _up(k, MR) * m_max
 
 
 def _b_panels(b: ir.IRBuilder, src: ir.Value, n: int, depth: ir.Value | int,
-              scratch: ir.Value, in_place: bool, row_sum: ir.Value | None = None,
-              accumulate: bool = False) -> list[Panels]:
+              scratch: ir.Value, in_place: bool, columns: bool,
+              row_sum: ir.Value | None = None, accumulate: bool = False) -> list[Panels]:
     """B[depth, n] as panels: those without padding lanes in place (if in_place), the others
-    packed at scratch[0…]. With row_sum, also row_sum[j] (+)= Σ_d B[d, j] (tn's bias gradient)."""
-    panels, packed = [], 0  # lanes packed so far
-    for g in _groups(n, NR, narrow_edge=True):
-        if in_place and g.last_valid == g.width:
+    packed at scratch[0…]; with `columns` (A's panels are not splat) the last 1–3 columns as a
+    columns group. With row_sum, also row_sum[j] (+)= Σ_d B[d, j] (tn's bias gradient)."""
+    panels, packed = [], 0  # floats per unit of depth packed so far
+    for g in _groups(n, NR, narrow_edge=True, columns=columns):
+        if in_place and g.in_place:
             assert row_sum is None, "row sums are fused into the packing copy"
             panels.append(_in_place(b, src, g, n))
         else:
             dst = _at(b, scratch, b.mul(_as(depth), _c(packed)))
             _pack_copy(b, src, n, depth, g, dst, row_sum, accumulate)
             panels.append(_packed(g, dst, depth, b))
-            packed += g.count * g.width
+            packed += g.floats
     return panels
 
 
@@ -567,13 +665,13 @@ def emit_pack_a(b: ir.IRBuilder, *, m: int, k: int, a: ir.Value, dst: ir.Value) 
 
 def _body_nn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
     m, a, bm, c, bias, scratch = args
-    pb = _b_panels(b, bm, n, k, scratch, _in_place_b("nn", n, k))
-    count = ceil_div(b, m, MR)
     splat = _splat_a("nn", n, k, flavor.madd) and not flavor.a_packed
+    pb = _b_panels(b, bm, n, k, scratch, _in_place_b("nn", n, k), not splat)
+    count = ceil_div(b, m, MR)
     if flavor.a_packed:
         pa = a
     else:
-        pa = _at(b, scratch, _packed_b_floats("nn", 0, n, k))
+        pa = _at(b, scratch, _packed_b_floats("nn", 0, n, k, not splat))
         _pack_transpose(b, a, k, m, Group(0, 0, MR, MR), count, pa, splat=splat)
     _tiles(b, [_packed(Group(0, 0, MR, MR), pa, k, b, count, splat=splat)], pb, k, m, n, c,
            flavor, bias=bias if flavor.fused else None)
@@ -586,7 +684,7 @@ def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
         dst = _at(b, scratch, g.first * n)
         _pack_transpose(b, bm, n, k, g, g.count, dst)
         pb.append(_packed(g, dst, n, b))
-    pa = _at(b, scratch, _packed_b_floats("nt", 0, n, k))
+    pa = _at(b, scratch, _packed_b_floats("nt", 0, n, k, False))
     count = ceil_div(b, m, MR)
     splat = _splat_a("nt", n, k, flavor.madd)
     _pack_transpose(b, a, n, m, Group(0, 0, MR, MR), count, pa, splat=splat)
@@ -596,14 +694,15 @@ def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
 
 def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
     m, a, g_mat, c, row_sum, scratch = args
-    if flavor.b_packed:
+    in_place, splat = _tn_a_in_place(n, k, flavor.madd), _splat_a("tn", n, k, flavor.madd)
+    if flavor.b_packed:  # n is a multiple of NR (packed_b_index)
         pb = [_packed(g, _at(b, g_mat, b.mul(m, _c(g.first))), m, b)
               for g in _groups(n, NR, narrow_edge=True)]
     else:
-        pb = _b_panels(b, g_mat, n, m, scratch, False, row_sum if flavor.fused else None,
-                       flavor.accumulate)
-    rest = _at(b, scratch, b.mul(m, _c(_packed_b_floats("tn", 1, n, k))))
-    pa, in_place, splat = [], _tn_a_in_place(n, k, flavor.madd), _splat_a("tn", n, k, flavor.madd)
+        pb = _b_panels(b, g_mat, n, m, scratch, False, not splat,
+                       row_sum if flavor.fused else None, flavor.accumulate)
+    rest = _at(b, scratch, b.mul(m, _c(_packed_b_floats("tn", 1, n, k, not splat))))
+    pa = []
     for g in _groups(k, MR, narrow_edge=False):
         if in_place and g.last_valid == MR:
             pa.append(_in_place(b, a, g, k))
