@@ -325,3 +325,18 @@ def test_remainder_columns_are_columns_groups_unless_a_is_splat() -> None:
     splat_a, plain_a = gemm.SPLAT * 8 * 3, 8 * 3  # A: 5 rows → 8, depth 3
     assert gemm.scratch_bytes("nn", 5, 34, 3) == 4 * max(splat_a + 4 * 3,
                                                          plain_a + 2 * gemm.SPLAT * 3)
+
+
+def test_tn_reads_b_in_place_up_to_a_row_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tn without row sums chooses at run time: B's full panels in place at m ≤
+    tn_b_in_place_rows(n), packed above. With the bound at 3 rows every width runs both."""
+    assert gemm.tn_b_in_place_rows(128) == 32  # rows 512 bytes apart: 64 fit L1, half of them
+    assert gemm.tn_b_in_place_rows(10) == gemm.IN_PLACE_DEPTH
+    monkeypatch.setattr(gemm, "tn_b_in_place_rows", lambda n: 3)
+    cases = [Case("tn", n, k, extra=False, accumulate=acc)
+             for n, k, acc in ((8, 5, False), (13, 8, True), (34, 3, False), (128, 64, True))]
+    mod = _guarded_module(cases, "simd128")
+    rng = np.random.default_rng(5)
+    for i in range(len(cases)):
+        for m in (1, 3, 4, 33):
+            _run_and_check(mod, i, m, rng)

@@ -285,7 +285,7 @@ def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Pane
     nv = nr // 4
 
     def step(d: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
-        bv = load_split(b, pb_j, b.mul(d, _c(pb.ld)), nr, pb.align)
+        bv = load_split(b, pb_j, b.mul(d, _as(pb.ld)), nr, pb.align)
         if pa.splat:
             rows = load_split(b, pa_i, b.mul(d, _c(pa.ld)), MR * SPLAT, pa.align)
         else:
@@ -316,7 +316,7 @@ def _column_product(b: ir.IRBuilder, pa: Panels, pa_i: ir.Value, pb: Panels, pb_
 
     def step(d: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
         av = _ld4(b, pa_i, b.mul(d, _c(pa.ld)), pa.align)
-        bs = load_split(b, pb_j, b.mul(d, _c(pb.ld)), SPLAT * w, pb.align)
+        bs = load_split(b, pb_j, b.mul(d, _as(pb.ld)), SPLAT * w, pb.align)
         return [mul_add(b, av, bs[j], acc[j], madd) for j in range(w)]
 
     return _chains(b, step, depth, max(1, 4 // w), w)
@@ -387,11 +387,13 @@ class Flavor:
     relu: bool = False
     a_packed: bool = False  # nn: `a` already holds pack_a's panels
     b_packed: bool = False  # tn: `bmat` already holds its panels as _b_panels packs them
+    b_in_place: bool = False  # tn: B's full panels read in place at m ≤ tn_b_in_place_rows
 
     @property
     def suffix(self) -> str:
         flags = {"fused": self.fused, "acc": self.accumulate, "madd": self.madd,
-                 "relu": self.relu, "pa": self.a_packed, "pb": self.b_packed}
+                 "relu": self.relu, "pa": self.a_packed, "pb": self.b_packed,
+                 "bip": self.b_in_place}
         return "".join(f".{name}" for name, on in flags.items() if on)
 
 
@@ -455,13 +457,14 @@ def _store_columns(b: ir.IRBuilder, cols: list[ir.Value], c: ir.Value, ldc: int,
 class Panels:
     """Where `count` panels of one operand live: panel p at base[p·stride], its depth-d vector
     at + d·ld. Packed panels have ld = width (16-byte aligned); panels read in place from a
-    row-major operand have ld = its row length (full panels only: no padding lanes exist)."""
+    row-major operand have ld = its row length (full panels only: no padding lanes exist). B's
+    may be either, chosen at run time (ld a value then: tn's _b_panels)."""
 
     group: Group
     base: ir.Value
     count: ir.Value | int
     stride: ir.Value | int
-    ld: int
+    ld: int | ir.Value
     align: int = 16
     splat: bool = False  # A only: each float stored 4 times (a <4 x float> broadcast)
 
@@ -571,6 +574,14 @@ def _in_place_b(kind: Kind, n: int, k: int) -> bool:
     return kind == "nn" and k <= IN_PLACE_DEPTH and k <= l1_rows(n)
 
 
+def tn_b_in_place_rows(n: int) -> int:
+    """The most rows (tn's depth m, known at run time) at which tn reads B's (G's) full panels
+    in place rather than packing them: rows n floats apart filling at most half the L1 ways of
+    the sets they map to, as A's panels stream beside them. Digits' 32×64×128 weight gradient:
+    18.6 → 16.9 µs without the copy of G; MNIST's 64-row ones (l1_rows 64 and 32) stay packed."""
+    return min(IN_PLACE_DEPTH, l1_rows(n) // 2)
+
+
 def _packed_b_floats(kind: Kind, m_max: int, n: int, k: int, columns: bool) -> int:
     """Floats of B's packed panels (nn, tn: `columns` as _b_panels is given it)."""
     if kind == "nt":
@@ -623,21 +634,31 @@ def _packed_a_floats(kind: Kind, m_max: int, n: int, k: int, splat: bool) -> int
 
 
 def _b_panels(b: ir.IRBuilder, src: ir.Value, n: int, depth: ir.Value | int,
-              scratch: ir.Value, in_place: bool, columns: bool,
+              scratch: ir.Value, in_place: bool | ir.Value, columns: bool,
               row_sum: ir.Value | None = None, accumulate: bool = False) -> list[Panels]:
-    """B[depth, n] as panels: those without padding lanes in place (if in_place), the others
-    packed at scratch[0…]; with `columns` (A's panels are not splat) the last 1–3 columns as a
-    columns group. With row_sum, also row_sum[j] (+)= Σ_d B[d, j] (tn's bias gradient)."""
+    """B[depth, n] as panels: those without padding lanes in place (if in_place; an i1 value
+    decides at run time), the others packed at scratch[0…]; with `columns` (A's panels are not
+    splat) the last 1–3 columns as a columns group. With row_sum, also row_sum[j] (+)=
+    Σ_d B[d, j] (tn's bias gradient)."""
     panels, packed = [], 0  # floats per unit of depth packed so far
     for g in _groups(n, NR, narrow_edge=True, columns=columns):
-        if in_place and g.in_place:
+        if in_place is True and g.in_place:
             assert row_sum is None, "row sums are fused into the packing copy"
             panels.append(_in_place(b, src, g, n))
-        else:
-            dst = _at(b, scratch, b.mul(_as(depth), _c(packed)))
+            continue
+        dst = _at(b, scratch, b.mul(_as(depth), _c(packed)))
+        packed += g.floats
+        if isinstance(in_place, bool) or not g.in_place:
             _pack_copy(b, src, n, depth, g, dst, row_sum, accumulate)
             panels.append(_packed(g, dst, depth, b))
-            packed += g.floats
+            continue
+        assert row_sum is None, "row sums are fused into the packing copy"
+        with b.if_then(b.not_(in_place)):
+            _pack_copy(b, src, n, depth, g, dst)
+        here, there = _in_place(b, src, g, n), _packed(g, dst, depth, b)
+        pick = [b.select(in_place, _as(x), _as(y)) for x, y in
+                ((here.base, there.base), (here.stride, there.stride), (here.ld, there.ld))]
+        panels.append(Panels(g, pick[0], g.count, pick[1], pick[2], align=4))
     return panels
 
 
@@ -698,8 +719,10 @@ def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
     if flavor.b_packed:  # n is a multiple of NR (packed_b_index)
         pb = [_packed(g, _at(b, g_mat, b.mul(m, _c(g.first))), m, b)
               for g in _groups(n, NR, narrow_edge=True)]
-    else:
-        pb = _b_panels(b, g_mat, n, m, scratch, False, not splat,
+    else:  # B's panels below A's, where all of B fits packed (scratch_bytes) in any case
+        b_here = (b.icmp_unsigned("<=", m, _c(tn_b_in_place_rows(n))) if flavor.b_in_place
+                  else False)
+        pb = _b_panels(b, g_mat, n, m, scratch, b_here, not splat,
                        row_sum if flavor.fused else None, flavor.accumulate)
     rest = _at(b, scratch, b.mul(m, _c(_packed_b_floats("tn", 1, n, k, not splat))))
     pa = []
@@ -772,6 +795,8 @@ def emit_matmul(b: ir.IRBuilder, *, kind: Kind, m: ir.Value | int, n: int, k: in
     if kind not in _BODIES:
         raise ValueError(f"unknown matmul kind {kind!r}")
     extra = bias if bias is not None else row_sum if row_sum is not None else mask
-    flavor = Flavor(extra is not None, accumulate, madd, relu, a_packed, b_packed)
+    # tn without row sums (they are fused into the packing) reads B in place when m is small
+    b_in_place = kind == "tn" and not b_packed and row_sum is None
+    flavor = Flavor(extra is not None, accumulate, madd, relu, a_packed, b_packed, b_in_place)
     fn = _kernel(b.module, kind, n, k, flavor)
     b.call(fn, [_as(m), a, bmat, c, ir.Constant(PTR, None) if extra is None else extra, scratch])
