@@ -1,13 +1,15 @@
-"""Benchmark: `fedc simulate` throughput for the digits MLP, 1 vs 2 worker processes.
+"""Benchmark: `fedc simulate` throughput for the digits MLP, 1 vs 2 worker processes, clients in
+Wasm or in the native build (--target native).
 
 Run: python bench/bench_simulate.py [--reps 5] [--rounds 10] [--json]
 Two workloads on digits with examples/digits_mlp.fed (20 clients, dirichlet:0.5, 10 clients per
 round): local_epochs 1 (about 3 train steps per client update: overhead-bound) and local_epochs 5.
-For each, reps alternate between 1 and 2 workers; the table shows medians (min–max) of rounds
-per second (whole rounds: training, aggregation and the test-set evaluation) and of the wall
-time per client update (the round's training phase over its updates: with 2 workers, two
-clients train at once). Worker start-up (process spawn and module instantiation) is reported
-apart. Every rep checks that the final weights are bit-identical across worker counts.
+For each, reps alternate between 1 and 2 workers and the two targets; the table shows medians
+(min–max) of rounds per second (whole rounds: training, aggregation and the test-set
+evaluation) and of the wall time per client update (the round's training phase over its
+updates: with 2 workers, two clients train at once). Worker start-up (process spawn and
+module instantiation, or the native build's JIT) is reported apart. Every rep checks that the
+final weights are bit-identical across worker counts and targets.
 A machine check first times the same Wasm training loop in one process alone and in two
 processes at once: two workers cannot beat what the machine gives two processes.
 """
@@ -28,10 +30,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(art: Any, data: Any, config: Any) -> dict[str, Any]:
+def measure(art: Any, data: Any, config: Any, native_ir: str | None = None) -> dict[str, Any]:
     from fedc.fl.simulate import Simulation
 
-    sim = Simulation(art.wasm, art.manifest, data, config)
+    sim = Simulation(art.wasm, art.manifest, data, config, native_ir)
     result = sim.run()
     summary = result.summary()
     return {"rounds_per_second": summary["rounds_per_second"],
@@ -82,25 +84,28 @@ def main() -> None:
 
     from fedc.data import load_dataset
     from fedc.fl.simulate import SimConfig
+    from fedc.native import native_ir
     from fedc.pipeline import compile_source
 
     src = (ROOT / "examples" / "digits_mlp.fed").read_text()
     art = compile_source(src, "examples/digits_mlp.fed")
     data = load_dataset("digits", seed=0)
+    targets = {"wasm": None, "native": native_ir(art)}
     alone, pair = machine_check(art, data)
     rows = []
     for epochs in (1, 5):
         base = SimConfig(clients=20, rounds=args.rounds, clients_per_round=10,
                          local_epochs=epochs, partition="dirichlet:0.5", seed=0)
-        runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = {
+            (t, w): [] for t in targets for w in (1, 2)}
         for _ in range(args.reps):
-            for workers in (1, 2):  # interleaved, so load changes hit both alike
-                runs[workers].append(measure(art, data, dataclasses.replace(base,
-                                                                            workers=workers)))
-            if runs[1][-1]["sha256"] != runs[2][-1]["sha256"]:
-                sys.exit("final weights differ between 1 and 2 workers")
-        for workers, reps in runs.items():
-            rows.append({"local_epochs": epochs, "workers": workers,
+            for (target, workers), reps in runs.items():  # interleaved: load hits all alike
+                reps.append(measure(art, data, dataclasses.replace(base, workers=workers),
+                                    targets[target]))
+            if len({reps[-1]["sha256"] for reps in runs.values()}) != 1:
+                sys.exit("final weights differ between worker counts or targets")
+        for (target, workers), reps in runs.items():
+            rows.append({"local_epochs": epochs, "target": target, "workers": workers,
                          **{k: [r[k] for r in reps] for k in
                             ("rounds_per_second", "ms_per_client_update", "startup_s")}})
     if args.json:
@@ -111,10 +116,11 @@ def main() -> None:
           f"({pair / alone:.2f}x)")
     print(f"digits MLP 64-128-10, 20 clients, 10 per round, {args.rounds} rounds, "
           f"{args.reps} reps, {os.cpu_count()} CPUs; median (min–max)")
-    print(f"{'local epochs':>12} {'workers':>7}  {'rounds/s':>22}  {'ms per client update':>22}"
-          f"  {'start-up s':>10}")
+    print(f"{'local epochs':>12} {'target':>6} {'workers':>7}  {'rounds/s':>22}  "
+          f"{'ms per client update':>22}  {'start-up s':>10}")
     for r in rows:
-        print(f"{r['local_epochs']:>12} {r['workers']:>7}  {spread(r['rounds_per_second']):>22}"
+        print(f"{r['local_epochs']:>12} {r['target']:>6} {r['workers']:>7}  "
+              f"{spread(r['rounds_per_second']):>22}"
               f"  {spread(r['ms_per_client_update']):>22}"
               f"  {statistics.median(r['startup_s']):10.2f}")
 

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="one JSON object on stdout")
     c.set_defaults(run=cmd_train)
 
-    c = sub.add_parser("simulate", help="federated training on one machine, clients in Wasm")
+    c = sub.add_parser("simulate", help="federated training on one machine, clients in Wasm "
+                       "(or natively: --target native)")
     _simulate_flags(c)
     c.set_defaults(run=cmd_simulate)
 
@@ -344,6 +345,9 @@ def _simulate_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--out", help="results folder (default: runs/NAME or runs/<model>-<time>)")
     c.add_argument("--name", help="name of the run's folder under runs/")
     c.add_argument("--plot", metavar="FILE.png", help="plot accuracy and loss per round")
+    c.add_argument("--target", choices=["wasm", "native"], default="wasm",
+                   help="clients train in the Wasm module (default) or in the same module "
+                        "compiled for this CPU (fedc.native: a server's fast path, same results)")
     _compile_flags(c)
     c.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
@@ -366,7 +370,11 @@ def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
     data = load_dataset(args.data, seed=config.seed, test_fraction=config.test_fraction,
                         task=art.model.task)
     check_fits(art.manifest, data)
-    sim = Simulation(art.wasm, art.manifest, data, config)
+    native = None
+    if args.target == "native":
+        from .native import native_ir
+        native = native_ir(art)
+    sim = Simulation(art.wasm, art.manifest, data, config, native)
     _show_start(args, sim)
     with RoundProgress(config.rounds, enabled=not args.json) as bar:
         result = sim.run(bar.update)
@@ -406,7 +414,8 @@ def _sim_report(args: argparse.Namespace, model: str, data: Any, result: Any) ->
         payload["partition"] = partition
     if not args.json:
         acc = result.final.test_accuracy
-        print(f"{len(result.rounds)} rounds, {payload['client_updates']} client updates in "
+        where = " (native)" if result.target == "native" else ""
+        print(f"{len(result.rounds)} rounds, {payload['client_updates']} client updates{where} in "
               f"{result.seconds:.2f} s: test loss {result.final.test_loss:.4f}"
               + (f", test accuracy {acc:.4f}" if acc is not None else "")
               + (" (diverged)" if result.diverged else "") + f"; results in {out}")

@@ -66,19 +66,26 @@ class NativeCode:
 
 def jit(art: Artifacts) -> NativeCode:
     """Compile art's training module for the host CPU."""
+    return jit_ir(native_ir(art), art.manifest)
+
+
+def jit_ir(text: str, manifest: dict[str, Any]) -> NativeCode:
+    """Compile a training module lowered for a native build (native_ir) for the host CPU;
+    `manifest` gives its exports' signatures and memory size. A simulation's worker processes
+    start from the text, not the source."""
     tm = host_target_machine()
-    mod = optimize(native_ir(art), tm)
+    mod = optimize(text, tm)
     optimized = str(mod)
     engine = llvm.create_mcjit_compiler(mod, tm)
     engine.finalize_object()
     exports = {}
     for name in EXPORTS:
-        sig = art.manifest["exports"][name]
+        sig = manifest["exports"][name]
         restype = _CTYPES[sig["results"][0]] if sig["results"] else None
         proto = ctypes.CFUNCTYPE(restype, *(_CTYPES[t] for t in sig["params"]))
         exports[name] = proto(engine.get_function_address(name))
     slot = ctypes.c_void_p.from_address(engine.get_global_value_address(BASE_GLOBAL))
-    return NativeCode(engine, exports, slot, int(art.manifest["memory"]["bytes"]), optimized)
+    return NativeCode(engine, exports, slot, int(manifest["memory"]["bytes"]), optimized)
 
 
 class _NativeCall:

@@ -297,3 +297,32 @@ def test_fedprox_simulation_differs_from_fedavg_and_mu_0_is_fedavg(digits_prox, 
     plain = on(digits_mlp, strategy="fedprox", strategy_options={"mu": 0.5})
     assert "compiled without the proximal term" in plain.warnings[0]
     assert plain.weights.tobytes() == fedavg.weights.tobytes()
+
+
+def test_the_native_target_trains_clients_to_the_same_bits(digits_mlp, digits_prox, digits):
+    """Simulation(native_ir=…): clients train in the module compiled for this CPU, here and in
+    worker processes (each JIT-compiles it), with the Wasm run's results bit for bit."""
+    from fedc.native import NativeModel, native_ir
+
+    config = dataclasses.replace(BASE, rounds=2)
+    sim = Simulation(digits_mlp.wasm, digits_mlp.manifest, digits, config,
+                     native_ir(digits_mlp))
+    assert isinstance(sim.model, NativeModel) and isinstance(sim.runner.local.model, NativeModel)
+    sim.runner.close()
+    wasm = simulate(digits_mlp.wasm, digits_mlp.manifest, digits, config)
+    native = simulate(digits_mlp.wasm, digits_mlp.manifest, digits, config,
+                      native_ir=native_ir(digits_mlp))
+    two = simulate(digits_mlp.wasm, digits_mlp.manifest, digits,
+                   dataclasses.replace(config, workers=2), native_ir=native_ir(digits_mlp))
+    assert wasm.target == "wasm" and native.target == two.target == "native"
+    assert native.summary()["target"] == "native"
+    for other in (native, two):
+        assert other.weights.tobytes() == wasm.weights.tobytes()
+        assert [r.test_loss for r in other.rounds] == [r.test_loss for r in wasm.rounds]
+    # FedProx's anchor, written into the native build's memory, pulls the same way
+    prox = dataclasses.replace(config, strategy="fedprox", strategy_options={"mu": 0.5})
+    a = simulate(digits_prox.wasm, digits_prox.manifest, digits, prox)
+    b = simulate(digits_prox.wasm, digits_prox.manifest, digits, prox,
+                 native_ir=native_ir(digits_prox))
+    assert a.weights.tobytes() == b.weights.tobytes()
+    assert not np.array_equal(a.weights, wasm.weights)

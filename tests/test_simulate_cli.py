@@ -79,6 +79,15 @@ def test_same_seed_same_bits_through_the_cli(tmp_path, capsys):
         (tmp_path / "b" / "weights.npy").read_bytes()
 
 
+def test_target_native_gives_the_wasm_bits_and_says_so(tmp_path, capsys):
+    args = ("--clients", "6", "--rounds", "2", "--seed", "5")
+    wasm = simulate_here(capsys, *args, "--out", str(tmp_path / "w"))
+    native = simulate_here(capsys, *args, "--out", str(tmp_path / "n"), "--target", "native")
+    assert (wasm["target"], native["target"]) == ("wasm", "native")
+    assert native["weights_sha256"] == wasm["weights_sha256"]
+    assert [r["test_loss"] for r in native["rounds"]] == [r["test_loss"] for r in wasm["rounds"]]
+
+
 def test_human_output_shows_progress_and_default_run_folder(tmp_path):
     out = fedc("simulate", EXAMPLE, "--data", "digits", "--rounds", "2", "--name", "smoke",
                "--dropout", "0.3", "--show-partition", cwd=tmp_path)
@@ -119,6 +128,7 @@ def test_strategy_options_and_fedprox_default_mu(tmp_path, capsys):
     (["--byzantine", "11"], "byzantine clients must be in 0..10"),
     (["--strategy", "krum", "--strategy-opt", "g=1"], "krum: unknown option 'g'"),
     (["--batch-size", "1000"], "exceeds the module's max batch 256"),
+    (["--target", "gpu"], "invalid choice: 'gpu' (choose from 'wasm', 'native')"),
 ])
 def test_bad_flags_exit_2_with_a_clear_message(args, message, tmp_path, capsys):
     code, _, err = cli(capsys, "simulate", EXAMPLE, "--data", "digits", "--rounds", "1",

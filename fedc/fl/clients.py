@@ -1,16 +1,17 @@
 """Client training: the compiled module + each client's data + the global model → client models.
 
-One Wasm instance trains every client in turn: the global weights go in by a memory copy
-(``set_weights``), the optimizer state is zeroed, the client trains its local epochs, and its
-model comes out by another copy. Client optimizer state does NOT persist across rounds: every
+One Wasm instance (or, with ModelSpec.native_ir, one native build of the same module) trains
+every client in turn: the global weights go in by a memory copy (``set_weights``), the
+optimizer state is zeroed, the client trains its local epochs, and its model comes out by
+another copy. Client optimizer state does NOT persist across rounds: every
 round starts fresh, like a Flower ClientApp that keeps no ``context.state`` (a client sampled
 every tenth round would otherwise resume momentum from a model ten rounds old).
 
 With W workers, the round's clients are split into W groups balanced by sample count; the
 calling process trains the first group while W − 1 spawned processes (each instantiating the
-module once, at start-up) train the others. A client's result depends only on the global
-weights, its data and its seed, and the caller aggregates in client-id order, so the outcome is
-bit-identical for any W.
+module once, at start-up; a native build is JIT-compiled in each) train the others. A client's
+result depends only on the global weights, its data and its seed, and the caller aggregates in
+client-id order, so the outcome is bit-identical for any W.
 """
 
 from __future__ import annotations
@@ -25,6 +26,29 @@ import numpy as np
 from .faults import TRAIN
 
 ClientResult = tuple[np.ndarray, float]  # (client model, mean training loss)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What any process needs to make the model clients train in: the Wasm module and its
+    manifest, and for a native build (the server's fast path, bit-identical on the tested
+    models: docs/abi.md) the training module lowered for the host (fedc.native.native_ir)."""
+
+    wasm: bytes
+    manifest: dict[str, Any]
+    native_ir: str | None = None
+
+    @property
+    def target(self) -> str:
+        return "wasm" if self.native_ir is None else "native"
+
+    def build(self) -> Any:
+        """A fresh fedc.runtime.Model, or fedc.native.NativeModel (same API)."""
+        if self.native_ir is None:
+            from ..runtime import Model
+            return Model(self.wasm, self.manifest)
+        from ..native import NativeModel, jit_ir
+        return NativeModel(jit_ir(self.native_ir, self.manifest), self.manifest)
 
 
 @dataclass(frozen=True)
@@ -76,13 +100,11 @@ class Trainer:
 # --- worker processes ----------------------------------------------------------------------------
 
 
-def _serve(conn: Connection, wasm: bytes, manifest: dict[str, Any], x: np.ndarray,
-           y: np.ndarray, parts: list[np.ndarray], settings: ClientSettings) -> None:
+def _serve(conn: Connection, spec: ModelSpec, x: np.ndarray, y: np.ndarray,
+           parts: list[np.ndarray], settings: ClientSettings) -> None:
     """A worker process: instantiate the module once, then train groups until told to stop."""
-    from ..runtime import Model
-
     try:
-        trainer = Trainer(Model(wasm, manifest), x, y, parts, settings)
+        trainer = Trainer(spec.build(), x, y, parts, settings)
         conn.send((True, None))  # ready
         while (job := conn.recv()) is not None:
             try:
@@ -145,14 +167,14 @@ def balance(clients: list[int], sizes: list[int], groups: int) -> list[list[int]
 class ClientRunner:
     """Trains a round's clients here, or here and in W − 1 worker processes."""
 
-    def __init__(self, model: Any, wasm: bytes, x: np.ndarray, y: np.ndarray,
+    def __init__(self, model: Any, spec: ModelSpec, x: np.ndarray, y: np.ndarray,
                  parts: list[np.ndarray], settings: ClientSettings, workers: int = 1) -> None:
         self.local = Trainer(model, x, y, parts, settings)
         self.sizes = [len(p) for p in parts]
         self.pool: list[_Worker] = []
         # spawn, not fork: wasmtime's compiler threads do not survive a fork
         ctx = multiprocessing.get_context("spawn")
-        args = (wasm, dict(model.manifest), x, y, parts, settings)
+        args = (spec, x, y, parts, settings)
         self.pool = [_Worker(ctx, args) for _ in range(workers - 1)]
 
     def train(self, global_weights: np.ndarray, rnd: int,

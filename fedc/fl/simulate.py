@@ -25,7 +25,7 @@ import numpy as np
 from ..check import FEDPROX_DEFAULT_MU
 from ..data import Dataset
 from ..diagnostics import UsageError
-from .clients import ClientRunner, ClientSettings
+from .clients import ClientRunner, ClientSettings, ModelSpec
 from .faults import (
     LOCAL_SPLIT,
     byzantine_clients,
@@ -172,6 +172,7 @@ class SimResult:
     startup_seconds: float
     diverged: bool
     strategy_options: dict[str, Any] = field(default_factory=dict)  # every option, as used
+    target: str = "wasm"  # where clients trained: the Wasm module, or "native" (same results)
 
     @property
     def final(self) -> RoundResult:
@@ -184,6 +185,7 @@ class SimResult:
         train_s = sum(r.train_seconds for r in self.rounds)
         return {
             "config": self.config.to_json(),
+            "target": self.target,
             "strategy": {"name": self.config.strategy, "options": self.strategy_options},
             "rounds": [r.to_json() for r in self.rounds],
             "final_test_accuracy": self.final.test_accuracy,
@@ -217,12 +219,14 @@ class Simulation:
     """The server's side of the loop; one instance runs one simulation."""
 
     def __init__(self, wasm: bytes, manifest: Mapping[str, Any], data: Dataset,
-                 config: SimConfig) -> None:
-        from ..runtime import Model
-
+                 config: SimConfig, native_ir: str | None = None) -> None:
+        """native_ir (fedc.native.native_ir of the same artifacts): every client trains in the
+        module compiled for this CPU rather than in Wasm; the results are the same."""
         config.validate()
         self.config, self.data = config, data
-        self.model = Model(wasm, manifest)
+        spec = ModelSpec(wasm, dict(manifest), native_ir)
+        self.target = spec.target
+        self.model = spec.build()
         _need(config.batch_size <= self.model.max_batch, f"batch size {config.batch_size} exceeds "
               f"the module's max batch {self.model.max_batch} (compile with --max-batch)")
         self.strategy: Strategy = make_strategy(config.strategy, **config.strategy_options)
@@ -242,7 +246,7 @@ class Simulation:
         settings = ClientSettings(config.local_epochs, config.batch_size, config.seed,
                                   config.lr, client_proximal_mu(self.strategy))
         start = time.perf_counter()
-        self.runner = ClientRunner(self.model.clone(), wasm, data.x_train, data.y_train, parts,
+        self.runner = ClientRunner(self.model.clone(), spec, data.x_train, data.y_train, parts,
                                    settings, config.workers)
         self.runner.warm_up()
         self.startup_seconds = time.perf_counter() - start
@@ -263,7 +267,7 @@ class Simulation:
             self.runner.close()
         return SimResult(self.config, rounds, self.weights, self.rows, sorted(self.byzantine),
                          self.warnings, time.perf_counter() - start, self.startup_seconds,
-                         diverged, _plain(self.strategy.options()))
+                         diverged, _plain(self.strategy.options()), self.target)
 
     def play_round(self, rnd: int) -> tuple[RoundResult, bool]:
         """Sample, fail, train, forge, aggregate, evaluate; (result, diverged)."""
@@ -372,6 +376,7 @@ def _proximal_warnings(strategy: Strategy, model: Any) -> list[str]:
 
 
 def simulate(wasm: bytes, manifest: Mapping[str, Any], data: Dataset, config: SimConfig,
-             on_round: Callable[[RoundResult], None] | None = None) -> SimResult:
-    """Run a whole simulation; see the module docstring."""
-    return Simulation(wasm, manifest, data, config).run(on_round)
+             on_round: Callable[[RoundResult], None] | None = None,
+             native_ir: str | None = None) -> SimResult:
+    """Run a whole simulation; see the module docstring (and Simulation for native_ir)."""
+    return Simulation(wasm, manifest, data, config, native_ir).run(on_round)
