@@ -215,19 +215,23 @@ def _pack_copy(b: ir.IRBuilder, src: ir.Value, ld: int, depth: ir.Value | int, g
 def _pack_transpose(b: ir.IRBuilder, src: ir.Value, depth: int, rows: ir.Value | int,
                     g: Group, count: ir.Value | int, dst: ir.Value, splat: bool = False) -> None:
     """dst[p][d][r] = src[first + p·width + r, d] for `count` panels; src is [rows, depth].
-    With `splat`, each float as SPLAT copies: dst[p][d][r][0:SPLAT].
+    With `splat` (always for a columns group), each float as SPLAT copies:
+    dst[p][d][r][0:SPLAT].
 
     Rows at or past `rows` repeat the last row: they only feed rows of C that are never
-    stored, and so the last panel reads no byte outside src.
+    stored, and so the last panel reads no byte outside src. A columns group's 1–3 rows are
+    read as a block of four that way, and only its own are stored.
     """
+    splat = splat or g.columns
     last = b.sub(_as(rows), _c(1))
     whole = depth - depth % 4
     per = g.width * (SPLAT if splat else 1)  # floats per unit of depth
+    blocks4 = _up(g.width, 4) // 4  # blocks of four source rows per panel
 
     def panel(p: ir.Value) -> None:
         r0 = b.add(_c(g.first), b.mul(p, _c(g.width)))
         starts = []  # element offset of each source row of the panel
-        for r in range(g.width):
+        for r in range(4 * blocks4):
             ri = b.add(r0, _c(r))
             starts.append(b.mul(imin(b, ri, last), _c(depth)))
         out = b.mul(p, _c(depth * per))
@@ -237,19 +241,19 @@ def _pack_transpose(b: ir.IRBuilder, src: ir.Value, depth: int, rows: ir.Value |
                 o = b.add(out, b.mul(b.add(_as(d), _c(j)), _c(per)))
                 for q, v in enumerate(col):
                     if splat:
-                        _st_splat(b, v, dst, o, 4 * q)
+                        _st_splat(b, v, dst, o, 4 * q, min(4, g.width - 4 * q))
                     else:
                         _st4(b, v, dst, b.add(o, _c(4 * q)), align=16)
 
         def step4(d: ir.Value) -> None:
             blocks = [transpose4(b, [_ld4(b, src, b.add(starts[4 * q + r], d)) for r in range(4)])
-                      for q in range(g.width // 4)]
+                      for q in range(blocks4)]
             store_cols(d, [[blk[j] for blk in blocks] for j in range(4)])
 
         _for_each(b, 0, whole, 4, step4, "pt")
         if depth % 4:  # the last 1–3 columns, gathered one float at a time
             store_cols(whole, [[_gather(b, src, starts[4 * q:4 * q + 4], d)
-                                for q in range(g.width // 4)] for d in range(whole, depth)])
+                                for q in range(blocks4)] for d in range(whole, depth)])
 
     _for_each(b, 0, count, 1, panel, "ptp")
 
@@ -427,7 +431,7 @@ def _store_tile(b: ir.IRBuilder, acc: list[list[ir.Value]], c: ir.Value, ldc: in
 
 def _store_columns(b: ir.IRBuilder, cols: list[ir.Value], c: ir.Value, ldc: int,
                    row0: ir.Value, rows: ir.Value | int, col0: ir.Value,
-                   bias: ir.Value | None, flavor: Flavor) -> None:
+                   bias: ir.Value | None, mask: ir.Value | None, flavor: Flavor) -> None:
     """C[row0 + r, col0 + j] (+)= epilogue(cols[j][r]) for row0 + r < rows: a columns tile."""
     xs = []
     for j, x in enumerate(cols):
@@ -442,6 +446,9 @@ def _store_columns(b: ir.IRBuilder, cols: list[ir.Value], c: ir.Value, ldc: int,
             base = b.add(b.mul(b.add(row0, _c(r)), _c(ldc)), col0)
             for j, x in enumerate(xs):
                 v, at = b.extract_element(x, _c(r)), _at(b, c, b.add(base, _c(j)))
+                if mask is not None:  # laid out like C
+                    keep = b.load(_at(b, mask, b.add(base, _c(j))), typ=F32, align=4)
+                    v = where_positive(b, keep, v)
                 if flavor.accumulate:
                     v = b.fadd(b.load(at, typ=F32, align=4), v)
                 b.store(v, at, align=4)
@@ -509,9 +516,8 @@ def _tiles(b: ir.IRBuilder, a_panels: Sequence[Panels], b_panels: Sequence[Panel
                         pa_i = _at(b, pa.base, b.mul(ip, _as(pa.stride)))
                         row0 = b.add(_c(pa.group.first), b.mul(ip, _c(MR)))
                         if pb.group.columns:
-                            assert mask is None, "nt packs no columns group"
                             vs = _column_product(b, pa, pa_i, pb, pb_j, depth, flavor.madd)
-                            _store_columns(b, vs, c, cols, row0, rows, col0, bias, flavor)
+                            _store_columns(b, vs, c, cols, row0, rows, col0, bias, mask, flavor)
                             return
                         acc = _tile_product(b, pb.group.width, pa, pa_i, pb, pb_j, depth,
                                             flavor.madd)
@@ -583,9 +589,9 @@ def tn_b_in_place_rows(n: int) -> int:
 
 
 def _packed_b_floats(kind: Kind, m_max: int, n: int, k: int, columns: bool) -> int:
-    """Floats of B's packed panels (nn, tn: `columns` as _b_panels is given it)."""
+    """Floats of B's packed panels (`columns` as the body's groups are made)."""
     if kind == "nt":
-        return _panel_floats(k, NR, True) * n
+        return _panel_floats(k, NR, True, columns) * n
     depth = k if kind == "nn" else m_max
     groups = _groups(n, NR, True, columns)
     in_place = _in_place_b(kind, n, k)  # then only panels with padding or columns are packed
@@ -700,14 +706,15 @@ def _body_nn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
 
 def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
     m, a, bm, c, mask, scratch = args
-    pb = []
-    for g in _groups(k, NR, narrow_edge=True):
-        dst = _at(b, scratch, g.first * n)
+    splat = _splat_a("nt", n, k, flavor.madd)
+    pb, packed = [], 0  # floats per unit of depth packed so far
+    for g in _groups(k, NR, narrow_edge=True, columns=not splat):
+        dst = _at(b, scratch, packed * n)
         _pack_transpose(b, bm, n, k, g, g.count, dst)
         pb.append(_packed(g, dst, n, b))
-    pa = _at(b, scratch, _packed_b_floats("nt", 0, n, k, False))
+        packed += g.floats
+    pa = _at(b, scratch, _packed_b_floats("nt", 0, n, k, not splat))
     count = ceil_div(b, m, MR)
-    splat = _splat_a("nt", n, k, flavor.madd)
     _pack_transpose(b, a, n, m, Group(0, 0, MR, MR), count, pa, splat=splat)
     _tiles(b, [_packed(Group(0, 0, MR, MR), pa, n, b, count, splat=splat)], pb, n, m, k, c,
            flavor, mask=mask if flavor.fused else None)
