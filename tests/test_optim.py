@@ -135,3 +135,36 @@ def test_a_model_without_fedprox_has_no_anchor_to_set() -> None:
     with pytest.raises(RuntimeDataError, match="no FedProx anchor"):
         model.set_weights(model.get_weights(), anchor=True)
     model.set_weights(model.get_weights())  # the default just skips the anchor
+
+
+def test_subnormal_optimizer_state_is_flushed_to_zero_every_16_steps() -> None:
+    """A state value below the smallest normal float becomes +0 after the update of every
+    step k ≡ 0 (mod lower.update.FLUSH_EVERY), and is left alone on the others: subnormal
+    arithmetic is slow on x86 and Wasm has no flush-to-zero mode."""
+    from fedc.lower.update import FLUSH_EVERY
+
+    art = compile_source(_source("sgd(lr=0.1, momentum=0.9)"), "opt.fed")
+    model = Model(art.wasm, art.manifest)
+    model.init_weights(0)
+    n, tiny = model.num_params, np.finfo(np.float32).tiny
+    first = model.weights_by_name()
+    w1 = next(iter(first.values()))  # dense_0's weight: x = 0 gives it exactly zero gradients
+    assert w1.shape == (6, 7)
+    x = np.zeros((5, 6), np.float32)
+    y = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+
+    def subnormals() -> int:
+        a = np.abs(model._state[:n])
+        return int(((a > 0) & (a < tiny)).sum())
+
+    for steps, flushed in ((0, True), (1, False), (FLUSH_EVERY - 1, False), (FLUSH_EVERY, True),
+                           (5 * FLUSH_EVERY, True)):
+        model.steps = steps
+        model._state[:n] = tiny / 4  # subnormal momentum everywhere
+        model.train_step(x, y)
+        if flushed:
+            assert subnormals() == 0, steps
+            assert (model._state[:w1.size] == 0).all()  # 0.9 · tiny/4 + 0, flushed
+        else:
+            assert subnormals() >= w1.size, steps  # decayed, still subnormal
+        assert model.steps == steps + 1
