@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,3 +47,21 @@ def test_node_profile_times_the_same_exports(small):
     times = profile_step.node_times(small, "relaxed-simd", True, 5, 2, 0.002)
     _check(times, 2)
     assert list(times) == profile_step.Profile(small, "relaxed-simd").names
+
+
+def test_whole_steps_leave_the_weights_as_they_were(small):
+    """The profile's hyper-parameters are the model's with lr = 0: thousands of steps in a row
+    time the same arithmetic on the same numbers (no drift between repetitions)."""
+    from fedc.link import ARENA_BASE
+
+    prof = profile_step.Profile(small, "simd128")
+    plan = prof.plan
+    lo = plan.params_offset - ARENA_BASE
+    hi = lo + 4 * plan.param_count
+    hp = (plan.hparams_offset - ARENA_BASE) // 4
+    assert prof.start[lo:hi].view(np.float32).any()  # random weights, not zeros
+    assert list(prof.start.view(np.float32)[hp:hp + 3]) == pytest.approx([0.0, 0.9, 0.0])
+    prof.time("step", 5, 0.002)
+    assert (prof.arena[lo:hi] == prof.start[lo:hi]).all()
+    state = plan.state_offset - ARENA_BASE
+    assert (prof.arena[state:state + 4 * plan.param_count] != 0).any()  # the update ran
