@@ -408,25 +408,33 @@ def _store_tile(b: ir.IRBuilder, acc: list[list[ir.Value]], c: ir.Value, ldc: in
     lanes = [min(4, cols - 4 * v) for v in range(len(acc[0]))]
     bias_v = [_ld_part(b, bias, b.add(col0, _c(4 * v)), n) if n > 0 else ZERO4
               for v, n in enumerate(lanes)] if bias is not None else []
-    valid = b.sub(_as(rows), row0)
-    for r, row in enumerate(acc):
-        def store_row(r: int = r, row: list[ir.Value] = row) -> None:
-            base = b.add(b.mul(b.add(row0, _c(r)), _c(ldc)), col0)
-            for v, n in enumerate(lanes):
-                if n > 0:
-                    at = b.add(base, _c(4 * v))
-                    x = b.fadd(row[v], bias_v[v]) if bias_v else row[v]
-                    if flavor.relu:  # relu's select: NaN gives 0, as fedc's relu op
-                        x = where_positive(b, x, x)
-                    if mask is not None:
-                        x = where_positive(b, _ld_part(b, mask, at, n), x)
-                    _store_out(b, x, c, at, n, flavor.accumulate)
+    def store_row(r: int, base: ir.Value) -> None:
+        row = acc[r]
+        for v, n in enumerate(lanes):
+            if n > 0:
+                at = b.add(base, _c(4 * v))
+                x = b.fadd(row[v], bias_v[v]) if bias_v else row[v]
+                if flavor.relu:  # relu's select: NaN gives 0, as fedc's relu op
+                    x = where_positive(b, x, x)
+                if mask is not None:
+                    x = where_positive(b, _ld_part(b, mask, at, n), x)
+                _store_out(b, x, c, at, n, flavor.accumulate)
 
-        if r == 0:  # a tile has at least one valid row
-            store_row()
+    _each_row(b, len(acc), ldc, row0, rows, col0, store_row)
+
+
+def _each_row(b: ir.IRBuilder, count: int, ldc: int, row0: ir.Value, rows: ir.Value | int,
+              col0: ir.Value, store_row: Callable[[int, ir.Value], None]) -> None:
+    """store_row(r, index of C[row0 + r, col0]) for the tile's rows r < count below `rows`:
+    the first always (a tile has at least one valid row), the others behind a branch."""
+    valid = b.sub(_as(rows), row0)
+    for r in range(count):
+        base = b.add(b.mul(b.add(row0, _c(r)), _c(ldc)), col0)
+        if r == 0:
+            store_row(r, base)
         else:
             with b.if_then(b.icmp_signed(">", valid, _c(r))):
-                store_row()
+                store_row(r, base)
 
 
 def _store_columns(b: ir.IRBuilder, cols: list[ir.Value], c: ir.Value, ldc: int,
@@ -440,24 +448,18 @@ def _store_columns(b: ir.IRBuilder, cols: list[ir.Value], c: ir.Value, ldc: int,
         if flavor.relu:  # relu's select: NaN gives 0, as fedc's relu op
             x = where_positive(b, x, x)
         xs.append(x)
-    valid = b.sub(_as(rows), row0)
-    for r in range(MR):
-        def store_row(r: int = r) -> None:
-            base = b.add(b.mul(b.add(row0, _c(r)), _c(ldc)), col0)
-            for j, x in enumerate(xs):
-                v, at = b.extract_element(x, _c(r)), _at(b, c, b.add(base, _c(j)))
-                if mask is not None:  # laid out like C
-                    keep = b.load(_at(b, mask, b.add(base, _c(j))), typ=F32, align=4)
-                    v = where_positive(b, keep, v)
-                if flavor.accumulate:
-                    v = b.fadd(b.load(at, typ=F32, align=4), v)
-                b.store(v, at, align=4)
 
-        if r == 0:  # a tile has at least one valid row
-            store_row()
-        else:
-            with b.if_then(b.icmp_signed(">", valid, _c(r))):
-                store_row()
+    def store_row(r: int, base: ir.Value) -> None:
+        for j, x in enumerate(xs):
+            v, at = b.extract_element(x, _c(r)), _at(b, c, b.add(base, _c(j)))
+            if mask is not None:  # laid out like C
+                keep = b.load(_at(b, mask, b.add(base, _c(j))), typ=F32, align=4)
+                v = where_positive(b, keep, v)
+            if flavor.accumulate:
+                v = b.fadd(b.load(at, typ=F32, align=4), v)
+            b.store(v, at, align=4)
+
+    _each_row(b, MR, ldc, row0, rows, col0, store_row)
 
 
 @dataclass(frozen=True)

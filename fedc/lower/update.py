@@ -15,6 +15,7 @@ from .kernels import (
     PTR,
     V4,
     accumulate,
+    const_like,
     emit_zip_static,
     f32c,
     i32c,
@@ -110,8 +111,7 @@ def flush_subnormal(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
 
     magnitude = b.and_(b.bitcast(x, ity), const(0x7FFFFFFF))
     tiny = b.icmp_signed("<", magnitude, const(0x00800000))  # the sign bit is cleared
-    zero = ir.Constant(x.type, [0.0] * LANES) if vec else f32c(0.0)
-    return b.select(tiny, zero, x)
+    return b.select(tiny, const_like(x, 0.0), x)
 
 
 def _grad_fn(spec: OptimizerSpec, clipped: bool) -> GradFn:
