@@ -278,27 +278,29 @@ def test_tn_reads_a_pre_packed_b() -> None:
                             ir.Constant(gemm.I32, 0), 0)
 
 
-def test_splat_a_panels_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Splat A panels pass under the B panels in blocks of gemm.A_BLOCK_BYTES; a block size
-    of a few panels gives several blocks, partial last blocks, and blocks that start or end
-    inside tn's remainder or in-place groups."""
-    monkeypatch.setattr(gemm, "A_BLOCK_BYTES", 3000)  # 46 panels at depth 1, 1 from depth 47
-    mod = _guarded_module(_cases((10, 13, 128), (3, 8, 65, 261)), "simd128")
-    rng = np.random.default_rng(4)
-    for i in range(len(mod.cases)):
-        for m in M_VALUES:
-            _run_and_check(mod, i, m, rng)
+def test_a_panels_are_packed_just_in_time_into_one_panels_room() -> None:
+    """A's packed panels (nn, nt; tn where A is not read in place and has two full panels or
+    more) are packed one at a time as the tiles reach them, so scratch holds one panel of A
+    (tn: plus its packed remainder), splat or not; nn with B packed just in time packs all of
+    A up front instead (every remainder path runs in the tests above)."""
+    m, s4 = 33, gemm.SPLAT
+    assert gemm._packed_a_floats("nn", m, 40, 64, splat=True) == s4 * gemm.MR * 64
+    assert gemm._packed_a_floats("nt", m, 40, 64, splat=False) == gemm.MR * 40
+    assert gemm._packed_a_floats("nn", m, 20, 261, splat=False) == 36 * 261  # _jit_b: all of A
+    assert gemm._packed_a_floats("tn", m, 40, 200, splat=True) == s4 * gemm.MR * m
+    assert gemm._packed_a_floats("tn", m, 10, 201, splat=False) == 2 * gemm.MR * m  # + 1 column
+    assert gemm._packed_a_floats("tn", m, 40, 6, splat=True) == s4 * 8 * m  # one panel and a half
 
 
 def test_splat_layout_broadcasts_each_float() -> None:
     """A splat A panel is four times the packed one (each float once per lane), and only
     where each float of A feeds SPLAT_MIN_COLS columns of C or more."""
     wide, narrow = gemm.SPLAT_MIN_COLS, gemm.SPLAT_MIN_COLS - 1
-    assert gemm.scratch_bytes("nn", 5, wide, 3) == 4 * gemm.SPLAT * 8 * 3  # B read in place
-    assert gemm.scratch_bytes("tn", 5, wide, 200) == 4 * (wide * 5 + gemm.SPLAT * 200 * 5)
-    assert gemm.scratch_bytes("nt", 5, 3, wide) == 4 * (wide * 3 + gemm.SPLAT * 8 * 3)
+    assert gemm.scratch_bytes("nn", 5, wide, 3) == 4 * gemm.SPLAT * 4 * 3  # B read in place
+    assert gemm.scratch_bytes("tn", 5, wide, 200) == 4 * (wide * 5 + gemm.SPLAT * 4 * 5)
+    assert gemm.scratch_bytes("nt", 5, 3, wide) == 4 * (wide * 3 + gemm.SPLAT * 4 * 3)
     # 31 columns of C: three 8-wide panels, a 4-wide one and a columns group of 3 broadcasts
-    assert gemm.scratch_bytes("nt", 5, 3, narrow) == 4 * ((24 + 4 + 3 * gemm.SPLAT) * 3 + 8 * 3)
+    assert gemm.scratch_bytes("nt", 5, 3, narrow) == 4 * ((24 + 4 + 3 * gemm.SPLAT) * 3 + 4 * 3)
     assert gemm._tn_a_in_place(narrow, 64) and not gemm._tn_a_in_place(wide, 64)
     # with relaxed_madd's FMAs the shuffles are free: no splat, tn's A in place again
     assert gemm._splat_a("nn", wide, 3) and not gemm._splat_a("nn", wide, 3, madd=True)
@@ -322,9 +324,30 @@ def test_remainder_columns_are_columns_groups_unless_a_is_splat() -> None:
     assert gemm._panel_floats(10, gemm.NR, True, columns=True) == 8 + 2 * gemm.SPLAT
     # scratch holds the larger layout: simd128's splat A with a padded B remainder, or
     # relaxed-simd's plain A with a columns group (here the former)
-    splat_a, plain_a = gemm.SPLAT * 8 * 3, 8 * 3  # A: 5 rows → 8, depth 3
+    splat_a, plain_a = gemm.SPLAT * 4 * 3, 4 * 3  # one panel of A's (just in time), depth 3
     assert gemm.scratch_bytes("nn", 5, 34, 3) == 4 * max(splat_a + 4 * 3,
                                                          plain_a + 2 * gemm.SPLAT * 3)
+
+
+def test_nn_packs_b_panels_just_in_time() -> None:
+    """Where nn packs B and A's panels are not splat, each full 8-wide B panel is packed into
+    one panel's room just before its tiles (gemm._jit_b); the remainder is packed up front."""
+    assert gemm._jit_b("nn", 20, 261, True) and not gemm._jit_b("nn", 20, 64, True)  # in place
+    assert not gemm._jit_b("nn", 128, 65, False)  # splat A: every B panel packed up front
+    assert gemm._jit_b("nn", 128, 65, True) and not gemm._jit_b("tn", 20, 261, True)
+    # n = 20: two full panels share 8 floats a unit of depth, the 4-wide remainder has 4
+    assert gemm._packed_b_floats("nn", 0, 20, 261, True) == (8 + 4) * 261
+    assert gemm._packed_b_floats("nn", 0, 20, 261, False) == (16 + 4) * 261
+    shapes = {"simd128": [(16, 261), (20, 300), (29, 261)],  # narrow: A never splat
+              "relaxed-simd": [(128, 65), (40, 261)]}  # 128: rows in 8 L1 sets, packed at 65
+    for i, (variant, nk) in enumerate(shapes.items()):
+        cases = [Case("nn", n, k, extra=j % 2 == 0, accumulate=j % 2 == 1, relu=j < 2)
+                 for j, (n, k) in enumerate(nk)]
+        mod = _guarded_module(cases, variant)
+        rng = np.random.default_rng(6 + i)
+        for c in range(len(cases)):
+            for m in M_VALUES:
+                _run_and_check(mod, c, m, rng)
 
 
 def test_tn_reads_b_in_place_up_to_a_row_count(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,6 @@ from .kernels import (
     LANES,
     carry_loop,
     ceil_div,
-    imax,
     imin,
     load_split,
     mul_add,
@@ -44,9 +43,6 @@ NR = 8
 # relaxed_madd, whose FMAs leave the shuffles a port of their own (_splat_a).
 SPLAT = LANES
 SPLAT_MIN_COLS = 32
-# Bytes of splat A panels that pass under all B panels before the next ones (_tiles): half
-# the smallest L2 of the x86-64 cores measured here (Zen 3: 512 KB per core).
-A_BLOCK_BYTES = 256 * 1024
 
 
 def _c(x: int) -> ir.Constant:
@@ -175,10 +171,10 @@ def _st_splat(b: ir.IRBuilder, v: ir.Value, dst: ir.Value, o: ir.Value, lane0: i
 
 def _pack_copy(b: ir.IRBuilder, src: ir.Value, ld: int, depth: ir.Value | int, g: Group,
                dst: ir.Value, row_sum: ir.Value | None = None, accumulate: bool = False,
-               splat: bool = False) -> None:
+               splat: bool = False, only: ir.Value | None = None) -> None:
     """dst[p][d][0:width] = src[d, first + p·width …] (zero past the valid lanes); with
     `splat` (always for a columns group), each of those floats as SPLAT copies
-    (dst[p][d][lane][0:SPLAT]).
+    (dst[p][d][lane][0:SPLAT]). With `only`, panel `only` alone, at dst[0].
 
     With row_sum, also row_sum[first + …] (+)= Σ_d src[d, …] of the lanes packed.
     """
@@ -188,7 +184,7 @@ def _pack_copy(b: ir.IRBuilder, src: ir.Value, ld: int, depth: ir.Value | int, g
 
     def panel(p: ir.Value) -> None:
         col = b.add(_c(g.first), b.mul(p, _c(g.width)))
-        out = b.mul(p, b.mul(_as(depth), _c(per)))
+        out = b.mul(p, b.mul(_as(depth), _c(per))) if only is None else _c(0)
         lanes = [min(4, g.last_valid - 4 * v) if g.count == 1 else 4 for v in range(nv)]
 
         def step(d: ir.Value, sums: list[ir.Value]) -> list[ir.Value]:
@@ -209,11 +205,15 @@ def _pack_copy(b: ir.IRBuilder, src: ir.Value, ld: int, depth: ir.Value | int, g
                 if n > 0:
                     _store_out(b, sums[v], row_sum, b.add(col, _c(4 * v)), n, accumulate)
 
-    _for_each(b, 0, g.count, 1, panel, "pcp")
+    if only is not None:
+        panel(only)
+    else:
+        _for_each(b, 0, g.count, 1, panel, "pcp")
 
 
 def _pack_transpose(b: ir.IRBuilder, src: ir.Value, depth: int, rows: ir.Value | int,
-                    g: Group, count: ir.Value | int, dst: ir.Value, splat: bool = False) -> None:
+                    g: Group, count: ir.Value | int, dst: ir.Value, splat: bool = False,
+                    only: ir.Value | None = None) -> None:
     """dst[p][d][r] = src[first + p·width + r, d] for `count` panels; src is [rows, depth].
     With `splat` (always for a columns group), each float as SPLAT copies:
     dst[p][d][r][0:SPLAT].
@@ -234,7 +234,7 @@ def _pack_transpose(b: ir.IRBuilder, src: ir.Value, depth: int, rows: ir.Value |
         for r in range(4 * blocks4):
             ri = b.add(r0, _c(r))
             starts.append(b.mul(imin(b, ri, last), _c(depth)))
-        out = b.mul(p, _c(depth * per))
+        out = b.mul(p, _c(depth * per)) if only is None else _c(0)
 
         def store_cols(d: ir.Value | int, cols: list[list[ir.Value]]) -> None:
             for j, col in enumerate(cols):  # col[q]: column d + j of rows 4q … 4q + 3
@@ -255,7 +255,10 @@ def _pack_transpose(b: ir.IRBuilder, src: ir.Value, depth: int, rows: ir.Value |
             store_cols(whole, [[_gather(b, src, starts[4 * q:4 * q + 4], d)
                                 for q in range(blocks4)] for d in range(whole, depth)])
 
-    _for_each(b, 0, count, 1, panel, "ptp")
+    if only is not None:
+        panel(only)
+    else:
+        _for_each(b, 0, count, 1, panel, "ptp")
 
 
 def _gather(b: ir.IRBuilder, src: ir.Value, starts: Sequence[ir.Value], d: int) -> ir.Value:
@@ -476,6 +479,8 @@ class Panels:
     ld: int | ir.Value
     align: int = 16
     splat: bool = False  # A only: each float stored 4 times (a <4 x float> broadcast)
+    # packs panel i at base just before its tiles (then stride is 0): _tiles, _jit_b
+    pack: Callable[[ir.Value], None] | None = None
 
 
 def _packed(group: Group, base: ir.Value, depth: ir.Value | int, b: ir.IRBuilder,
@@ -496,51 +501,44 @@ def _tiles(b: ir.IRBuilder, a_panels: Sequence[Panels], b_panels: Sequence[Panel
            bias: ir.Value | None = None, mask: ir.Value | None = None) -> None:
     """C[rows, cols] (+)= epilogue(A panels · B panels), tile by tile.
 
-    B panels outside, A panels inside: one B panel stays in L1 while the A panels stream.
-    Splat A panels are four times the size of A, so they pass in blocks of A_BLOCK_BYTES,
-    each block under every B panel in turn: a block stays in L2 (512³ unblocked: 4 MB of
-    splat A, 32 → 23 GFLOP/s).
+    Where A's panels are packed just in time (a `pack`), A panels outside: each is packed into
+    one panel's room, which stays in L1 while every B panel passes (B in place or packed up
+    front). Packing all of A first wrote it to L2 and read it back once per B panel: splat A
+    is four times A (MNIST's 64 × 784 input: 800 KB), and in 256 KB blocks under the B panels
+    (which a 4 MB splat A at 512³ needed) every block streamed all of B again. Otherwise B
+    panels outside (nn's B packed just in time, or A given packed): one B panel stays in L1
+    while the A panels stream. Measured in docs/performance.md (2026-12-07, just-in-time A).
     """
     if not flavor.madd and isinstance(depth, int):  # not for relaxed_madd: its loop then ran
         depth = opaque_count(b, depth)  # 2× slower (MNIST, 256 deep)
-    firsts: list[ir.Value] = [_c(0)]  # each group's first panel in the run of all A panels
-    for pa in a_panels:
-        firsts.append(b.add(firsts[-1], _as(pa.count)))
-    total = firsts.pop()
 
-    def block(lo: ir.Value, hi: ir.Value) -> None:  # A panels lo … hi − 1 of the run
-        for pb in b_panels:
-            def col_tiles(jp: ir.Value, pb: Panels = pb) -> None:
-                pb_j = _at(b, pb.base, b.mul(jp, _as(pb.stride)))
-                col0 = b.add(_c(pb.group.first), b.mul(jp, _c(pb.group.width)))
-                for pa, first in zip(a_panels, firsts, strict=True):
-                    def tile(ip: ir.Value, pa: Panels = pa) -> None:
-                        pa_i = _at(b, pa.base, b.mul(ip, _as(pa.stride)))
-                        row0 = b.add(_c(pa.group.first), b.mul(ip, _c(MR)))
-                        if pb.group.columns:
-                            vs = _column_product(b, pa, pa_i, pb, pb_j, depth, flavor.madd)
-                            _store_columns(b, vs, c, cols, row0, rows, col0, bias, mask, flavor)
-                            return
-                        acc = _tile_product(b, pb.group.width, pa, pa_i, pb, pb_j, depth,
-                                            flavor.madd)
-                        _store_tile(b, acc, c, cols, row0, rows, col0, pb.group.last_valid,
-                                    bias, mask, flavor)
+    def tile(pa: Panels, ip: ir.Value, pb: Panels, jp: ir.Value) -> None:
+        pa_i = _at(b, pa.base, b.mul(ip, _as(pa.stride)))
+        pb_j = _at(b, pb.base, b.mul(jp, _as(pb.stride)))
+        row0 = b.add(_c(pa.group.first), b.mul(ip, _c(MR)))
+        col0 = b.add(_c(pb.group.first), b.mul(jp, _c(pb.group.width)))
+        if pb.group.columns:
+            vs = _column_product(b, pa, pa_i, pb, pb_j, depth, flavor.madd)
+            _store_columns(b, vs, c, cols, row0, rows, col0, bias, mask, flavor)
+            return
+        acc = _tile_product(b, pb.group.width, pa, pa_i, pb, pb_j, depth, flavor.madd)
+        _store_tile(b, acc, c, cols, row0, rows, col0, pb.group.last_valid, bias, mask, flavor)
 
-                    start = imax(b, b.sub(lo, first), _c(0))  # this block's panels of pa
-                    _for_each(b, start, imin(b, b.sub(hi, first), _as(pa.count)), 1, tile, "ip")
+    outer, inner = a_panels, b_panels
+    if not any(pa.pack for pa in a_panels):
+        outer, inner = b_panels, a_panels
+    assert not any(p.pack for p in inner), "only the outer operand is packed just in time"
+    for po in outer:
+        def line(i: ir.Value, po: Panels = po) -> None:
+            if po.pack is not None:
+                po.pack(i)
+            for pi in inner:
+                def one(j: ir.Value, pi: Panels = pi) -> None:
+                    tile(*((po, i, pi, j) if outer is a_panels else (pi, j, po, i)))
 
-            _for_each(b, 0, pb.group.count, 1, col_tiles, "jp")
+                _for_each(b, 0, pi.count, 1, one, "jp" if outer is a_panels else "ip")
 
-    if not any(pa.splat for pa in a_panels):
-        block(_c(0), total)
-        return
-    depth1 = imax(b, _as(depth), _c(1))  # tn's depth is m, which may be 0
-    per = b.udiv(_c(A_BLOCK_BYTES), b.mul(depth1, _c(4 * max(pa.ld for pa in a_panels))))
-    per = imax(b, per, _c(1))  # A panels per block
-    blocks = b.udiv(b.add(total, b.sub(per, _c(1))), per)
-    _for_each(b, 0, blocks, 1,
-              lambda blk: block(b.mul(blk, per), imin(b, b.add(b.mul(blk, per), per), total)),
-              "ib")
+        _for_each(b, 0, po.count, 1, line, "ip" if outer is a_panels else "jp")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,6 +572,15 @@ def l1_rows(ld: int) -> int:
     return L1_WAYS * (L1_SETS // math.gcd(ld // LINE_FLOATS, L1_SETS))
 
 
+def _jit_b(kind: Kind, n: int, k: int, columns: bool) -> bool:
+    """Whether nn packs each full B panel just before its tiles (B panels outside, _tiles)
+    rather than A's: where B is packed and A's panels are not splat (`columns`), so that all
+    of A packed up front is A's size, not four times it. MNIST's 64×784×256 forward under
+    relaxed-simd: 816 µs with A's panels just in time and B packed up front, 792 with B's
+    (min of 7 interleaved; before either, 830; V8: 684 → 656)."""
+    return kind == "nn" and columns and not _in_place_b(kind, n, k)
+
+
 def _in_place_b(kind: Kind, n: int, k: int) -> bool:
     """Whether B's full panels are read in place: nn only, and only when the panel's k rows
     (n floats apart) fit in L1's sets. MNIST's 256×128 second layer (rows 512 bytes apart:
@@ -597,7 +604,9 @@ def _packed_b_floats(kind: Kind, m_max: int, n: int, k: int, columns: bool) -> i
     depth = k if kind == "nn" else m_max
     groups = _groups(n, NR, True, columns)
     in_place = _in_place_b(kind, n, k)  # then only panels with padding or columns are packed
-    return sum(g.floats for g in groups if not (in_place and g.in_place)) * depth
+    jit = _jit_b(kind, n, k, columns)  # then the full panels take one panel's room
+    return sum(g.floats // g.count if jit and g.count > 1 else g.floats
+               for g in groups if not (in_place and g.in_place)) * depth
 
 
 def scratch_bytes(kind: Kind, m_max: int, n: int, k: int, a_packed: bool = False) -> int:
@@ -633,21 +642,28 @@ def _tn_a_in_place(n: int, k: int, madd: bool = False) -> bool:
 
 
 def _packed_a_floats(kind: Kind, m_max: int, n: int, k: int, splat: bool) -> int:
+    """Floats of A's packed panels: one panel's room where they are packed just in time."""
     per = SPLAT if splat else 1
+    if kind == "nn" and _jit_b(kind, n, k, not splat):  # all of A up front
+        return per * _up(m_max, MR) * k
     if kind != "tn":
-        return per * _up(m_max, MR) * (k if kind == "nn" else n)
+        return per * MR * (k if kind == "nn" else n)
     if k <= TN_A_IN_PLACE_MAX_K and not splat:  # _tn_a_in_place: only the last 1–3 columns
         return MR * m_max if k % MR else 0
+    if k // MR > 1:  # the full panels just in time, then the remainder's
+        return per * (MR + _up(k % MR, MR)) * m_max
     return per * _up(k, MR) * m_max
 
 
 def _b_panels(b: ir.IRBuilder, src: ir.Value, n: int, depth: ir.Value | int,
               scratch: ir.Value, in_place: bool | ir.Value, columns: bool,
-              row_sum: ir.Value | None = None, accumulate: bool = False) -> list[Panels]:
+              row_sum: ir.Value | None = None, accumulate: bool = False,
+              jit: bool = False) -> list[Panels]:
     """B[depth, n] as panels: those without padding lanes in place (if in_place; an i1 value
     decides at run time), the others packed at scratch[0…]; with `columns` (A's panels are not
     splat) the last 1–3 columns as a columns group. With row_sum, also row_sum[j] (+)=
-    Σ_d B[d, j] (tn's bias gradient)."""
+    Σ_d B[d, j] (tn's bias gradient). With `jit` (_jit_b), a group of several full panels is
+    packed one panel at a time, as _tiles reaches it."""
     panels, packed = [], 0  # floats per unit of depth packed so far
     for g in _groups(n, NR, narrow_edge=True, columns=columns):
         if in_place is True and g.in_place:
@@ -655,6 +671,15 @@ def _b_panels(b: ir.IRBuilder, src: ir.Value, n: int, depth: ir.Value | int,
             panels.append(_in_place(b, src, g, n))
             continue
         dst = _at(b, scratch, b.mul(_as(depth), _c(packed)))
+        if jit and g.count > 1:
+            assert row_sum is None, "row sums are fused into the packing copy"
+            packed += g.floats // g.count
+
+            def pack(jp: ir.Value, g: Group = g, dst: ir.Value = dst) -> None:
+                _pack_copy(b, src, n, depth, g, dst, only=jp)
+
+            panels.append(Panels(g, dst, g.count, 0, g.width, pack=pack))
+            continue
         packed += g.floats
         if isinstance(in_place, bool) or not g.in_place:
             _pack_copy(b, src, n, depth, g, dst, row_sum, accumulate)
@@ -695,15 +720,29 @@ def emit_pack_a(b: ir.IRBuilder, *, m: int, k: int, a: ir.Value, dst: ir.Value) 
 def _body_nn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
     m, a, bm, c, bias, scratch = args
     splat = _splat_a("nn", n, k, flavor.madd) and not flavor.a_packed
-    pb = _b_panels(b, bm, n, k, scratch, _in_place_b("nn", n, k), not splat)
+    pb = _b_panels(b, bm, n, k, scratch, _in_place_b("nn", n, k), not splat,
+                   jit=_jit_b("nn", n, k, not splat))
     count = ceil_div(b, m, MR)
     if flavor.a_packed:
-        pa = a
+        pa = _packed(Group(0, 0, MR, MR), a, k, b, count)
     else:
-        pa = _at(b, scratch, _packed_b_floats("nn", 0, n, k, not splat))
-        _pack_transpose(b, a, k, m, Group(0, 0, MR, MR), count, pa, splat=splat)
-    _tiles(b, [_packed(Group(0, 0, MR, MR), pa, k, b, count, splat=splat)], pb, k, m, n, c,
-           flavor, bias=bias if flavor.fused else None)
+        dst = _at(b, scratch, _packed_b_floats("nn", 0, n, k, not splat))
+        pa = _a_panels(b, a, k, m, count, dst, splat, just_in_time=not any(p.pack for p in pb))
+    _tiles(b, [pa], pb, k, m, n, c, flavor, bias=bias if flavor.fused else None)
+
+
+def _a_panels(b: ir.IRBuilder, a: ir.Value, depth: int, m: ir.Value, count: ir.Value,
+              dst: ir.Value, splat: bool, just_in_time: bool = True) -> Panels:
+    """nn's and nt's A[m, depth] as `count` transposed panels of MR rows at dst: each packed as
+    _tiles reaches it (into one panel's room), or all now."""
+    g = Group(0, 0, MR, MR)
+    panels = _packed(g, dst, depth, b, count, splat=splat)
+    if not just_in_time:
+        _pack_transpose(b, a, depth, m, g, count, dst, splat=splat)
+        return panels
+    return Panels(g, dst, count, 0, panels.ld, splat=splat,
+                  pack=lambda i: _pack_transpose(b, a, depth, m, g, count, dst, splat=splat,
+                                                 only=i))
 
 
 def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
@@ -715,11 +754,9 @@ def _body_nt(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
         _pack_transpose(b, bm, n, k, g, g.count, dst)
         pb.append(_packed(g, dst, n, b))
         packed += g.floats
-    pa = _at(b, scratch, _packed_b_floats("nt", 0, n, k, not splat))
-    count = ceil_div(b, m, MR)
-    _pack_transpose(b, a, n, m, Group(0, 0, MR, MR), count, pa, splat=splat)
-    _tiles(b, [_packed(Group(0, 0, MR, MR), pa, n, b, count, splat=splat)], pb, n, m, k, c,
-           flavor, mask=mask if flavor.fused else None)
+    dst = _at(b, scratch, _packed_b_floats("nt", 0, n, k, not splat))
+    pa = _a_panels(b, a, n, m, ceil_div(b, m, MR), dst, splat)
+    _tiles(b, [pa], pb, n, m, k, c, flavor, mask=mask if flavor.fused else None)
 
 
 def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
@@ -735,14 +772,24 @@ def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
                        row_sum if flavor.fused else None, flavor.accumulate)
     rest = _at(b, scratch, b.mul(m, _c(_packed_b_floats("tn", 1, n, k, not splat))))
     pa = []
+    packed = 0  # floats per row of B (unit of depth) packed so far
     for g in _groups(k, MR, narrow_edge=False):
         if in_place and g.last_valid == MR:
             pa.append(_in_place(b, a, g, k))
-        else:
-            first = 0 if in_place else g.first * (SPLAT if splat else 1)
-            dst = _at(b, rest, b.mul(m, _c(first)))
-            _pack_copy(b, a, k, m, g, dst, splat=splat)
-            pa.append(_packed(g, dst, m, b, splat=splat))
+            continue
+        dst = _at(b, rest, b.mul(m, _c(packed)))
+        panels = _packed(g, dst, m, b, splat=splat)
+        if g.count > 1:  # just in time (_tiles)
+            packed += g.width * (SPLAT if splat else 1)
+
+            def pack(i: ir.Value, g: Group = g, dst: ir.Value = dst) -> None:
+                _pack_copy(b, a, k, m, g, dst, splat=splat, only=i)
+
+            pa.append(Panels(g, dst, g.count, 0, panels.ld, splat=splat, pack=pack))
+            continue
+        packed += g.floats * (SPLAT if splat else 1)
+        _pack_copy(b, a, k, m, g, dst, splat=splat)
+        pa.append(panels)
     _tiles(b, pa, pb, m, k, n, c, flavor)
 
 
