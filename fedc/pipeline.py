@@ -58,11 +58,16 @@ class Artifacts:
 
     def write(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "model.wasm").write_bytes(self.wasm)
-        for name, wasm in self.variants.items():
-            (out / variant_file(name)).write_bytes(wasm)
-        (out / "manifest.json").write_text(json.dumps(self.manifest, indent=2) + "\n")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "model.wasm").write_bytes(self.wasm)
+            for name, wasm in self.variants.items():
+                (out / variant_file(name)).write_bytes(wasm)
+            (out / "manifest.json").write_text(json.dumps(self.manifest, indent=2) + "\n")
+        except OSError as exc:  # a bad -o (a file, a read-only place) is the user's to fix
+            why = ("it exists and is not a directory" if isinstance(exc, FileExistsError)
+                   else exc.strerror or str(exc))
+            raise UsageError([Diagnostic(f"cannot write {exc.filename or out}: {why}")]) from None
         return out
 
 

@@ -120,3 +120,14 @@ def test_the_parser_imports_no_server_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == ""
+
+
+def test_unusable_out_dir_is_a_usage_error_with_json(tmp_path):
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    for out_dir, why in [(in_the_way, "it exists and is not a directory"),
+                         (in_the_way / "sub", "Not a directory")]:
+        out = fedc("compile", EXAMPLE, "-o", str(out_dir), "--json")
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert f"cannot write {out_dir}: {why}" in out.stderr
+        assert json.loads(out.stdout)["ok"] is False
