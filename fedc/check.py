@@ -109,7 +109,28 @@ class _Checker:
 
     # --- expressions ----------------------------------------------------------------------
     def expr(self, e: ast.Expr) -> Any:
-        """A Value, a constant (int/float/str/bool), or None after an error was reported."""
+        """A Value, a constant (int/float/str/bool), or None after an error was reported.
+
+        Walks the tree with an explicit stack (operands left to right, then the operation),
+        so a deeply nested or very long expression cannot overflow Python's stack; the parser
+        builds such trees non-recursively too.
+        """
+        todo: list[tuple[ast.Expr, bool]] = [(e, False)]
+        done: list[Any] = []  # the values of finished subexpressions, in order
+        while todo:
+            node, ready = todo.pop()
+            operands = _operands(node)
+            if ready or not operands:
+                values = done[len(done) - len(operands):]
+                del done[len(done) - len(operands):]
+                done.append(self.evaluate(node, values))
+            else:
+                todo.append((node, True))
+                todo.extend((o, False) for o in reversed(operands))
+        return done[0]
+
+    def evaluate(self, e: ast.Expr, operands: list[Any]) -> Any:
+        """One node's value, given its operands' values (see `_operands`)."""
         if isinstance(e, ast.Num | ast.Str):
             return e.value
         if isinstance(e, ast.Name):
@@ -121,16 +142,15 @@ class _Checker:
             self.unknown(e.id, "name", list(self.env), e.span)
             return None
         if isinstance(e, ast.BinOp):
-            return self.binop(e)
-        return self.call(e)
+            return self.binop(e, *operands)
+        return self.call(e, operands)
 
     def unknown(self, name: str, what: str, known: list[str], span: Span) -> None:
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         self.diag.error(f"unknown {what} {name!r}{hint}", span)
 
-    def binop(self, e: ast.BinOp) -> Any:
-        left, right = self.expr(e.left), self.expr(e.right)
+    def binop(self, e: ast.BinOp, left: Any, right: Any) -> Any:
         if left is None or right is None:
             return None
         if e.op != "+" or not (isinstance(left, Value) and isinstance(right, Value)):
@@ -139,10 +159,10 @@ class _Checker:
             return None
         return self.apply("add", [left, right], {}, e.span, (e.left.span, e.right.span), {})
 
-    def call(self, e: ast.Call) -> Any:
+    def call(self, e: ast.Call, operands: list[Any]) -> Any:
         ops = surface_ops()
-        args = [self.expr(a) for a in e.args]
-        kwargs = {k.name: self.expr(k.value) for k in e.kwargs}
+        args = operands[:len(e.args)]
+        kwargs = {k.name: v for k, v in zip(e.kwargs, operands[len(e.args):], strict=True)}
         if e.func not in ops:
             self.unknown(e.func, "function", list(ops), e.func_span)
             return None
@@ -173,6 +193,15 @@ class _Checker:
                 name, where = self.defined_at[a.id]
                 return ((f"{name} ({a.type}) defined here", where),)
         return ()
+
+
+def _operands(e: ast.Expr) -> tuple[ast.Expr, ...]:
+    """The subexpressions `_Checker.evaluate` needs the values of, in evaluation order."""
+    if isinstance(e, ast.BinOp):
+        return (e.left, e.right)
+    if isinstance(e, ast.Call):
+        return (*e.args, *(k.value for k in e.kwargs))
+    return ()
 
 
 def check(program: ast.Program) -> CheckedModel:

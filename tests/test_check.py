@@ -72,3 +72,28 @@ def test_valid_example_checks(digits_mlp_source):
         "dense_0.weight", "dense_0.bias", "dense_1.weight", "dense_1.bias"]
     assert model.federated["strategy"] == "fedavg"
     assert model.optimizer.hparams["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("expr", ["x" + " + x" * 3000, "relu(" * 3000 + "x" + ")" * 3000],
+                         ids=["long_sum", "deep_nesting"])
+def test_checker_handles_expressions_deeper_than_pythons_stack(expr):
+    src = ("model M:\n    input x: f32[4]\n    target y: class[3]\n"
+           f"    h = {expr}\n    loss = softmax_cross_entropy(dense(h, 3), y)\n"
+           "optimizer sgd(lr=0.1)\n")
+    model = check_source(src, "deep.fed")
+    assert len(model.graph.nodes) > 3000
+
+
+def test_checker_keeps_evaluation_order_and_every_error_in_calls():
+    src = """model M:
+    input x: f32[4]
+    target y: class[3]
+    h = foo(bar(x, q=zz), baz(x) + w)
+    loss = softmax_cross_entropy(dense(x, 3), y)
+optimizer sgd(lr=0.1)
+"""
+    with pytest.raises(CheckError) as info:
+        check_source(src, "order.fed")
+    found = [(d.span.line, d.span.col, d.message.split("'")[1]) for d in info.value.diagnostics]
+    assert found == [(4, 22, "zz"), (4, 13, "bar"), (4, 27, "baz"), (4, 36, "w"),
+                     (4, 9, "foo")]
