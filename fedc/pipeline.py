@@ -11,10 +11,10 @@ from typing import Any
 from . import __version__
 from .autodiff import grad
 from .check import CheckedModel, check
-from .diagnostics import Diagnostic, UsageError
+from .diagnostics import CheckError, Diagnostic, Span, UsageError
 from .emit import FEATURES, Emitted, emit
 from .fuse import fuse
-from .ir import Graph, format_graph, verify
+from .ir import Graph, Value, format_graph, verify
 from .link import ARENA_BASE, link, memory_size
 from .lower.module import EXPORTS, lower_module
 from .ops.dropout import DROPOUT_KEY
@@ -24,6 +24,7 @@ from .plan import MemoryPlan, plan
 from .syntax import parse
 
 DEFAULT_MAX_BATCH = 256
+MAX_MEMORY = 1 << 32  # a wasm32 module addresses at most 65536 pages of 64 KiB
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,37 @@ def compile_source(text: str, filename: str = "<input>",
     opt = model.optimizer
     mplan = plan(train, max_batch=max_batch, state_slots=len(opt.slots()),
                  n_hparams=len(opt.runtime_hparams()), anchor=opt.proximal)
+    _check_memory(model, train, mplan)
     llvm_ir, emitted, wasm = _build(train, mplan, opt, opts.variant)
     art = Artifacts(model, train, mplan, llvm_ir, emitted.optimized_ir, wasm)
     art.variants = {v: _build(train, mplan, opt, v)[2]
                     for v in dict.fromkeys(opts.variants) if v != opts.variant}
     art.manifest = manifest(art, opts.variant)
     return art
+
+
+def _check_memory(model: CheckedModel, train: Graph, mplan: MemoryPlan) -> None:
+    """A plan beyond wasm32's 4 GiB is the model's size, not a linker problem: blame its
+    largest tensor, where the source made it."""
+    need = memory_size(mplan.end)
+    if need <= MAX_MEMORY:
+        return
+    decls = {d.name: d.span for d in (*model.inputs, *model.targets)}
+    made: list[tuple[Value, Span | None]] = [
+        *((v, decls.get(v.name)) for v in train.inputs),
+        *((p.value, p.span) for p in train.params), *((n.out, n.span) for n in train.nodes)]
+    big, span = max(made, key=lambda m: m[0].type.numel(mplan.max_batch))
+    size = big.type.numel(mplan.max_batch) * 4
+    raise CheckError([Diagnostic(
+        f"model {model.name} needs {_gib(need)} of memory for batches of up to "
+        f"{mplan.max_batch}, more than a wasm32 module's 4 GiB; its largest tensor, "
+        f"{big.type}, takes {_gib(size)}", span,
+        notes=(("a smaller max batch (--max-batch, the federated block's batch_size) or "
+                "smaller layers make it fit", None),))], {model.file: model.source})
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
 
 
 def _build(train: Graph, mplan: MemoryPlan, opt: OptimizerSpec,

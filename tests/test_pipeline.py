@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import wasmtime
 
+from fedc.diagnostics import CheckError
 from fedc.ir import verify
 from fedc.pipeline import Options, compile_source
 
@@ -115,6 +116,23 @@ def test_compile_is_deterministic(digits_mlp_source, digits_mlp):
     again = compile_source(digits_mlp_source, "examples/digits_mlp.fed")
     assert again.wasm == digits_mlp.wasm
     assert again.manifest == digits_mlp.manifest
+
+
+@pytest.mark.parametrize("layer, batch, line, col", [
+    ("relu(dense(x, 2000000000))", 32, 4, 14),  # one activation of 1.9 TiB
+    ("relu(dense(x, 2))", 100_000_000, 2, 5),  # the input buffer at that batch size
+])
+def test_model_beyond_wasm32_memory_is_a_check_error_at_its_largest_tensor(layer, batch, line,
+                                                                          col):
+    src = (f"model M:\n    input x: f32[4]\n    target y: class[3]\n    h = {layer}\n"
+           "    loss = softmax_cross_entropy(dense(h, 3), y)\noptimizer sgd(lr=0.1)\n"
+           f"federated:\n    batch_size = {batch}\n")
+    with pytest.raises(CheckError) as info:
+        compile_source(src, "big.fed")
+    (d,) = info.value.diagnostics
+    assert (d.span.line, d.span.col) == (line, col), info.value.render()
+    assert "more than a wasm32 module's 4 GiB" in d.message and "wasm-ld" not in d.message
+    assert "^^^" in info.value.render()
 
 
 @pytest.mark.node
