@@ -263,6 +263,23 @@ def _find_loss(c: _Checker, m: ast.ModelDef,
     return node.op, node.inputs[0], loss
 
 
+def _literal(e: ast.Expr) -> int | float | str | None:
+    """A setting's value: a number, a string or a bare name's text; None for anything else
+    (settings are literals, not model expressions)."""
+    if isinstance(e, ast.Num | ast.Str):
+        return e.value
+    return e.id if isinstance(e, ast.Name) else None
+
+
+def _shown(e: ast.Expr) -> str:
+    """A setting's value as a message shows it."""
+    if isinstance(e, ast.Name):
+        return e.id
+    if isinstance(e, ast.Num | ast.Str):
+        return repr(e.value)
+    return f"{e.func}(…)" if isinstance(e, ast.Call) else "an expression"
+
+
 def _check_federated(c: _Checker, fed: ast.FederatedDef | None) -> dict[str, Any]:
     out = {k: d for k, (d, _) in FEDERATED_SETTINGS.items()}
     for s in fed.settings if fed else ():
@@ -270,17 +287,18 @@ def _check_federated(c: _Checker, fed: ast.FederatedDef | None) -> dict[str, Any
         if known is None:
             c.unknown(s.name, "federated setting", list(FEDERATED_SETTINGS), s.span)
             continue
-        kind = known[1]
-        v: Any = s.value.id if isinstance(s.value, ast.Name) else c.expr(s.value)
-        if kind == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            c.diag.error(f"{s.name} must be a positive integer but got {v!r}", s.value.span)
+        kind, shown = known[1], _shown(s.value)
+        v: Any = _literal(s.value)
+        if kind == "int" and (not isinstance(v, int) or v < 1):
+            c.diag.error(f"{s.name} must be a positive integer but got {shown}", s.value.span)
         elif kind == "nonneg" and (not isinstance(v, int | float) or v < 0):
-            c.diag.error(f"{s.name} must be a number ≥ 0 but got {v!r}", s.value.span)
+            c.diag.error(f"{s.name} must be a number ≥ 0 but got {shown}", s.value.span)
         elif kind == "strategy" and v not in STRATEGIES:
-            close = difflib.get_close_matches(str(v), STRATEGIES, n=1)
+            close = difflib.get_close_matches(str(v), STRATEGIES, n=1) if v else []
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            c.diag.error(f"unknown strategy {v!r}{hint} (expected one of {', '.join(STRATEGIES)})",
-                         s.value.span)
+            name = repr(s.value.id) if isinstance(s.value, ast.Name) else shown
+            c.diag.error(f"unknown strategy {name}{hint} (expected one of "
+                         f"{', '.join(STRATEGIES)})", s.value.span)
         else:
             out[s.name] = float(v) if kind == "nonneg" else v
     given = {s.name for s in fed.settings} if fed else set()

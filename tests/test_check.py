@@ -97,3 +97,25 @@ optimizer sgd(lr=0.1)
     found = [(d.span.line, d.span.col, d.message.split("'")[1]) for d in info.value.diagnostics]
     assert found == [(4, 22, "zz"), (4, 13, "bar"), (4, 27, "baz"), (4, 36, "w"),
                      (4, 9, "foo")]
+
+
+def test_federated_settings_that_are_not_literals_get_one_plain_error_each():
+    src = """model M:
+    input x: f32[4]
+    target y: class[3]
+    loss = softmax_cross_entropy(dense(x, 3), y)
+optimizer sgd(lr=0.1)
+federated:
+    rounds = dense(x, 2)
+    local_epochs = 1 + 2
+    batch_size = true
+    strategy = fedavg()
+"""
+    with pytest.raises(CheckError) as info:
+        check_source(src, "fed.fed")
+    assert [(d.span.line, d.message.split(" (expected")[0]) for d in info.value.diagnostics] == [
+        (7, "rounds must be a positive integer but got dense(…)"),
+        (8, "local_epochs must be a positive integer but got an expression"),
+        (9, "batch_size must be a positive integer but got true"),
+        (10, "unknown strategy fedavg(…)"),
+    ]
