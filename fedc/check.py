@@ -11,7 +11,7 @@ from .ir import BATCH, Graph, GraphBuilder, TensorType, Value, format_graph, ver
 from .ops import REGISTRY, ShapeError, surface_ops
 from .ops.surface import SurfaceCtx, SurfaceError
 from .optim import OptimizerSpec
-from .optim.settings import check_optimizer
+from .optim.settings import F32_MAX, F32_TINY, check_optimizer
 from .syntax import ast
 
 STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "median",
@@ -293,6 +293,9 @@ def _check_federated(c: _Checker, fed: ast.FederatedDef | None) -> dict[str, Any
             c.diag.error(f"{s.name} must be a positive integer but got {shown}", s.value.span)
         elif kind == "nonneg" and (not isinstance(v, int | float) or v < 0):
             c.diag.error(f"{s.name} must be a number ≥ 0 but got {shown}", s.value.span)
+        elif kind == "nonneg" and not (v == 0 or F32_TINY <= v <= F32_MAX):  # a float32 hparam
+            c.diag.error(f"{s.name} must be a number ≥ 0 and a normal float32 but got {shown}",
+                         s.value.span)
         elif kind == "strategy" and v not in STRATEGIES:
             close = difflib.get_close_matches(str(v), STRATEGIES, n=1) if v else []
             hint = f"; did you mean {close[0]!r}?" if close else ""

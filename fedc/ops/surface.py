@@ -25,6 +25,8 @@ class SurfaceError(Exception):
 
 TENSOR, POS_INT, NUMBER, BOOL = "tensor", "positive integer", "number", "bool"
 NONNEG_INT = "non-negative integer"  # e.g. a convolution's padding
+F32_MAX = 3.4028234663852886e38
+F32_HALF_MIN = 2.0**-150  # half the smallest subnormal float32: it and anything smaller round to 0
 
 
 def bind(op: str, args: list[Any], kwargs: dict[str, Any],
@@ -87,6 +89,10 @@ def _coerce(op: str, name: str, kind: str, value: Any, where: int | str) -> Any:
     if kind == NUMBER:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SurfaceError(f"{op} expects a number for {name!r} but got {value!r}", where)
+        if abs(value) > F32_MAX or 0 < abs(value) <= F32_HALF_MIN:  # kernels use it as float32
+            raise SurfaceError(f"{op} expects a number for {name!r} that float32 holds (neither "
+                               f"beyond ±{F32_MAX:.4g} nor rounding to 0) but got {value!r}",
+                               where)
         return float(value)
     if kind == BOOL:
         if value not in (True, False, "true", "false"):
