@@ -67,6 +67,7 @@ class _Checker:
         self.g = GraphBuilder()
         self.env: dict[str, Value] = {}
         self.defined_at: dict[int, tuple[str, Span]] = {}
+        self.declared: dict[str, Span] = {}  # input and target names, even those that failed
         self.classes: dict[int, int] = {}
         self.counters: dict[str, int] = {}
 
@@ -74,18 +75,21 @@ class _Checker:
     def declare(self, decl: ast.InputDecl | ast.TargetDecl, is_target: bool) -> TensorDecl | None:
         t = decl.type
         what = "target" if is_target else "input"
-        if decl.name in self.env:
+        if decl.name in self.declared:
             self.diag.error(f"{decl.name!r} is declared twice", decl.span,
-                            (("first declared here", self.defined_at[self.env[decl.name].id][1]),))
+                            (("first declared here", self.declared[decl.name]),))
             return None
+        self.declared[decl.name] = decl.span
         if t.dtype == "class":
             if not is_target:
                 self.diag.error("class[K] is a target type; declare model inputs as f32 or i32",
                                 t.span)
+                self.poison(decl.name)
                 return None
             if len(t.dims) != 1 or t.dims[0] < 2:
                 self.diag.error(
                     f"class[K] needs one class count K ≥ 2 but got class{list(t.dims)}", t.span)
+                self.poison(decl.name)
                 return None
             v = self.g.add_input(TensorType("i32", (BATCH,)), decl.name)
             self.classes[v.id] = t.dims[0]
@@ -94,14 +98,20 @@ class _Checker:
             if any(d <= 0 for d in t.dims):
                 self.diag.error(f"{what} dimensions must be positive but got {list(t.dims)}",
                                 t.span)
+                self.poison(decl.name)
                 return None
             v = self.g.add_input(TensorType(t.dtype, (BATCH, *t.dims)), decl.name)
             out = TensorDecl(decl.name, t.dtype, tuple(t.dims), None, decl.span)
         else:
             self.diag.error(f"unknown dtype {t.dtype!r} (expected f32, i32 or class)", t.span)
+            self.poison(decl.name)
             return None
         self.bind_name(decl.name, v, decl.span)
         return out
+
+    def poison(self, name: str) -> None:
+        """A declaration that failed: later uses of the name stay silent (already reported)."""
+        self.env[name] = _POISON
 
     def bind_name(self, name: str, v: Value, span: Span) -> None:
         self.env[name] = v
@@ -217,7 +227,7 @@ def check(program: ast.Program) -> CheckedModel:
                      m.span)
     loss_stmt: ast.Assign | None = None
     for stmt in m.body:
-        if stmt.name in [d.name for d in (*inputs, *targets)]:
+        if stmt.name in c.declared:
             c.diag.error(f"cannot assign to {stmt.name!r}: it is a declared input or target",
                          stmt.name_span)
             continue

@@ -119,3 +119,16 @@ federated:
         (9, "batch_size must be a positive integer but got true"),
         (10, "unknown strategy fedavg(…)"),
     ]
+
+
+def test_a_failed_declaration_is_reported_once_not_at_every_use():
+    src = """model M:
+    input x: class[4]
+    target y: class[1]
+    h = relu(dense(x, 8))
+    loss = softmax_cross_entropy(dense(h, 3), y)
+optimizer sgd(lr=0.1)
+"""
+    with pytest.raises(CheckError) as info:
+        check_source(src, "decl.fed")
+    assert [d.span.line for d in info.value.diagnostics] == [2, 3], info.value.render()
