@@ -148,12 +148,15 @@ def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     if args.target == "native":
         return _compile_native(args, art, seconds)
-    if args.emit and not args.json:
+    emitted: dict[str, Any] = {}  # with --json the form goes into the JSON object instead
+    if args.emit:
         text = {"ir": art.ir_text, "llvm": art.llvm_ir, "llvm-opt": art.optimized_ir,
                 "manifest": json.dumps(art.manifest, indent=2)}[args.emit]
-        print(text)
+        emitted = {"emit": args.emit, "text": text}
+        if not args.json:
+            print(text)
     if args.target == "flower":
-        return _compile_flower(args, art, seconds)
+        return {**_compile_flower(args, art, seconds), **emitted}
     if args.out and args.bundle:
         from .harness.bundle import write_bundle
         write_bundle(art.wasm, art.manifest, args.out)
@@ -168,8 +171,7 @@ def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
               f"{mem['activation_bytes']} shared from {mem['activation_bytes_without_reuse']}); "
               f"{seconds:.2f} s", file=sys.stderr)
     return {"out": args.out, "wasm_bytes": len(art.wasm), "memory": mem,
-            "sha256": art.manifest["wasm"]["sha256"], "compile_seconds": seconds,
-            **({"emit": args.emit} if args.emit else {})}
+            "sha256": art.manifest["wasm"]["sha256"], "compile_seconds": seconds, **emitted}
 
 
 def _compile_native(args: argparse.Namespace, art: Any, seconds: float) -> dict[str, Any]:
@@ -182,7 +184,7 @@ def _compile_native(args: argparse.Namespace, art: Any, seconds: float) -> dict[
     if not args.json:
         print(text)
         print(f"native build for this CPU: {seconds + jit_seconds:.2f} s", file=sys.stderr)
-    return {"target": "native", "emit": args.emit, "compile_seconds": seconds,
+    return {"target": "native", "emit": args.emit, "text": text, "compile_seconds": seconds,
             "jit_seconds": jit_seconds}
 
 

@@ -131,3 +131,11 @@ def test_unusable_out_dir_is_a_usage_error_with_json(tmp_path):
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert f"cannot write {out_dir}: {why}" in out.stderr
         assert json.loads(out.stdout)["ok"] is False
+
+
+@pytest.mark.parametrize("form, marker", [("ir", "= matmul_tn"), ("manifest", '"params_region"')])
+def test_emit_with_json_puts_the_form_in_the_json_object(form, marker):
+    out = fedc("compile", EXAMPLE, "--emit", form, "--json")
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(out.stdout)  # the whole of stdout: one JSON object
+    assert payload["emit"] == form and marker in payload["text"]
