@@ -22,7 +22,16 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # exit 2 with a one-line reason, like every CLI
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise _BadUsage(message)
+
+
+class _BadUsage(SystemExit):
+    """argparse's usage error (exit 2), keeping the reason for --json's object."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.message = message
 
 
 def _number(convert: Callable[[str], Any], ok: Callable[[Any], bool],
@@ -445,7 +454,13 @@ def _read(path: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _BadUsage as exc:  # --json promises one JSON object on stdout, even now
+        if "--json" in (sys.argv[1:] if argv is None else argv):
+            print(json.dumps({"ok": False, "exit_code": EXIT_USAGE,
+                              "diagnostics": [{"severity": "error", "message": exc.message}]}))
+        return EXIT_USAGE
     run: Callable[[argparse.Namespace], dict[str, Any]] = args.run
     try:
         payload = run(args)

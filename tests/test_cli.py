@@ -139,3 +139,15 @@ def test_emit_with_json_puts_the_form_in_the_json_object(form, marker):
     assert out.returncode == 0, out.stderr
     payload = json.loads(out.stdout)  # the whole of stdout: one JSON object
     assert payload["emit"] == form and marker in payload["text"]
+
+
+@pytest.mark.parametrize("args", [
+    ["compile", EXAMPLE, "--max-batch", "0", "--json"],
+    ["check", EXAMPLE, "--json", "--bogus"],
+])
+def test_bad_usage_with_json_still_prints_one_json_object(args):
+    out = fedc(*args)
+    assert out.returncode == 2 and "usage:" in out.stderr
+    payload = json.loads(out.stdout)
+    assert payload["ok"] is False and payload["exit_code"] == 2
+    assert payload["diagnostics"][0]["message"] in out.stderr
