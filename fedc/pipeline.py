@@ -91,7 +91,8 @@ def compile_source(text: str, filename: str = "<input>",
     if opts.fuse:
         train = fuse(train)
         verify(train)
-    max_batch = opts.max_batch or max(DEFAULT_MAX_BATCH, int(model.federated["batch_size"]))
+    max_batch = (max(DEFAULT_MAX_BATCH, int(model.federated["batch_size"]))
+                 if opts.max_batch is None else opts.max_batch)
     if max_batch < 1:
         raise UsageError([Diagnostic(f"--max-batch must be ≥ 1 but got {max_batch}")])
     opt = model.optimizer

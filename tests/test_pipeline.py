@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import wasmtime
 
-from fedc.diagnostics import CheckError
+from fedc.diagnostics import CheckError, UsageError
 from fedc.ir import verify
 from fedc.pipeline import Options, compile_source
 
@@ -163,3 +163,10 @@ console.log(JSON.stringify([l1, l2]));
     assert out.returncode == 0, out.stderr
     l1, l2 = json.loads(out.stdout)
     assert np.isfinite(l1) and l2 < l1
+
+
+@pytest.mark.parametrize("max_batch", [0, -5])
+def test_max_batch_below_one_is_refused_not_replaced_by_the_default(max_batch,
+                                                                    digits_mlp_source):
+    with pytest.raises(UsageError, match=f"--max-batch must be ≥ 1 but got {max_batch}"):
+        compile_source(digits_mlp_source, "digits_mlp.fed", Options(max_batch=max_batch))
