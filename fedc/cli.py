@@ -444,12 +444,14 @@ def _show_start(args: argparse.Namespace, sim: Any) -> None:
 
 
 def _read(path: str) -> str:
+    from .pipeline import decode_source
     try:
-        return Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise UsageError.at(f"no such file: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise UsageError.at(f"cannot read {path}: {exc}") from None
+    return decode_source(data, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

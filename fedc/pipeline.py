@@ -11,7 +11,7 @@ from typing import Any
 from . import __version__
 from .autodiff import grad
 from .check import CheckedModel, check
-from .diagnostics import CheckError, Diagnostic, Span, UsageError
+from .diagnostics import CheckError, Diagnostic, ParseError, Span, UsageError
 from .emit import FEATURES, Emitted, emit
 from .fuse import fuse
 from .ir import Graph, Value, format_graph, verify
@@ -150,13 +150,28 @@ def _with_proximal_mu(model: CheckedModel, mu: float) -> CheckedModel:
                    federated={**model.federated, "proximal_mu": float(mu)})
 
 
+def decode_source(data: bytes, filename: str) -> str:
+    """A .fed file's bytes as text; bytes that are not UTF-8 are an error at their line:col."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start]
+        line_start = before.rfind(b"\n") + 1
+        col = len(before[line_start:].decode("utf-8", "replace")) + 1
+        span = Span(filename, before.count(b"\n") + 1, col)
+        shown = data.decode("utf-8", "replace")  # the caret line shows U+FFFD there
+        raise ParseError([Diagnostic(f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x})",
+                                     span)], {filename: shown}) from None
+
+
 def compile_file(path: str | Path, out_dir: str | Path | None = None,
                  options: Options | None = None) -> Artifacts:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = p.read_bytes()
+    except OSError as exc:
         raise UsageError([Diagnostic(f"cannot read {p}: {exc}")]) from exc
+    text = decode_source(data, str(p))
     art = compile_source(text, str(p), options)
     if out_dir is not None:
         art.write(out_dir)

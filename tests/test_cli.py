@@ -151,3 +151,13 @@ def test_bad_usage_with_json_still_prints_one_json_object(args):
     payload = json.loads(out.stdout)
     assert payload["ok"] is False and payload["exit_code"] == 2
     assert payload["diagnostics"][0]["message"] in out.stderr
+
+
+def test_a_file_that_is_not_utf8_is_an_input_error_at_the_bad_byte(tmp_path):
+    bad = tmp_path / "latin1.fed"
+    bad.write_bytes(b"model M:\n    input x: f32[4]  # caf\xe9\n")
+    out = fedc("check", str(bad), "--json")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"{bad}:2:27: error: the file is not UTF-8 text (byte 0xe9)" in out.stderr
+    assert "^" in out.stderr
+    assert json.loads(out.stdout)["diagnostics"][0]["line"] == 2
