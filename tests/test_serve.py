@@ -58,6 +58,7 @@ def test_frame_round_trips_between_server_and_python_client(client_mod):
     (struct.pack("<4sBBBBII", b"FEDC", 1, 2, 2, 0, 0, 0), "bad_dtype"),
     (struct.pack("<4sBBBBII", b"FEDC", 1, 2, 1, 0, 4, 0) + b"[1] ", "bad_meta"),
     (struct.pack("<4sBBBBII", b"FEDC", 1, 2, 1, 0, 3, 0) + b"NaN\0", "bad_meta"),
+    (struct.pack("<4sBBBBII", b"FEDC", 1, 2, 1, 0, 4000, 0) + b"[" * 4000, "bad_meta"),
 ])
 def test_decode_refuses_malformed_frames(data, code):
     with pytest.raises(ProtocolError) as info:

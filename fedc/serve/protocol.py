@@ -84,7 +84,7 @@ def decode(data: bytes) -> Frame:
 def _meta(raw: bytes) -> dict[str, Any]:
     try:
         meta = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
         raise ProtocolError(400, "bad_meta", "frame metadata is not UTF-8 JSON") from None
     if not isinstance(meta, dict):
         raise ProtocolError(400, "bad_meta", "frame metadata must be a JSON object")
