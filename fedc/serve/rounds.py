@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -370,9 +371,16 @@ def _number(meta: dict[str, Any], key: str) -> float | None:
     value = meta.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
-        raise ProtocolError(400, "bad_meta", f"metadata field {key!r} must be a finite number")
-    return float(value)
+    bad = ProtocolError(400, "bad_meta", f"metadata field {key!r} must be a finite number")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer beyond a double's range
+        raise bad from None
+    if not math.isfinite(number):
+        raise bad
+    return number
 
 
 def _metrics(meta: dict[str, Any]) -> dict[str, float]:
