@@ -311,6 +311,9 @@ def test_server_serves_the_bundle_to_browsers(live):
      "cannot use README.md and README.md for TLS"),
     (["serve", "examples", "--state", "/no/such/dir/s.db", "--issue-tokens", "1"], 1,
      "not a usable fedc state database"),
+    (["serve", "examples", "--seed", "-1"], 2, "argument --seed: expected an integer ≥ 0"),
+    (["serve", "examples", "--round-timeout", "inf"], 2,
+     "argument --round-timeout: expected a finite number of seconds, got 'inf'"),
 ])
 def test_cli_errors_are_one_line_without_traceback(args, code, message):
     out = fedc(*args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import socket
 import sys
 import tempfile
@@ -20,7 +21,14 @@ from . import ServeError
 
 
 def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], None],
-                 positive: Callable[[str], int], positive_float: Callable[[str], float]) -> None:
+                 positive: Callable[[str], int], positive_float: Callable[[str], float],
+                 nonneg: Callable[[str], int]) -> None:
+    def seconds(text: str) -> float:  # an inf deadline makes every task frame unencodable
+        value = positive_float(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text!r}")
+        return value
+
     c = sub.add_parser("bundle", help="compile a .fed file into a client bundle (JS, Python, page)")
     c.add_argument("file")
     c.add_argument("-o", "--out", required=True, help="output folder")
@@ -44,13 +52,13 @@ def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], No
                    help="connected clients needed to open a round")
     c.add_argument("--min-updates", type=positive,
                    help="updates that let a round close at its deadline (default: --min-clients)")
-    c.add_argument("--round-timeout", type=positive_float, default=120.0, help="seconds")
+    c.add_argument("--round-timeout", type=seconds, default=120.0, help="seconds")
     c.add_argument("--client-timeout", type=positive_float, default=30.0,
                    help="seconds without a request after which a client is not sampled")
     c.add_argument("--max-update-norm", type=positive_float, default=1e3,
                    help="largest accepted L2 distance of an update from the global model")
     c.add_argument("--eval-data", help="dataset whose test split scores each global model")
-    c.add_argument("--seed", type=int, default=0, help="initial weights, sampling, task seeds")
+    c.add_argument("--seed", type=nonneg, default=0, help="initial weights, sampling, task seeds")
     c.add_argument("--certfile", help="TLS certificate (PEM); with --keyfile serves HTTPS")
     c.add_argument("--keyfile", help="TLS private key (PEM)")
     compile_flags(c)
