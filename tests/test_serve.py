@@ -305,6 +305,8 @@ def test_server_serves_the_bundle_to_browsers(live):
 @pytest.mark.parametrize("args, code, message", [
     (["status", "http://127.0.0.1:9"], 1, "cannot reach http://127.0.0.1:9"),
     (["status", "127.0.0.1:8080"], 2, "expected an http:// or https:// URL"),
+    (["status", "http://127.0.0.1:abc"], 2, "not a valid URL: 'http://127.0.0.1:abc'"),
+    (["status", "http://127.0.0.1:99999"], 2, "Port out of range"),
     (["serve", "no/such.fed"], 2, "no such file or bundle: no/such.fed"),
     (["serve", "examples", "--certfile", "x.pem"], 2, "give both --certfile and --keyfile"),
     (["serve", "examples", "--certfile", "README.md", "--keyfile", "README.md"], 2,
@@ -318,6 +320,25 @@ def test_server_serves_the_bundle_to_browsers(live):
 def test_cli_errors_are_one_line_without_traceback(args, code, message):
     out = fedc(*args)
     assert out.returncode == code and message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_status_of_a_port_that_does_not_speak_http_is_a_clear_error():
+    import socket
+    import threading
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def answer() -> None:  # like an SSH server: a banner instead of an HTTP status line
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.0\r\n")
+        threading.Thread(target=answer, daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        out = fedc("status", url)
+    assert out.returncode == 1 and f"{url} did not answer in HTTP" in out.stderr
     assert "Traceback" not in out.stderr
 
 

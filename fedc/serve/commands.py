@@ -265,12 +265,21 @@ def add_bridge_flags(c: argparse.ArgumentParser) -> None:
 # --- status ---------------------------------------------------------------------------------------
 
 def fetch_status(url: str, timeout: float = 10.0) -> dict[str, Any]:
-    import urllib.error  # here, not at the top: every fedc command would import http.client
+    import http.client  # here, not at the top: every fedc command would import them
+    import urllib.error
+    import urllib.parse
     import urllib.request
 
     base = url.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise UsageError.at(f"expected an http:// or https:// URL, got {url!r}")
+    try:  # a bad port or host is the user's typo, not a server to retry
+        parts = urllib.parse.urlsplit(base)
+        if not parts.hostname:
+            raise ValueError("no host")
+        parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise UsageError.at(f"not a valid URL: {url!r} ({exc})") from None
     try:
         with urllib.request.urlopen(base + "/api/v1/status", timeout=timeout) as res:
             status: dict[str, Any] = json.loads(res.read())
@@ -279,6 +288,8 @@ def fetch_status(url: str, timeout: float = 10.0) -> dict[str, Any]:
         raise ServeError.at(f"{base} answered HTTP {exc.code}: is it a fedc server?") from None
     except (urllib.error.URLError, OSError) as exc:
         raise ServeError.at(f"cannot reach {base}: {getattr(exc, 'reason', exc)}") from None
+    except http.client.HTTPException:  # e.g. BadStatusLine from an SSH or SMTP port
+        raise ServeError.at(f"{base} did not answer in HTTP: is it a fedc server?") from None
     except ValueError:
         raise ServeError.at(f"{base} did not answer with a fedc status (not JSON)") from None
 
