@@ -16,7 +16,7 @@ import pytest
 from fedc.serve.auth import issue, parse_bearer, verify
 from fedc.serve.protocol import ProtocolError, decode, encode
 
-from .serve_util import Server, fedc, issue_tokens, load_client_module, request
+from .serve_util import Server, fedc, issue_tokens, load_client_module, not_http_server, request
 
 
 @pytest.fixture(scope="module")
@@ -324,22 +324,23 @@ def test_cli_errors_are_one_line_without_traceback(args, code, message):
 
 
 def test_status_of_a_port_that_does_not_speak_http_is_a_clear_error():
-    import socket
-    import threading
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-
-        def answer() -> None:  # like an SSH server: a banner instead of an HTTP status line
-            conn, _ = listener.accept()
-            with conn:
-                conn.recv(4096)
-                conn.sendall(b"SSH-2.0-OpenSSH_9.0\r\n")
-        threading.Thread(target=answer, daemon=True).start()
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    with not_http_server() as url:
         out = fedc("status", url)
     assert out.returncode == 1 and f"{url} did not answer in HTTP" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_python_client_refuses_bad_server_urls_ca_files_and_non_http_ports(client_mod, bundle,
+                                                                         tmp_path):
+    model = client_mod.Model.load(bundle)
+    for url in ("http://127.0.0.1:abc", "http://127.0.0.1:99999", "127.0.0.1:8080"):
+        with pytest.raises(client_mod.ClientError, match="the server URL"):
+            client_mod.Client(url, "t", model)
+    with pytest.raises(client_mod.ClientError, match="no.pem as a CA certificate: No such"):
+        client_mod.Client("https://127.0.0.1:9", "t", model, cafile=str(tmp_path / "no.pem"))
+    with not_http_server() as url, pytest.raises(client_mod.ClientError,
+                                                 match="not an HTTP answer"):
+        client_mod.Client(url, "t", model, retry_for=0).join()
 
 
 def test_state_file_of_another_model_is_refused(bundle, tmp_path, digits_mlp_source):

@@ -8,12 +8,14 @@ a task's weights, seed and epochs give bit-identical weights in both (docs/proto
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import ssl
 import struct
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -100,9 +102,13 @@ class Client:
 
     def __init__(self, server: str, token: str, model: Model, *, retry_for: float = 120.0,
                  cafile: str | None = None, on_event: Event | None = None) -> None:
-        self.server = server.rstrip("/")
+        self.server = _base_url(server)
         self.token, self.model, self.retry_for = token, model, retry_for
-        self.context = ssl.create_default_context(cafile=cafile) if cafile else None
+        try:
+            self.context = ssl.create_default_context(cafile=cafile) if cafile else None
+        except OSError as exc:  # ssl.SSLError too: a file that is not a PEM certificate
+            raise ClientError(f"cannot use {cafile} as a CA certificate: "
+                              f"{exc.strerror or exc}") from None
         self.on_event: Event = on_event or (lambda e: None)
         self.client_id: str | None = None
 
@@ -118,8 +124,10 @@ class Client:
                     return bytes(res.read())
             except urllib.error.HTTPError as err:
                 raise _refusal(err) from None
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-                reason = getattr(exc, "reason", exc)
+            except (urllib.error.URLError, ConnectionError, TimeoutError,
+                    http.client.HTTPException) as exc:  # HTTPException: e.g. a cut-off reply
+                reason = f"not an HTTP answer ({type(exc).__name__})" if isinstance(
+                    exc, http.client.HTTPException) else getattr(exc, "reason", exc)
                 if time.monotonic() - started > self.retry_for:
                     raise ClientError(f"cannot reach {self.server}: {reason}") from None
                 self.on_event({"event": "retry", "reason": str(reason)})
@@ -127,7 +135,13 @@ class Client:
                 wait = min(wait * 2, 4.0)
 
     def join(self) -> dict[str, Any]:
-        info: dict[str, Any] = json.loads(self._request("POST", "/api/v1/join", b""))
+        try:
+            info: dict[str, Any] = json.loads(self._request("POST", "/api/v1/join", b""))
+        except ValueError:
+            info = {}
+        if not isinstance(info, dict) or "client_id" not in info:
+            raise ClientError(f"{self.server} is not a fedc server (its join reply is not "
+                              "a fedc join object)")
         if info.get("manifest_sha256") != self.model.manifest["wasm"]["sha256"]:
             raise ClientError(f"this bundle's model ({self.model.manifest['model']}) is not the "
                               f"server's ({info.get('model')})")
@@ -179,6 +193,18 @@ class Client:
             summary["rounds"] += 1
             summary["accepted" if event["event"] == "accepted" else "skipped"] += 1
             self.on_event(event)
+
+
+def _base_url(server: str) -> str:
+    """The server's URL without a trailing slash; a typo in it is an error, not a retry."""
+    try:
+        parts = urllib.parse.urlsplit(server)
+        parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise ClientError(f"the server URL {server!r} is not valid: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ClientError(f"the server URL {server!r} is not an http:// or https:// URL")
+    return server.rstrip("/")
 
 
 def _refusal(err: urllib.error.HTTPError) -> ClientError:
