@@ -343,6 +343,20 @@ def test_python_client_refuses_bad_server_urls_ca_files_and_non_http_ports(clien
         client_mod.Client(url, "t", model, retry_for=0).join()
 
 
+def test_python_client_refuses_data_that_does_not_fit_before_joining(client_mod, bundle,
+                                                                     tmp_path, capsys):
+    cases = {"empty": (np.zeros((0, 64)), np.zeros(0)), "text": (np.zeros((4, 64)), np.array(
+        list("abcd"))), "label": (np.zeros((4, 64)), np.full(4, 50)),
+        "features": (np.zeros((4, 30)), np.zeros(4))}
+    for name, (x, y) in cases.items():
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, x=x, y=y)
+        code = client_mod.main(bundle, ["--server", "http://127.0.0.1:9", "--token", "t",
+                                        "--data", str(path), "--retry-for", "0"])
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith(f"error: {path}: "), (name, err)
+
+
 def test_state_file_of_another_model_is_refused(bundle, tmp_path, digits_mlp_source):
     from fedc.harness.bundle import write_bundle
     from fedc.pipeline import compile_source

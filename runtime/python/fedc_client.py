@@ -75,6 +75,11 @@ def load_data(path: str | Path, manifest: dict[str, Any]) -> tuple[np.ndarray, n
     x, y = arrays["x"], arrays["y"]
     if x.ndim == 0 or len(x) != len(y):
         raise RuntimeDataError(f"{path}: 'x' has {x.shape} but 'y' has {y.shape}")
+    if len(x) == 0:
+        raise RuntimeDataError(f"{path}: 'x' and 'y' have no rows")
+    for name, arr in (("x", x), ("y", y)):
+        if arr.dtype.kind not in "biuf":
+            raise RuntimeDataError(f"{path}: {name!r} must hold numbers, not {arr.dtype}")
     x = x.reshape(len(x), -1).astype(np.float32)  # float64 → float32 rounds as JS does
     y = y.astype(np.int32 if manifest["targets"][0]["dtype"] == "i32" else np.float32)
     return x, y
@@ -242,6 +247,10 @@ def main(bundle_dir: str | Path, argv: list[str] | None = None) -> int:
     try:
         model = Model.load(bundle_dir)
         x, y = load_data(args.data, model.manifest)
+        try:  # data that does not fit the model: say so now, not once sampled for a round
+            model.evaluate(x, y)
+        except RuntimeDataError as exc:
+            raise RuntimeDataError(f"{args.data}: {exc}") from None
         client = Client(args.server, args.token, model, retry_for=args.retry_for,
                         cafile=args.cafile, on_event=_report(args.json))
         client.run(x, y)
