@@ -192,6 +192,18 @@ def test_unauthenticated_requests_cannot_read_tasks_or_models(live):
     assert code == 401
 
 
+def test_unknown_api_paths_and_methods_get_json_refusals(live):
+    server = live[0]
+    for method, path, status, code in [("GET", "/api/v1/nope", 404, "not_found"),
+                                       ("GET", "/api/v2/task", 404, "not_found"),
+                                       ("PUT", "/api/v1/update", 405, "method_not_allowed"),
+                                       ("POST", "/api/v1/task", 405, "method_not_allowed")]:
+        got, body = request(server.url + path, method)
+        reply = json.loads(body)
+        assert (got, reply["error"]) == (status, code) and path in reply["reason"], path
+    assert request(server.url + "/no-such-file.txt") == (404, b"Not Found")
+
+
 # --- deadlines, durability ------------------------------------------------------------------------
 
 def test_straggler_update_after_the_deadline_is_refused(bundle, tmp_path, client_mod):

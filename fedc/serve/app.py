@@ -17,8 +17,9 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -34,6 +35,18 @@ mimetypes.add_type("text/javascript", ".js")
 
 def _error(err: ProtocolError) -> JSONResponse:
     return JSONResponse({"error": err.code, "reason": err.reason}, status_code=err.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's 404/405 as the API's JSON refusal under /api/; its plain text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    if not request.url.path.startswith("/api/"):
+        return PlainTextResponse(exc.detail, exc.status_code, exc.headers)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    return JSONResponse({"error": code, "reason": f"{request.method} {request.url.path}: "
+                                                  f"{exc.detail} (docs/protocol.md lists "
+                                                  f"the endpoints)"},
+                        exc.status_code, exc.headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -130,4 +143,5 @@ def build_app(coord: Coordinator, bundle_dir: Path | None, tick_seconds: float =
     ]
     if bundle_dir is not None:
         routes.append(Mount("/", StaticFiles(directory=bundle_dir, html=True), name="bundle"))
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={HTTPException: _http_error})
