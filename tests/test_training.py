@@ -111,6 +111,21 @@ def test_runtime_rejects_bad_data_with_clear_errors(digits_mlp):
         model.set_weights(np.zeros(5, np.float32))
 
 
+@pytest.mark.parametrize("labels", [np.full(4, 2**32 + 3, np.int64), np.full(4, 2.0**32 + 3),
+                                    np.full(4, 1e20), np.full(4, 2**63, np.uint64)])
+def test_runtime_rejects_labels_beyond_int32_instead_of_wrapping_them(digits_mlp, labels):
+    # cast to int32, 2**32 + 3 would become class 3 and pass the range check
+    model = Model(digits_mlp.wasm, digits_mlp.manifest)
+    with pytest.raises(RuntimeDataError, match="target 'y' holds .* outside the int32 range"):
+        model.train_step(np.zeros((4, 64), np.float32), labels)
+
+
+def test_runtime_rejects_complex_inputs(digits_mlp):
+    model = Model(digits_mlp.wasm, digits_mlp.manifest)
+    with pytest.raises(RuntimeDataError, match="input 'x' must be numeric, got complex128"):
+        model.train_step(np.zeros((4, 64), complex), np.zeros(4, int))
+
+
 def test_weights_round_trip_and_predict(digits_mlp):
     a = Model(digits_mlp.wasm, digits_mlp.manifest)
     a.init_weights(0)

@@ -463,17 +463,20 @@ def _conform(a: Any, decl: Mapping[str, Any], what: str) -> np.ndarray:
             raise RuntimeDataError(f"{what} {name!r} expects rows of shape {list(shape)} but got "
                                    f"{list(arr.shape[1:])}")
     if decl["dtype"] == "f32":
-        if not np.issubdtype(arr.dtype, np.number):
+        if arr.dtype.kind not in "iuf":  # complex would silently lose its imaginary part
             raise RuntimeDataError(f"{what} {name!r} must be numeric, got {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range is reported as Inf below
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
         if not np.all(np.isfinite(arr)):
             raise RuntimeDataError(f"{what} {name!r} contains NaN or Inf")
         return arr
-    if not np.issubdtype(arr.dtype, np.integer):
-        if np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0):
-            arr = arr.astype(np.int64)
-        else:
-            raise RuntimeDataError(f"{what} {name!r} must hold integers, got {arr.dtype}")
+    if not np.issubdtype(arr.dtype, np.integer) and not (
+            np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0)):
+        raise RuntimeDataError(f"{what} {name!r} must hold integers, got {arr.dtype}")
+    # the cast to int32 wraps (2**32 + 3 becomes 3), which would pass the range checks
+    if arr.size and (arr.min() < -2**31 or arr.max() >= 2**31):
+        bad = arr[(arr < -2**31) | (arr >= 2**31)].reshape(-1)[0]
+        raise RuntimeDataError(f"{what} {name!r} holds {bad}, outside the int32 range")
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
