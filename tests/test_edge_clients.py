@@ -262,3 +262,64 @@ for (const rows of [1, 2, 3]) {{  // 7, 14, 21 values: tails of 3, 2, 1
 console.log(JSON.stringify(verdicts));""", tmp_path)
     per_at = [0, 0, 0, 1, 1, 1]
     assert json.loads(out) == (per_at * 5 + [0]) * 3
+
+
+def test_node_client_trains_a_token_id_model_as_python_does(tmp_path):
+    """loadData gives an i32 input's ids as an Int32Array; the runtime takes any typed array as
+    a one-input model's x (it used to read an Int32Array as an object of named inputs and fail
+    with "missing input t"), and the update matches the Python client's bit for bit."""
+    from fedc.harness.bundle import write_bundle
+    from fedc.pipeline import compile_source
+    art = compile_source((ROOT / "examples" / "topic_classifier.fed").read_text(), "t.fed")
+    bundle = tmp_path / "b"
+    write_bundle(art.wasm, art.manifest, bundle)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.integers(0, 64, (50, 16)), y=rng.integers(0, 4, 50))
+    client = load_client_module(bundle)
+    model = client.Model.load(bundle)
+    model.init_weights(1)
+    start = model.get_weights()
+    start.astype("<f4").tofile(tmp_path / "w0.bin")
+    task = {"seed": 7, "local_epochs": 1, "batch_size": 16}
+    x, y = client.load_data(data, model.manifest)
+    weights, loss, _ = client.local_train(model, start, x, y, task)
+    js = (bundle / "fedc-client.js").as_uri()
+    out = node(f"""import fs from 'node:fs';
+import {{ Model, loadData, localTrain }} from '{js}';
+const dir = {json.dumps(str(bundle))};
+const manifest = JSON.parse(fs.readFileSync(dir + '/manifest.json'));
+const model = await Model.create(fs.readFileSync(dir + '/model.wasm'), manifest);
+const {{ x, y }} = await loadData(fs.readFileSync({json.dumps(str(data))}), manifest);
+const w0bytes = new Uint8Array(fs.readFileSync({json.dumps(str(tmp_path / 'w0.bin'))}));
+const w0 = new Float32Array(w0bytes.buffer);
+const r = localTrain(model, w0, x, y, {json.dumps(task)});
+fs.writeFileSync({json.dumps(str(tmp_path / 'w_js.bin'))}, new Uint8Array(r.weights.buffer));
+console.log(JSON.stringify([x.constructor.name, r.trainLoss]));""", tmp_path)
+    kind, js_loss = json.loads(out)
+    assert kind == "Int32Array" and js_loss == loss
+    assert np.fromfile(tmp_path / "w_js.bin", "<f4").tobytes() == weights.tobytes()
+
+
+def test_js_rejects_fractional_labels_and_predict_checks_its_rows(tmp_path, digits_mlp):
+    (tmp_path / "model.wasm").write_bytes(digits_mlp.wasm)
+    rt = (ROOT / "runtime" / "js" / "fedc-runtime.js").as_uri()
+    out = node(f"""import fs from 'node:fs';
+import {{ Model }} from '{rt}';
+const m = await Model.create(fs.readFileSync({json.dumps(str(tmp_path / 'model.wasm'))}),
+                             {json.dumps(digits_mlp.manifest)});
+const x = new Float32Array(4 * 64).fill(0.5);
+const msgs = [];
+const attempt = (f) => {{ try {{ f(); msgs.push('ok'); }} catch (e) {{ msgs.push(e.message); }} }};
+attempt(() => m.trainStep(x, [0, 1, 2.5, 3]));  // the Int32Array copy would truncate 2.5
+attempt(() => m.trainStep(x, ['0', '1', '2', '3']));
+attempt(() => m.trainEpoch(x, [0, 1, 2, 3], 2.5));
+attempt(() => m.predict(x, 6));  // rows 4 and 5 would be whatever the buffer held
+const bad = x.slice(); bad[3] = NaN;
+attempt(() => m.predict(bad, 4));
+attempt(() => m.predict(Float64Array.from(x)));
+console.log(JSON.stringify(msgs));""", tmp_path)
+    assert json.loads(out) == [
+        "class label 2.5 is outside 0..9", "class label 0 is outside 0..9",
+        "batch_size must be in 1..256, got 2.5", "predict: 6 rows requested but input x holds 4",
+        "input x contains NaN or Inf", "ok"]

@@ -398,14 +398,21 @@ export class Model {
     this.hparams[i] = value;
   }
 
-  // x: a Float32Array of rows·features (or {name: typed array} for several inputs); y: targets
-  _data(x, y) {
+  /** x as {name: array}: a typed or plain array is the one input (an Int32Array of token ids
+   * as much as a Float32Array of features), an object names every input. */
+  _named(x) {
     const decls = this.manifest.inputs;
-    const xs = (x instanceof Float32Array || Array.isArray(x)) ? { [decls[0].name]: x } : x;
-    const t = this.manifest.targets[0];
-    const rows = y.length / rowSize(t.shape);
-    if (!Number.isInteger(rows)) throw new RuntimeDataError(`target ${t.name}: length ${y.length} is not a whole number of rows`);
-    for (const d of decls) {
+    if (ArrayBuffer.isView(x) || Array.isArray(x)) {
+      if (decls.length !== 1) throw new RuntimeDataError(`the model has ${decls.length} inputs: pass an object by name`);
+      return { [decls[0].name]: x };
+    }
+    if (x === null || typeof x !== 'object') throw new RuntimeDataError(`inputs must be an array or an object of arrays by name, got ${x}`);
+    return x;
+  }
+
+  /** The rows of every input, checked against the manifest (shape, NaN, token ids). */
+  _checkInputs(xs, rows) {
+    for (const d of this.manifest.inputs) {
       const a = xs[d.name];
       if (!a) throw new RuntimeDataError(`missing input ${d.name}`);
       if (a.length !== rows * rowSize(d.shape)) {
@@ -415,15 +422,27 @@ export class Model {
         if (!allFinite(a)) throw new RuntimeDataError(`input ${d.name} contains NaN or Inf`);
       } else if (d.vocab !== undefined) { // token ids feeding an embedding
         for (let i = 0; i < a.length; i++) {
-          if (!(a[i] >= 0 && a[i] < d.vocab)) {
+          if (!(Number.isInteger(a[i]) && a[i] >= 0 && a[i] < d.vocab)) {
             throw new RuntimeDataError(`input ${d.name} holds token id ${a[i]}, outside the embedding's vocabulary 0..${d.vocab - 1}`);
           }
         }
       }
     }
+  }
+
+  // x: one input's typed array of rows·features (or {name: typed array} for several inputs);
+  // y: targets
+  _data(x, y) {
+    const xs = this._named(x);
+    const t = this.manifest.targets[0];
+    if (!(ArrayBuffer.isView(y) || Array.isArray(y))) throw new RuntimeDataError(`target ${t.name} must be an array, got ${y}`);
+    const rows = y.length / rowSize(t.shape);
+    if (!Number.isInteger(rows)) throw new RuntimeDataError(`target ${t.name}: length ${y.length} is not a whole number of rows`);
+    this._checkInputs(xs, rows);
     if (t.classes !== undefined) {
       for (let i = 0; i < y.length; i++) {
-        if (!(y[i] >= 0 && y[i] < t.classes)) {
+        // a fraction or a string would be truncated or coerced by the Int32Array copy
+        if (!(Number.isInteger(y[i]) && y[i] >= 0 && y[i] < t.classes)) {
           throw new RuntimeDataError(`class label ${y[i]} is outside 0..${t.classes - 1}`);
         }
       }
@@ -450,7 +469,7 @@ export class Model {
    * Python's train_epoch. */
   trainEpoch(x, y, batchSize = 32, seed = 0) {
     const { xs, rows } = this._data(x, y);
-    if (!(batchSize >= 1 && batchSize <= this.maxBatch)) {
+    if (!(Number.isInteger(batchSize) && batchSize >= 1 && batchSize <= this.maxBatch)) {
       throw new RuntimeDataError(`batch_size must be in 1..${this.maxBatch}, got ${batchSize}`);
     }
     const order = (seed instanceof Shuffle ? seed : new Shuffle(seed)).permutation(rows);
@@ -511,9 +530,17 @@ export class Model {
     return best;
   }
 
-  /** The prediction tensor for every row, as one Float32Array (rows × output row). */
+  /** The prediction tensor for every row, as one Float32Array (rows × output row). `rows`, if
+   * given, must be the inputs' row count (it used to be required). */
   predict(x, rows) {
-    const xs = x instanceof Float32Array ? { [this.manifest.inputs[0].name]: x } : x;
+    const xs = this._named(x);
+    const d = this.manifest.inputs[0];
+    const count = xs[d.name] ? xs[d.name].length / rowSize(d.shape) : 0;
+    if (rows === undefined) rows = count;
+    if (!Number.isInteger(rows) || rows !== count) {
+      throw new RuntimeDataError(`predict: ${rows} rows requested but input ${d.name} holds ${count}`);
+    }
+    this._checkInputs(xs, rows);
     const out = new Float32Array(rows * this.outputRow);
     for (let start = 0; start < rows; start += this.maxBatch) {
       const n = Math.min(this.maxBatch, rows - start);
