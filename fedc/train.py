@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,12 @@ class EpochResult:
     samples_per_second: float
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        return {k: _finite(v) for k, v in self.__dict__.items()}
+
+
+def _finite(v: Any) -> Any:
+    """JSON has no NaN/Inf: a diverged model's loss is written as null (as fedc simulate)."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 @dataclass
@@ -36,8 +42,8 @@ class TrainResult:
         samples = sum(e.samples_per_second * e.seconds for e in self.history)
         return {
             "epochs": len(self.history),
-            "train_loss": last.train_loss,
-            "test_loss": last.test_loss,
+            "train_loss": _finite(last.train_loss),
+            "test_loss": _finite(last.test_loss),
             "test_accuracy": last.test_accuracy,
             "train_seconds": total_s,
             "samples_per_second": samples / total_s if total_s > 0 else 0.0,

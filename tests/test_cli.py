@@ -111,6 +111,19 @@ def test_train_save_writes_weights(tmp_path):
     assert w.shape == (9610,) and w.dtype == np.float32
 
 
+def test_train_json_of_a_diverged_run_has_null_losses_not_nan():
+    """JSON has no NaN: json.dumps wrote the bare NaN that strict parsers reject."""
+    out = fedc("train", EXAMPLE, "--data", "digits", "--epochs", "2", "--lr", "1e30", "--json")
+    assert out.returncode == 0, out.stderr
+
+    def reject(constant: str) -> None:
+        raise AssertionError(f"{constant} in the JSON")
+
+    result = json.loads(out.stdout, parse_constant=reject)
+    assert result["train_loss"] is None and result["test_loss"] is None
+    assert result["history"][-1]["train_loss"] is None
+
+
 def test_the_parser_imports_no_server_code():
     """Every fedc command builds the whole parser first: it must not import the server, the
     Flower bridge, the partitioner or urllib (~70 ms of `fedc compile`'s start)."""
