@@ -51,6 +51,8 @@ def _number(convert: Callable[[str], Any], ok: Callable[[Any], bool],
 _positive = _number(int, lambda v: v >= 1, "a positive integer")
 _nonneg = _number(int, lambda v: v >= 0, "an integer ≥ 0")
 _positive_float = _number(float, lambda v: v > 0, "a number > 0")
+# an infinite learning rate is accepted by float() and > 0, and makes the first step NaN
+_learning_rate = _number(float, lambda v: 0 < v < float("inf"), "a finite number > 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "waveforms | synthetic_text | FILE.npz")
     c.add_argument("--epochs", type=_positive, default=10)
     c.add_argument("--batch-size", type=_positive, help="default: the federated block's")
-    c.add_argument("--lr", type=_positive_float, help="override the optimizer's learning rate")
+    c.add_argument("--lr", type=_learning_rate, help="override the optimizer's learning rate")
     c.add_argument("--seed", type=_nonneg, default=0)
     c.add_argument("--test-fraction", type=float, default=0.2)
     c.add_argument("--save", help="write model.wasm, manifest.json and weights.npy here")
@@ -325,7 +327,7 @@ def _simulate_flags(c: argparse.ArgumentParser) -> None:
                    help="a count, or a fraction of --clients (default: the federated block's)")
     c.add_argument("--local-epochs", type=_positive, help="default: the federated block's")
     c.add_argument("--batch-size", type=_positive, help="default: the federated block's")
-    c.add_argument("--lr", type=_positive_float, help="override the optimizer's learning rate")
+    c.add_argument("--lr", type=_learning_rate, help="override the optimizer's learning rate")
     c.add_argument("--strategy", type=_checked(_strategy_name), help="default: the federated "
                    "block's")
     c.add_argument("--strategy-opt", type=_key_value, action="append", default=[],

@@ -89,7 +89,8 @@ class SimConfig:
               f"{self.speed_sigma}")
         _need(0 <= self.byzantine <= self.clients, f"byzantine clients must be in 0..{self.clients}"
               f" (the number of clients), got {self.byzantine}")
-        _need(self.lr is None or self.lr > 0, f"learning rate must be > 0, got {self.lr}")
+        _need(self.lr is None or 0 < self.lr < float("inf"),
+              f"learning rate must be a finite number > 0, got {self.lr}")
         _need(0 < self.test_fraction < 1 and 0 < self.local_test_fraction < 1,
               "test fractions must be between 0 and 1")
         parse_scheme(self.partition)
