@@ -206,6 +206,9 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise _fail(f"{path}: not a readable .npz file ({exc})") from None
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _features(arr: np.ndarray, where: str) -> np.ndarray:
     if arr.dtype.kind not in "biuf":
         raise _fail(f"{where}: features must be numbers, got dtype {arr.dtype}")
@@ -219,6 +222,11 @@ def _features(arr: np.ndarray, where: str) -> np.ndarray:
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
         raise _fail(f"{where}: contains NaN or Inf ({int(bad.sum())} values, first in row {row})")
+    big = np.abs(x) > _F32_MAX  # finite here, Inf once stored as float32
+    if big.any():
+        row = int(np.argwhere(big)[0][0])
+        raise _fail(f"{where}: {int(big.sum())} values are beyond float32's range (±3.4e38), "
+                    f"first in row {row}")
     return x
 
 
@@ -231,6 +239,8 @@ def _labels(arr: np.ndarray, task: str, where: str) -> np.ndarray:
         y = arr.astype(np.float64)
         if not np.isfinite(y).all():
             raise _fail(f"{where}: regression targets contain NaN or Inf")
+        if (np.abs(y) > _F32_MAX).any():
+            raise _fail(f"{where}: regression targets beyond float32's range (±3.4e38)")
         return y.astype(np.float32)
     y = arr.reshape(-1) if arr.ndim == 2 and arr.shape[1] == 1 else arr
     if y.ndim != 1:

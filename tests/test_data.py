@@ -135,6 +135,10 @@ def test_missing_file_is_named(tmp_path):
     ({"x": np.array([[1.0], [np.nan], [2.0]]), "y": [0, 1, 0]},
      "array 'x': contains NaN or Inf \\(1 values, first in row 1\\)"),
     ({"x": np.array([[1.0], [np.inf]]), "y": [0, 1]}, "contains NaN or Inf"),
+    ({"x": np.array([[1.0], [2.0], [-1e39]]), "y": [0, 1, 0]},  # Inf as float32
+     "array 'x': 1 values are beyond float32's range \\(±3.4e38\\), first in row 2"),
+    ({"x": np.ones((2, 2)), "y": [1.0, 1e39], "task": "regression"},
+     "array 'y': regression targets beyond float32's range"),
     ({"x": np.ones((3, 2)), "y": [0, -1, 2]}, "found negative label -1"),
     ({"x": np.ones((3, 2)), "y": [0, 1.5, 2], "task": "classification"},
      "class labels must be whole numbers 0..K-1, found 1.5"),
