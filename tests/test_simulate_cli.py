@@ -139,6 +139,18 @@ def test_bad_flags_exit_2_with_a_clear_message(args, message, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("args", [["--clients", "0"], ["--partition", "iid:3"],
+                                  ["--target", "gpu"]])
+def test_a_bad_flag_with_json_still_prints_one_json_object(args, tmp_path, capsys):
+    # argparse's own errors used to leave stdout empty, unlike every other error
+    code, out, err = cli(capsys, "simulate", EXAMPLE, "--data", "digits", "--json",
+                         "--out", str(tmp_path / "r"), *args)
+    assert code == 2 and "error: argument" in err
+    payload = json.loads(out)
+    assert payload["ok"] is False and payload["exit_code"] == 2
+    assert payload["diagnostics"][0]["message"] in err
+
+
 def test_npz_that_does_not_fit_the_model_exits_1(tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.random((60, 30)).astype(np.float32), y=np.arange(60) % 3)
