@@ -126,6 +126,13 @@ def test_runtime_rejects_complex_inputs(digits_mlp):
         model.train_step(np.zeros((4, 64), complex), np.zeros(4, int))
 
 
+@pytest.mark.parametrize("batch_size", [8.0, "8", True, 0])
+def test_train_epoch_batch_size_must_be_an_integer_in_range(digits_mlp, batch_size):
+    model = Model(digits_mlp.wasm, digits_mlp.manifest)
+    with pytest.raises(RuntimeDataError, match="batch_size must be an integer in 1..256"):
+        model.train_epoch(np.zeros((20, 64), np.float32), np.zeros(20, int), batch_size)
+
+
 def test_weights_round_trip_and_predict(digits_mlp):
     a = Model(digits_mlp.wasm, digits_mlp.manifest)
     a.init_weights(0)

@@ -350,8 +350,10 @@ class Model:
         xs = self._inputs(x)
         rows = _rows(xs)
         yy = self._target(y, rows)
-        if not 1 <= batch_size <= self.max_batch:
-            raise RuntimeDataError(f"batch_size must be in 1..{self.max_batch}, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or \
+                not 1 <= batch_size <= self.max_batch:  # 8.0 or "8" failed later, a TypeError
+            raise RuntimeDataError(f"batch_size must be an integer in 1..{self.max_batch}, got "
+                                   f"{batch_size!r}")
         order = _order(seed, rows)
         if self._dropout_key is not None and isinstance(seed, (int, np.integer, np.random.Generator)):
             # a new epoch seed gives new dropout masks (clients of one round differ)
