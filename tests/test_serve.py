@@ -359,7 +359,9 @@ def test_python_client_refuses_data_that_does_not_fit_before_joining(client_mod,
                                                                      tmp_path, capsys):
     cases = {"empty": (np.zeros((0, 64)), np.zeros(0)), "text": (np.zeros((4, 64)), np.array(
         list("abcd"))), "label": (np.zeros((4, 64)), np.full(4, 50)),
-        "features": (np.zeros((4, 30)), np.zeros(4))}
+        "features": (np.zeros((4, 30)), np.zeros(4)),
+        "fraction": (np.zeros((4, 64)), np.full(4, 2.5)),  # a cast made these class 2
+        "wraps": (np.zeros((4, 64)), np.full(4, 2**32 + 3))}  # and these class 3
     for name, (x, y) in cases.items():
         path = tmp_path / f"{name}.npz"
         np.savez(path, x=x, y=y)

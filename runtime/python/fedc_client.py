@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fedc_runtime import Model, RuntimeDataError, Shuffle
+from fedc_runtime import Model, RuntimeDataError, Shuffle, _conform
 
 FRAME_TYPE = "application/x-fedc-frame"
 _HEADER = struct.Struct("<4sBBBBII")
@@ -81,8 +81,13 @@ def load_data(path: str | Path, manifest: dict[str, Any]) -> tuple[np.ndarray, n
         if arr.dtype.kind not in "biuf":
             raise RuntimeDataError(f"{path}: {name!r} must hold numbers, not {arr.dtype}")
     x = x.reshape(len(x), -1).astype(np.float32)  # float64 → float32 rounds as JS does
-    y = y.astype(np.int32 if manifest["targets"][0]["dtype"] == "i32" else np.float32)
-    return x, y
+    target = manifest["targets"][0]
+    if target["dtype"] != "i32":
+        return x, y.astype(np.float32)
+    try:  # the runtime's own check: a cast would truncate 2.5 to 2 and wrap 2**32 + 3 to 3
+        return x, _conform(y, target, "target")
+    except RuntimeDataError as exc:
+        raise RuntimeDataError(f"{path}: {exc}") from None
 
 
 def local_train(model: Model, weights: np.ndarray, x: np.ndarray, y: np.ndarray,
