@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import struct
 import subprocess
 import time
@@ -183,13 +184,28 @@ def test_unsampled_client_is_refused_and_duplicates_are_idempotent(live, bundle)
     assert server.status()["open_round"]["submitted"] == [insider.client_id]
 
 
+def _stored_rejections(server: Server) -> int:
+    state = Path(server.args[server.args.index("--state") + 1])
+    with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
+        return int(db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0])
+
+
 def test_unauthenticated_requests_cannot_read_tasks_or_models(live):
+    """They are refused and counted, but not written: requests without a valid token must not
+    grow the state file (or take the lock through a disk sync each)."""
     server = live[0]
+    stored, before = _stored_rejections(server), server.status()
     for path in ("/api/v1/task", "/api/v1/model"):
         code, body = request(server.url + path)
         assert code == 401 and json.loads(body)["error"] == "unauthorized"
     code, _ = request(server.url + "/api/v1/join", "POST", b"", "fedc1.cnope.secret")
     assert code == 401
+    after = server.status()
+    assert after["rejected"] == before["rejected"] + 3
+    assert after["rejected_by_reason"]["unauthorized"] == \
+        before["rejected_by_reason"].get("unauthorized", 0) + 3
+    assert after["rejected_anonymous"]["unauthorized"] >= 3
+    assert _stored_rejections(server) == stored
 
 
 def test_unknown_api_paths_and_methods_get_json_refusals(live):

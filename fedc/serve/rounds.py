@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,10 @@ class Coordinator:
         self.last_seen: dict[str, float] = {}
         self._hashes: dict[str, bytes] = {}
         self._frames: dict[int, bytes] = {}
+        # refusals of requests that name no client (no valid token): counted here, never
+        # written, so that traffic without a token cannot grow the state file or hold the
+        # lock through a disk sync per request
+        self.anonymous_rejections: Counter[str] = Counter()
         if store.get_meta("format") is None:
             self._initialise(initial_weights())
         self._resume()
@@ -137,8 +142,11 @@ class Coordinator:
     def _reject(self, client_id: str | None, err: ProtocolError) -> ProtocolError:
         log.warning("rejected %s: %d %s: %s", client_id or "anonymous request", err.status,
                     err.code, err.reason)
-        self.store.add_rejection(client_id, self.round, err.status, err.code, err.reason,
-                                 self.clock())
+        if client_id is None:
+            self.anonymous_rejections[err.code] += 1
+        else:
+            self.store.add_rejection(client_id, self.round, err.status, err.code, err.reason,
+                                     self.clock())
         return err
 
     # --- tasks ----------------------------------------------------------------------------
@@ -332,6 +340,14 @@ class Coordinator:
     def _phase(self) -> str:
         return "done" if self.done else "open" if self.open is not None else "waiting"
 
+    def _totals(self) -> dict[str, Any]:
+        """The store's accepted and rejected counts plus the anonymous refusals since start."""
+        totals = self.store.totals()
+        by_code = Counter(totals["rejected_by_reason"]) + self.anonymous_rejections
+        return {**totals, "rejected": totals["rejected"] + self.anonymous_rejections.total(),
+                "rejected_by_reason": dict(by_code),
+                "rejected_anonymous": dict(self.anonymous_rejections)}
+
     def status(self, with_log: bool = False) -> dict[str, Any]:
         with self.lock:
             s, now = self.store, self.clock()
@@ -345,7 +361,7 @@ class Coordinator:
                 "connected": sorted(connected), "min_clients": self.config.min_clients,
                 "clients": {c: {**v, "connected": c in connected}
                             for c, v in s.client_counts().items()},
-                **s.totals(), "latest": models[-1], "models": models,
+                **self._totals(), "latest": models[-1], "models": models,
                 "rounds_history": s.round_history()}
             if self.open is not None:
                 got = s.update_clients(self.open.round)
