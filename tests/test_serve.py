@@ -306,6 +306,12 @@ def test_tls_server_is_reachable_with_its_certificate(bundle, tmp_path, client_m
         assert info["model"] == "DigitsMLP"
         with pytest.raises(client_mod.ClientError, match="CERTIFICATE_VERIFY_FAILED"):
             client_mod.Client(server.url, token, model, retry_for=0).join()
+        out = fedc("status", server.url, "--cafile", str(cert), "--json")  # fedc status too
+        assert out.returncode == 0 and json.loads(out.stdout)["model"] == "DigitsMLP", out.stderr
+        out = fedc("status", server.url)
+        assert out.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in out.stderr
+        out = fedc("status", server.url, "--cafile", str(key.with_name("none.pem")))
+        assert out.returncode == 2 and "cannot use" in out.stderr
     finally:
         server.stop()
 

@@ -68,6 +68,8 @@ def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], No
 
     c = sub.add_parser("status", help="show a running server's rounds, clients and accuracy")
     c.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8080")
+    c.add_argument("--cafile", help="CA certificate to trust for an https server (e.g. the "
+                                    "self-signed --certfile it serves)")
     c.add_argument("--json", action="store_true", help="the server's status object")
     c.set_defaults(run=cmd_status)
 
@@ -264,8 +266,9 @@ def add_bridge_flags(c: argparse.ArgumentParser) -> None:
 
 # --- status ---------------------------------------------------------------------------------------
 
-def fetch_status(url: str, timeout: float = 10.0) -> dict[str, Any]:
+def fetch_status(url: str, timeout: float = 10.0, cafile: str | None = None) -> dict[str, Any]:
     import http.client  # here, not at the top: every fedc command would import them
+    import ssl
     import urllib.error
     import urllib.parse
     import urllib.request
@@ -281,7 +284,13 @@ def fetch_status(url: str, timeout: float = 10.0) -> dict[str, Any]:
     except ValueError as exc:
         raise UsageError.at(f"not a valid URL: {url!r} ({exc})") from None
     try:
-        with urllib.request.urlopen(base + "/api/v1/status", timeout=timeout) as res:
+        context = ssl.create_default_context(cafile=cafile) if cafile else None
+    except OSError as exc:  # ssl.SSLError too: a file that is not a PEM certificate
+        raise UsageError.at(f"cannot use {cafile} as a CA certificate: "
+                            f"{getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        with urllib.request.urlopen(base + "/api/v1/status", timeout=timeout,
+                                    context=context) as res:
             status: dict[str, Any] = json.loads(res.read())
             return status
     except urllib.error.HTTPError as exc:
@@ -314,7 +323,7 @@ def format_status(s: dict[str, Any], url: str) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> dict[str, Any]:
-    status = fetch_status(args.url)
+    status = fetch_status(args.url, cafile=args.cafile)
     try:
         text = format_status(status, args.url)
     except (KeyError, TypeError, ValueError):
