@@ -355,8 +355,9 @@ class Model:
             raise RuntimeDataError(f"batch_size must be an integer in 1..{self.max_batch}, got "
                                    f"{batch_size!r}")
         order = _order(seed, rows)
-        if self._dropout_key is not None and isinstance(seed, (int, np.integer, np.random.Generator)):
-            # a new epoch seed gives new dropout masks (clients of one round differ)
+        # a new epoch seed gives new dropout masks (clients of one round differ)
+        if self._dropout_key is not None and isinstance(seed, int | np.integer
+                                                        | np.random.Generator):
             self.dropout_seed = (int(seed) if isinstance(seed, (int, np.integer))
                                  else int(seed.integers(1 << 32))) & 0xFFFFFFFF
         step = self._calls["train_step"]
