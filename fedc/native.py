@@ -94,9 +94,9 @@ class _NativeCall:
     def __init__(self, code: NativeCode, name: str, base: int) -> None:
         self.fn, self.slot, self.base = code.exports[name], code.base_slot, base
 
-    def __call__(self, n: int) -> float | None:
+    def __call__(self, *args: int) -> float | None:
         self.slot.value = self.base  # models sharing one NativeCode take turns (not threads)
-        return self.fn(n)  # type: ignore[no-any-return]
+        return self.fn(*args)  # type: ignore[no-any-return]
 
 
 class NativeModel(Model):

@@ -205,7 +205,10 @@ def manifest(art: Artifacts, variant: str) -> dict[str, Any]:
             "train_step": {"params": ["i32"], "results": ["f32"]},
             "eval_step": {"params": ["i32"], "results": ["f32"]},
             "predict": {"params": ["i32"], "results": []},
+            "train_steps": {"params": ["i32", "i32"], "results": []},
         },
+        # train_steps(n, count) writes step j's loss here (f32)
+        "losses": {"offset": pl.losses_offset, "count": pl.max_batch},
         "inputs": [_decl(d, offsets[d.name], vocab.get(d.name)) for d in m.inputs],
         "targets": [_decl(d, offsets[d.name]) for d in m.targets],
         "outputs": [{"name": "prediction", "dtype": "f32", "shape": list(pred.type.row_shape),

@@ -44,6 +44,7 @@ class MemoryPlan:
     anchor_offset: int | None = None  # FedProx anchor weights (params layout), if any
     hparams_offset: int = 0
     scratch_offset: int = 0
+    losses_offset: int = 0  # train_steps' per-step losses, max_batch f32 (after the scratch)
     end: int = ARENA_BASE
     activation_bytes: int = 0  # the liveness-shared area's peak
     activation_bytes_unshared: int = 0  # what it would take without reuse
@@ -123,7 +124,10 @@ def plan(graph: Graph, *, max_batch: int, state_slots: int, n_hparams: int,
     if scratch_bytes:
         p.buffers.append(Buffer("scratch", "scratch", "f32", (scratch_bytes // 4,), cursor,
                                 scratch_bytes))
-    p.end = _align(cursor + scratch_bytes)
+    p.losses_offset = _align(cursor + scratch_bytes)
+    p.buffers.append(Buffer("losses", "losses", "f32", (max_batch,), p.losses_offset,
+                            max_batch * 4))
+    p.end = _align(p.losses_offset + max_batch * 4)
     return p
 
 

@@ -169,6 +169,41 @@ fs.writeFileSync({json.dumps(str(tmp_path / 'p.bin'))},
     assert np.fromfile(tmp_path / "p.bin", "<f4").tobytes() == np.asarray(pred, "<f4").tobytes()
 
 
+def test_js_train_epoch_through_train_steps_matches_python_and_one_call_a_batch(bundle,
+                                                                               tmp_path):
+    """trainEpoch writes max_batch // batch batches at a time and calls train_steps once; its
+    loss and weights equal those of one train_step call a batch (losses = null) and Python's
+    train_epoch, bit for bit (dropout keys, Adam's schedule and FedProx's anchor included)."""
+    client = load_client_module(bundle)
+    model = client.Model.load(bundle)
+    model.init_weights(2)
+    model.get_weights().astype("<f4").tofile(tmp_path / "w0.bin")
+    x, y = client.load_data(bundle / "data" / "client-2.npz", model.manifest)
+    losses = [model.train_epoch(x, y, batch, seed=epoch) for epoch, batch in enumerate((16, 7))]
+    js = (bundle / "fedc-client.js").as_uri()
+    data = bundle / "data" / "client-2.npz"
+    out = node(f"""import fs from 'node:fs';
+import {{ Model, loadData }} from '{js}';
+const dir = {json.dumps(str(bundle))};
+const manifest = JSON.parse(fs.readFileSync(dir + '/manifest.json'));
+const w0 = new Uint8Array(fs.readFileSync({json.dumps(str(tmp_path / 'w0.bin'))}));
+const {{ x, y }} = await loadData(fs.readFileSync({json.dumps(str(data))}), manifest);
+const out = [];
+for (const chunked of [true, false]) {{
+  const model = await Model.create(fs.readFileSync(dir + '/model.wasm'), manifest);
+  if (!chunked) model.losses = null;
+  model.initWeights(2);
+  model.setWeights(new Float32Array(w0.buffer));
+  const losses = [16, 7].map((batch, epoch) => model.trainEpoch(x, y, batch, epoch));
+  out.push({{ losses, w: Buffer.from(model.getWeights().buffer).toString('hex') }});
+}}
+console.log(JSON.stringify(out));""", tmp_path)
+    chunked, per_batch = json.loads(out)
+    assert chunked == per_batch
+    assert chunked["losses"] == losses
+    assert bytes.fromhex(chunked["w"]) == model.get_weights().astype("<f4").tobytes()
+
+
 def test_js_reads_npz_files_as_python_does(tmp_path, digits_mlp):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, 8, 8))  # float64, 3-D: rounded to float32 and flattened

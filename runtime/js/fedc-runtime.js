@@ -328,6 +328,9 @@ export class Model {
     this.dropoutKey = manifest.rng ? new Uint32Array(buf, manifest.rng.offset, 2) : null;
     this.dropoutSeed = 0;
     this.dropoutStep = 0;
+    // train_steps(n, count) leaves step j's loss at losses[j] (older modules lack both)
+    this.losses = manifest.losses && this.exports.train_steps
+      ? f32(manifest.losses.offset, manifest.losses.count) : null;
   }
 
   get numParams() { return this.params.length; }
@@ -476,11 +479,28 @@ export class Model {
     if (!(seed instanceof Shuffle)) this.dropoutSeed = seed >>> 0; // as Python: new masks per seed
     let total = 0;
     let batches = 0;
-    for (let start = 0; start < rows; start += batchSize) {
-      const n = Math.min(batchSize, rows - start);
-      this._write(xs, y, order, start, n);
+    // whole batches `per` at a time, as Python's train_epoch: one train_steps call trains the
+    // consecutive blocks written together, and their losses are summed in order
+    const full = rows - (rows % batchSize);
+    const per = this.losses ? Math.max(1, Math.min(Math.floor(this.maxBatch / batchSize),
+      full / batchSize)) : 1;
+    for (let start = 0; start < full; start += per * batchSize) {
+      const k = Math.min(per, (full - start) / batchSize);
+      this._write(xs, y, order, start, k * batchSize);
       this._nextDropoutKey();
-      total += this.exports.train_step(n);
+      if (this.dropoutKey) this.dropoutStep += k - 1; // train_steps steps the key for the others
+      if (k === 1) {
+        total += this.exports.train_step(batchSize);
+      } else {
+        this.exports.train_steps(batchSize, k);
+        for (let j = 0; j < k; j++) total += this.losses[j];
+      }
+      batches += k;
+    }
+    if (full < rows) { // the last, partial batch
+      this._write(xs, y, order, full, rows - full);
+      this._nextDropoutKey();
+      total += this.exports.train_step(rows - full);
       batches += 1;
     }
     return total / Math.max(batches, 1);
