@@ -102,6 +102,23 @@ console.log(JSON.stringify({BOUNDS}.map(draws)));""", tmp_path)
     assert json.loads(out) == [[s.below(b) for _ in range(300)] for b in BOUNDS]
 
 
+def _node_local_train(bundle, data, task, tmp_path, result):
+    """The JS client's localTrain under Node from tmp_path/w0.bin on the npz `data`: writes
+    its weights to tmp_path/w_js.bin and prints the JS expression `result` as JSON."""
+    js = (bundle / "fedc-client.js").as_uri()
+    return node(f"""import fs from 'node:fs';
+import {{ Model, loadData, localTrain }} from '{js}';
+const dir = {json.dumps(str(bundle))};
+const manifest = JSON.parse(fs.readFileSync(dir + '/manifest.json'));
+const model = await Model.create(fs.readFileSync(dir + '/model.wasm'), manifest);
+const {{ x, y }} = await loadData(fs.readFileSync({json.dumps(str(data))}), manifest);
+const w0bytes = new Uint8Array(fs.readFileSync({json.dumps(str(tmp_path / 'w0.bin'))}));
+const w0 = new Float32Array(w0bytes.buffer);
+const r = localTrain(model, w0, x, y, {json.dumps(task)});
+fs.writeFileSync({json.dumps(str(tmp_path / 'w_js.bin'))}, new Uint8Array(r.weights.buffer));
+console.log(JSON.stringify({result}));""", tmp_path)
+
+
 def test_node_and_python_clients_make_bit_identical_updates(bundle, tmp_path):
     """Same global weights, data and task → the same bytes. Wasm floats are deterministic
     (no relaxed SIMD), both hosts write the same rows in the same order and sum losses in
@@ -115,18 +132,7 @@ def test_node_and_python_clients_make_bit_identical_updates(bundle, tmp_path):
     task = {"seed": 2**32 - 3, "local_epochs": 2, "batch_size": 24}
     x, y = client.load_data(data, model.manifest)
     weights, loss, evaluation = client.local_train(model, start, x, y, task)
-    js = (bundle / "fedc-client.js").as_uri()
-    out = node(f"""import fs from 'node:fs';
-import {{ Model, loadData, localTrain }} from '{js}';
-const dir = {json.dumps(str(bundle))};
-const manifest = JSON.parse(fs.readFileSync(dir + '/manifest.json'));
-const model = await Model.create(fs.readFileSync(dir + '/model.wasm'), manifest);
-const {{ x, y }} = await loadData(fs.readFileSync({json.dumps(str(data))}), manifest);
-const w0bytes = new Uint8Array(fs.readFileSync({json.dumps(str(tmp_path / 'w0.bin'))}));
-const w0 = new Float32Array(w0bytes.buffer);
-const r = localTrain(model, w0, x, y, {json.dumps(task)});
-fs.writeFileSync({json.dumps(str(tmp_path / 'w_js.bin'))}, new Uint8Array(r.weights.buffer));
-console.log(JSON.stringify([r.trainLoss, r.evaluation]));""", tmp_path)
+    out = _node_local_train(bundle, data, task, tmp_path, "[r.trainLoss, r.evaluation]")
     js_loss, js_eval = json.loads(out)
     js_weights = np.fromfile(tmp_path / "w_js.bin", "<f4")
     assert not np.array_equal(weights, start)
@@ -319,18 +325,8 @@ def test_node_client_trains_a_token_id_model_as_python_does(tmp_path):
     task = {"seed": 7, "local_epochs": 1, "batch_size": 16}
     x, y = client.load_data(data, model.manifest)
     weights, loss, _ = client.local_train(model, start, x, y, task)
-    js = (bundle / "fedc-client.js").as_uri()
-    out = node(f"""import fs from 'node:fs';
-import {{ Model, loadData, localTrain }} from '{js}';
-const dir = {json.dumps(str(bundle))};
-const manifest = JSON.parse(fs.readFileSync(dir + '/manifest.json'));
-const model = await Model.create(fs.readFileSync(dir + '/model.wasm'), manifest);
-const {{ x, y }} = await loadData(fs.readFileSync({json.dumps(str(data))}), manifest);
-const w0bytes = new Uint8Array(fs.readFileSync({json.dumps(str(tmp_path / 'w0.bin'))}));
-const w0 = new Float32Array(w0bytes.buffer);
-const r = localTrain(model, w0, x, y, {json.dumps(task)});
-fs.writeFileSync({json.dumps(str(tmp_path / 'w_js.bin'))}, new Uint8Array(r.weights.buffer));
-console.log(JSON.stringify([x.constructor.name, r.trainLoss]));""", tmp_path)
+    out = _node_local_train(bundle, data, task, tmp_path,
+                            "[x.constructor.name, r.trainLoss]")
     kind, js_loss = json.loads(out)
     assert kind == "Int32Array" and js_loss == loss
     assert np.fromfile(tmp_path / "w_js.bin", "<f4").tobytes() == weights.tobytes()
