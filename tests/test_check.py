@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from fedc.diagnostics import CheckError, FedcError
+from fedc.optim import OPTIMIZERS
+from fedc.optim.base import boolean
 from fedc.pipeline import check_source
 
 CASES = sorted((Path(__file__).parent / "check_errors").glob("*.fed"))
@@ -132,3 +134,50 @@ optimizer sgd(lr=0.1)
     with pytest.raises(CheckError) as info:
         check_source(src, "decl.fed")
     assert [d.span.line for d in info.value.diagnostics] == [2, 3], info.value.render()
+
+
+
+def _optimizer_cases(flags: bool) -> list[tuple[str, str]]:
+    """(optimizer, hyper-parameter) for every true/false one (flags) or every numeric one."""
+    return [(o, h) for o, d in OPTIMIZERS.items() for h, hp in d.hparams.items()
+            if (hp.check is boolean) == flags]
+
+
+def _with_optimizer(opt: str, setting: str) -> str:
+    lr = "" if setting.startswith("lr=") else "lr=0.1, "
+    return ("model M:\n    input x: f32[4]\n    target y: class[3]\n"
+            "    loss = softmax_cross_entropy(dense(x, 3), y)\n"
+            f"optimizer {opt}({lr}{setting})\n")
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+@pytest.mark.parametrize(("opt", "hparam"), _optimizer_cases(flags=False))
+def test_a_boolean_for_a_numeric_hyper_parameter_is_an_error_at_its_position(opt, hparam, value):
+    # true and false used to count as 1 and 0, so sgd(lr=true) compiled with lr = 1
+    src = _with_optimizer(opt, f"{hparam}={value}")
+    with pytest.raises(CheckError) as info:
+        check_source(src, "b.fed")
+    (d,) = info.value.diagnostics
+    rule = OPTIMIZERS[opt].hparams[hparam].rule
+    assert d.message == f"{opt}: {hparam} must be a number {rule} but got the boolean {value}"
+    col = src.splitlines()[4].index(f"{hparam}={value}") + len(hparam) + 2
+    assert d.span is not None and (d.span.line, d.span.col) == (5, col)
+
+
+@pytest.mark.parametrize("value", ["1", "0", "0.0", "'true'"])
+@pytest.mark.parametrize(("opt", "hparam"), _optimizer_cases(flags=True))
+def test_a_flag_hyper_parameter_takes_only_true_or_false(opt, hparam, value):
+    with pytest.raises(CheckError) as info:
+        check_source(_with_optimizer(opt, f"{hparam}={value}"), "f.fed")
+    assert [d.message for d in info.value.diagnostics] == [
+        f"{opt}: {hparam} must be true or false but got {value}"]
+
+
+@pytest.mark.parametrize("setting", ["clip_norm=true", "warmup=false",
+                                     "schedule=step(step_size=true)",
+                                     "schedule=cosine(t_max=10, eta_min=false)"])
+def test_a_boolean_for_a_general_optimizer_setting_says_it_is_a_boolean(setting):
+    with pytest.raises(CheckError) as info:
+        check_source(_with_optimizer("sgd", setting), "g.fed")
+    (d,) = info.value.diagnostics
+    assert "but got the boolean " in d.message, d.message

@@ -9,7 +9,7 @@ from ..ir import BATCH, Node, TensorType, Value, f32
 from ..lower.context import LowerCtx
 from ..lower.kernels import emit_map
 from . import ShapeError, register
-from .surface import REQUIRED, TENSOR, GradBuilder, SurfaceCtx, SurfaceError, bind
+from .surface import REQUIRED, TENSOR, GradBuilder, SurfaceCtx, SurfaceError, bind, shown
 
 
 def _batched_f32(op: str, t: TensorType) -> tuple[int, ...]:
@@ -65,14 +65,14 @@ def _reshape_surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -
         raise SurfaceError("reshape is missing its argument 'x'")
     x, dims = args[0], args[1:]
     if not isinstance(x, Value):
-        raise SurfaceError(f"reshape expects a tensor for 'x' but got {x!r}", 0)
+        raise SurfaceError(f"reshape expects a tensor for 'x' but got {shown(x)}", 0)
     if not dims:
         raise SurfaceError("reshape needs the new per-example dimensions, e.g. "
                            "reshape(x, 1, 8, 8)")
     for i, d in enumerate(dims, start=1):
         if isinstance(d, bool) or not isinstance(d, int) or (d < 1 and d != -1):
             raise SurfaceError(f"reshape expects positive integer dimensions (or one -1) but "
-                               f"got {d!r}", i)
+                               f"got {shown(d)}", i)
     if dims.count(-1) > 1:
         raise SurfaceError("reshape accepts at most one -1 dimension", len(dims))
     size = math.prod(_batched_f32("reshape", x.type))

@@ -68,35 +68,43 @@ class _Required:
 REQUIRED: Any = _Required()
 
 
+def shown(value: Any) -> str:
+    """A constant as the .fed source spells it: `the boolean true`, not Python's `True`."""
+    return f"the boolean {str(value).lower()}" if isinstance(value, bool) else repr(value)
+
+
 def _coerce(op: str, name: str, kind: str, value: Any, where: int | str) -> Any:
     is_tensor = isinstance(value, Value)
     if kind == TENSOR:
         if not is_tensor:
-            raise SurfaceError(f"{op} expects a tensor for {name!r} but got {value!r}", where)
+            raise SurfaceError(f"{op} expects a tensor for {name!r} but got {shown(value)}",
+                               where)
         return value
     if is_tensor:
         raise SurfaceError(f"{op} expects a {kind} for {name!r} but got a tensor", where)
     if kind == POS_INT:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise SurfaceError(f"{op} expects a positive integer for {name!r} but got {value!r}",
-                               where)
+            raise SurfaceError(f"{op} expects a positive integer for {name!r} but got "
+                               f"{shown(value)}", where)
         return value
     if kind == NONNEG_INT:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise SurfaceError(f"{op} expects a non-negative integer for {name!r} but got "
-                               f"{value!r}", where)
+                               f"{shown(value)}", where)
         return value
     if kind == NUMBER:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SurfaceError(f"{op} expects a number for {name!r} but got {value!r}", where)
+            raise SurfaceError(f"{op} expects a number for {name!r} but got {shown(value)}",
+                               where)
         if abs(value) > F32_MAX or 0 < abs(value) <= F32_HALF_MIN:  # kernels use it as float32
             raise SurfaceError(f"{op} expects a number for {name!r} that float32 holds (neither "
-                               f"beyond ±{F32_MAX:.4g} nor rounding to 0) but got {value!r}",
+                               f"beyond ±{F32_MAX:.4g} nor rounding to 0) but got {shown(value)}",
                                where)
         return float(value)
-    if kind == BOOL:
-        if value not in (True, False, "true", "false"):
-            raise SurfaceError(f"{op} expects true or false for {name!r} but got {value!r}", where)
+    if kind == BOOL:  # `in (True, False)` alone would take 1 and 0.0 (True == 1 in Python)
+        if not isinstance(value, bool) and value not in ("true", "false"):
+            raise SurfaceError(f"{op} expects true or false for {name!r} but got "
+                               f"{shown(value)}", where)
         return value in (True, "true")
     raise AssertionError(kind)
 

@@ -16,6 +16,11 @@ class HParam:
     rule: str  # what `check` requires, for the error message
     structural: bool = False  # changes the code or the state layout: fixed at compile time
 
+    @property
+    def flag(self) -> bool:
+        """A true/false setting (nesterov, amsgrad): the only kind a boolean may set."""
+        return self.check is boolean
+
 
 # One step's run-time scalars by name: the hyper-parameters (lr already scheduled) and whatever
 # `prepare` derived from them. In `update` they match the element type (splatted for vectors).

@@ -21,11 +21,16 @@ _EXAMPLES = {"step": "step(step_size=100, gamma=0.5)", "cosine": "cosine(t_max=1
 
 
 def _number(e: ast.Expr) -> float | None:
-    """A literal number (true/false count as 1/0) that float32 holds as a normal number or 0
-    (the module keeps hyper-parameters as float32), or None."""
+    """A literal number that float32 holds as a normal number or 0 (the module keeps
+    hyper-parameters as float32), or None. true and false are not numbers here."""
     if isinstance(e, ast.Num):
         v = float(e.value)
         return v if v == 0 or F32_TINY <= abs(v) <= F32_MAX else None
+    return None
+
+
+def _flag(e: ast.Expr) -> float | None:
+    """true → 1.0, false → 0.0 (how a flag hyper-parameter is stored), or None."""
     if isinstance(e, ast.Name) and e.id in ("true", "false"):
         return float(e.id == "true")
     return None
@@ -37,11 +42,16 @@ def _rule(rule: str, e: ast.Expr) -> str:
                    else "")
 
 
+def _number_rule(rule: str, e: ast.Expr) -> str:
+    """A bare comparison rule ("> 0") for a value that is no number says a number is needed."""
+    return _rule(rule, e) if isinstance(e, ast.Num) else f"a number {rule}"
+
+
 def _show(e: ast.Expr) -> str:
     if isinstance(e, ast.Num):
         return repr(e.value)
     if isinstance(e, ast.Name):
-        return e.id
+        return f"the boolean {e.id}" if _flag(e) is not None else e.id
     if isinstance(e, ast.Str):
         return repr(e.value)
     if isinstance(e, ast.Call):
@@ -72,11 +82,14 @@ def check_optimizer(diag: Collector, opt: ast.OptimizerDef | None,
     for kw in opt.kwargs:
         spans[kw.name] = kw.span  # the parser already rejects a repeated keyword
         if kw.name in d.hparams:
-            v = _number(kw.value)
             hp = d.hparams[kw.name]
+            # a flag takes only true/false and a number never does: Python's True == 1 must
+            # not let sgd(lr=true) train with lr 1 or sgd(nesterov=1) turn Nesterov on
+            v = _flag(kw.value) if hp.flag else _number(kw.value)
             if v is None or not hp.check(v):
-                diag.error(f"{opt.name}: {kw.name} must be {_rule(hp.rule, kw.value)} but got "
-                           f"{_show(kw.value)}", kw.value.span)
+                rule = hp.rule if hp.flag else _number_rule(hp.rule, kw.value)
+                diag.error(f"{opt.name}: {kw.name} must be {rule} but got {_show(kw.value)}",
+                           kw.value.span)
             else:
                 values[kw.name] = v
         elif kw.name in GENERAL:
@@ -121,12 +134,12 @@ def _general(diag: Collector, opt: str, kw: ast.Keyword) -> object:
         return _schedule(diag, kw.value)
     v = _number(kw.value)
     if kw.name == "clip_norm":
-        if v is None or isinstance(kw.value, ast.Name) or not v > 0:
+        if v is None or not v > 0:
             diag.error(f"{opt}: clip_norm must be {_rule('a number > 0', kw.value)} but got "
                        f"{_show(kw.value)}", kw.value.span)
             return None
         return v
-    if v is None or isinstance(kw.value, ast.Name) or v != int(v) or not 0 <= v <= MAX_STEPS:
+    if v is None or v != int(v) or not 0 <= v <= MAX_STEPS:
         diag.error(f"{opt}: warmup must be a whole number of steps in 0..{MAX_STEPS} but got "
                    f"{_show(kw.value)}", kw.value.span)
         return None
@@ -162,9 +175,10 @@ def _schedule(diag: Collector, e: ast.Expr) -> ScheduleSpec | None:
         if p is None:
             expected = f"expected {', '.join(sd.params)}" if sd.params else "it takes none"
             diag.error(f"schedule {name} has no parameter {kw.name!r} ({expected})", kw.span)
-        elif v is None or isinstance(kw.value, ast.Name) or not p.check(v):
-            diag.error(f"{name}: {kw.name} must be {_rule(p.rule, kw.value)} but got "
-                       f"{_show(kw.value)}", kw.value.span)
+        elif v is None or not p.check(v):
+            rule = _rule(p.rule, kw.value) if p.integer else _number_rule(p.rule, kw.value)
+            diag.error(f"{name}: {kw.name} must be {rule} but got {_show(kw.value)}",
+                       kw.value.span)
         else:
             out[kw.name] = v
             continue
