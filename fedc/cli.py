@@ -154,6 +154,8 @@ def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
     if args.target == "native" and args.emit not in ("ir", "llvm", "llvm-opt"):
         raise UsageError.at("a native build runs in-process (fedc train --target native, "
                             "fedc.native.NativeModel): use --emit ir, llvm or llvm-opt to see it")
+    if not args.out and not args.emit:  # say so before a compile whose result would be dropped
+        raise UsageError.at("nothing to do: give -o DIR to write the module, or --emit FORM")
     start = time.perf_counter()
     art = compile_source(_read(args.file), args.file, _options(args))
     seconds = time.perf_counter() - start
@@ -173,8 +175,6 @@ def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
         write_bundle(art.wasm, art.manifest, args.out)
     elif args.out:
         art.write(args.out)
-    elif not args.emit:
-        raise UsageError.at("nothing to do: give -o DIR to write the module, or --emit FORM")
     mem = art.manifest["memory"]
     if not args.json and args.out:
         print(f"wrote {Path(args.out) / 'model.wasm'} ({len(art.wasm)} bytes) and manifest.json; "

@@ -174,3 +174,24 @@ def test_a_file_that_is_not_utf8_is_an_input_error_at_the_bad_byte(tmp_path):
     assert f"{bad}:2:27: error: the file is not UTF-8 text (byte 0xe9)" in out.stderr
     assert "^" in out.stderr
     assert json.loads(out.stdout)["diagnostics"][0]["line"] == 2
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["text", "json"])
+def test_compile_with_nothing_to_do_is_a_usage_error_before_compiling(monkeypatch, capsys,
+                                                                      json_flag):
+    import fedc.pipeline
+    from fedc.cli import main
+
+    def compile_source(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compiled although there was nothing to do")
+
+    monkeypatch.setattr(fedc.pipeline, "compile_source", compile_source)
+    code = main(["compile", EXAMPLE, *json_flag])
+    out = capsys.readouterr()
+    message = "nothing to do: give -o DIR to write the module, or --emit FORM"
+    assert code == 2 and f"error: {message}" in out.err
+    if json_flag:
+        assert json.loads(out.out) == {"ok": False, "exit_code": 2, "diagnostics": [
+            {"severity": "error", "message": message}]}
+    else:
+        assert out.out == ""
