@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .diagnostics import FedcError, InternalError, UsageError
+from .diagnostics import Diagnostic, FedcError, InternalError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 
@@ -463,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _BadUsage as exc:  # --json promises one JSON object on stdout, even now
         if "--json" in (sys.argv[1:] if argv is None else argv):
             print(json.dumps({"ok": False, "exit_code": EXIT_USAGE,
-                              "diagnostics": [{"severity": "error", "message": exc.message}]}))
+                              "diagnostics": [Diagnostic(exc.message).to_json()]}))
         return EXIT_USAGE
     run: Callable[[argparse.Namespace], dict[str, Any]] = args.run
     try:
@@ -485,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "exit_code": EXIT_ERROR,
-                              "diagnostics": [{"severity": "error", "message": str(exc)}]}))
+                              "diagnostics": [Diagnostic(str(exc)).to_json()]}))
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -55,10 +55,16 @@ class Diagnostic:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {"severity": self.severity, "message": self.message}
-        if self.span is not None:
-            out.update(file=self.span.file, line=self.span.line, col=self.span.col)
+        """severity, message, file/line/col when it has a place, and notes (always a list):
+        each note's message and, when it has one, its file/line/col."""
+        out: dict[str, object] = {"severity": self.severity, "message": self.message,
+                                  **_where(self.span)}
+        out["notes"] = [{"message": text, **_where(at)} for text, at in self.notes]
         return out
+
+
+def _where(span: Span | None) -> dict[str, object]:
+    return {} if span is None else {"file": span.file, "line": span.line, "col": span.col}
 
 
 def _caret(span: Span, source: str | None) -> list[str]:

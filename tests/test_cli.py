@@ -192,6 +192,28 @@ def test_compile_with_nothing_to_do_is_a_usage_error_before_compiling(monkeypatc
     assert code == 2 and f"error: {message}" in out.err
     if json_flag:
         assert json.loads(out.out) == {"ok": False, "exit_code": 2, "diagnostics": [
-            {"severity": "error", "message": message}]}
+            {"severity": "error", "message": message, "notes": []}]}
     else:
         assert out.out == ""
+
+
+def test_json_diagnostics_carry_the_notes_the_text_shows(tmp_path):
+    bad = tmp_path / "twice.fed"
+    bad.write_text("model M:\n    input x: f32[4]\n    input x: f32[4]\n    target y: class[3]\n"
+                   "    h = dense(x, 3)\n    r = h + x\n"
+                   "    loss = softmax_cross_entropy(r, y)\noptimizer sgd(lr=0.1)\n")
+    out = fedc("check", str(bad), "--json")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    diags = json.loads(out.stdout)["diagnostics"]
+    assert [d["notes"] for d in diags] == [
+        [{"message": "first declared here", "file": str(bad), "line": 2, "col": 5}],
+        [{"message": "h (f32[N,3]) defined here", "file": str(bad), "line": 5, "col": 5}],
+    ]
+    for d in diags:  # each note is in the text output too
+        for note in d["notes"]:
+            assert f"note: {note['message']}: {bad}:{note['line']}:{note['col']}" in out.stderr
+
+
+def test_json_diagnostics_without_notes_have_an_empty_list():
+    out = fedc("check", EXAMPLE, "--json", "--bogus")
+    assert json.loads(out.stdout)["diagnostics"][0]["notes"] == []
