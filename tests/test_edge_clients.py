@@ -354,3 +354,64 @@ console.log(JSON.stringify(msgs));""", tmp_path)
         "class label 2.5 is outside 0..9", "class label 0 is outside 0..9",
         "batch_size must be in 1..256, got 2.5", "predict: 6 rows requested but input x holds 4",
         "input x contains NaN or Inf", "ok"]
+
+
+def test_js_bad_arguments_are_runtime_data_errors_naming_the_argument(tmp_path, digits_mlp):
+    """The JS twins of Python's init_weights, set_hparam, Model.load and set_weights checks: a
+    negative seed, a non-finite hyper-parameter, a folder without manifest.json or model.wasm
+    and weights that are not a Float32Array of the right length are RuntimeDataErrors."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(digits_mlp.manifest))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "manifest.json").write_text("{not json")
+    (tmp_path / "model.wasm").write_bytes(digits_mlp.wasm)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    rt = (ROOT / "runtime" / "js" / "fedc-runtime.js").as_uri()
+    try:
+        out = node(f"""import fs from 'node:fs';
+import {{ Model }} from '{rt}';
+const m = await Model.create(fs.readFileSync({json.dumps(str(tmp_path / 'model.wasm'))}),
+                             {json.dumps(digits_mlp.manifest)});
+const msgs = [];
+const attempt = async (f) => {{
+  try {{ await f(); msgs.push('ok'); }} catch (e) {{ msgs.push(`${{e.name}}: ${{e.message}}`); }}
+}};
+for (const seed of [-1, 1.5, '3', 2 ** 53]) await attempt(() => m.initWeights(seed));
+const lr = m.hparams[0];
+for (const v of [NaN, Infinity, 1e39, '0.1', null]) await attempt(() => m.setHparam('lr', v));
+msgs.push(m.hparams[0] === lr ? 'unchanged' : 'changed');
+await attempt(() => m.setHparam('nope', 0.1));
+await attempt(() => Model.fetch('{base}/nope/'));
+await attempt(() => Model.fetch('{base}/m/'));
+await attempt(() => Model.fetch('{base}/bad/'));
+await attempt(() => m.setWeights(['a']));
+await attempt(() => m.setWeights(new Float32Array(5)));
+await attempt(() => m.setWeights(null));
+console.log(JSON.stringify(msgs));""", tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    e = "RuntimeDataError: "
+    seed, lr = "initWeights: seed must be an integer in 0..2**53-1, got", \
+        "setHparam: lr must be a finite number, got"
+    weights = "setWeights expects a Float32Array of 9610 values, got"
+    assert json.loads(out) == [
+        f"{e}{seed} -1", f"{e}{seed} 1.5", f"{e}{seed} '3'", f"{e}{seed} 9007199254740992",
+        f"{e}{lr} NaN", f"{e}{lr} Infinity", f"{e}{lr} 1e+39", f"{e}{lr} '0.1'", f"{e}{lr} null",
+        "unchanged",
+        f"{e}nope is not a run-time hyper-parameter (expected one of lr, momentum, weight_decay)",
+        f"{e}cannot fetch {base}/nope/manifest.json: HTTP 404",
+        f"{e}cannot fetch {base}/m/model.wasm: HTTP 404",
+        f"{e}{base}/bad/manifest.json is not valid JSON",
+        f"{e}{weights} an Array of 1", f"{e}{weights} a Float32Array of 5", f"{e}{weights} null"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 
@@ -131,6 +134,63 @@ def test_train_epoch_batch_size_must_be_an_integer_in_range(digits_mlp, batch_si
     model = Model(digits_mlp.wasm, digits_mlp.manifest)
     with pytest.raises(RuntimeDataError, match="batch_size must be an integer in 1..256"):
         model.train_epoch(np.zeros((20, 64), np.float32), np.zeros(20, int), batch_size)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "3", True, None])
+def test_init_weights_seed_must_be_an_integer_at_least_0(digits_mlp, seed):
+    model = Model(digits_mlp.wasm, digits_mlp.manifest)
+    with pytest.raises(RuntimeDataError, match=f"init_weights: seed must be an integer ≥ 0, "
+                                               f"got {re.escape(repr(seed))}"):
+        model.init_weights(seed)
+    model.init_weights(np.int64(2**40))  # numpy integers and large seeds are fine
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 1e39, 10**400,
+                                   "0.1", None, True])
+def test_set_hparam_value_must_be_a_finite_float32(digits_mlp, value):
+    model = Model(digits_mlp.wasm, digits_mlp.manifest)
+    before = model.hparams.copy()
+    with pytest.raises(RuntimeDataError, match=f"set_hparam: lr must be a finite number, "
+                                               f"got {re.escape(repr(value))}"):
+        model.set_hparam("lr", value)
+    assert np.array_equal(model.hparams, before)
+    model.set_hparam("lr", np.float64(0.05))
+    assert model.hparams[0] == np.float32(0.05)
+
+
+def test_load_of_a_folder_that_is_not_a_model_names_the_path(tmp_path, digits_mlp):
+    with pytest.raises(RuntimeDataError, match=f"no such model folder: {re.escape(str(tmp_path))}"
+                                               "/nope"):
+        Model.load(tmp_path / "nope")
+    with pytest.raises(RuntimeDataError, match=f"{re.escape(str(tmp_path))} is not a model "
+                                               "folder: it has no manifest.json"):
+        Model.load(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(RuntimeDataError, match="manifest.json is not valid JSON"):
+        Model.load(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps(digits_mlp.manifest))
+    for variant in (None, "simd128"):
+        with pytest.raises(RuntimeDataError, match=f"{re.escape(str(tmp_path))} has no "
+                                                   r"model.wasm \(named in manifest.json\)"):
+            Model.load(tmp_path, variant=variant)
+    (tmp_path / "model.wasm").write_bytes(digits_mlp.wasm)
+    assert Model.load(tmp_path).num_params == 9610
+
+
+@pytest.mark.parametrize("weights, found", [
+    (["a"], "values of dtype <U1"), ("a", "values of dtype <U1"), ([], "shape \\(0,\\)"),
+    (None, "values of dtype object"), ([[1.0, 2.0], [3.0]], "shape \\(3,\\)"),
+    (((1.0, 2.0), (3.0,)), "a tuple numpy cannot read as an array"),
+    (np.zeros(9610, bool), "values of dtype bool"), (np.zeros(9610, complex),
+                                                     "values of dtype complex128"),
+    (np.zeros((2, 9610), np.float32), "shape \\(2, 9610\\)")])
+def test_set_weights_of_the_wrong_type_or_shape_is_a_runtime_data_error(digits_mlp, weights,
+                                                                        found):
+    model = Model(digits_mlp.wasm, digits_mlp.manifest)
+    with pytest.raises(RuntimeDataError, match=f"set_weights expects 9610 float32 values but "
+                                               f"got {found}"):
+        model.set_weights(weights)
+    model.set_weights([np.zeros(9600, np.float64), list(range(10))])  # parts, any real dtype
 
 
 def test_weights_round_trip_and_predict(digits_mlp):

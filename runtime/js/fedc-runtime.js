@@ -216,6 +216,33 @@ async function sha256Hex(bytes) {
 
 const rowSize = (shape) => shape.reduce((a, b) => a * b, 1);
 
+const F32_MAX = 3.4028234663852886e38;
+
+/** A value as an error message shows it: strings quoted, so '3' is not mistaken for 3. */
+const shown = (v) => (typeof v === 'string' ? `'${v}'` : String(v));
+
+/** What a value is, for "expects X, got …": "an Array of 1", "a Float32Array of 5", "null". */
+function described(v) {
+  if (v === null || v === undefined) return String(v);
+  if (Array.isArray(v) || ArrayBuffer.isView(v)) {
+    const name = v.constructor.name;
+    return `${/^[AEIOU]/.test(name) ? 'an' : 'a'} ${name} of ${v.length}`;
+  }
+  return `${typeof v === 'object' ? 'an' : 'a'} ${typeof v}`;
+}
+
+/** GET url; a RuntimeDataError naming it when it cannot be fetched or is not a 2xx answer. */
+async function fetchOk(url) {
+  let res;
+  try {
+    res = await fetch(url);
+  } catch (err) { // Node's "fetch failed" keeps the reason (ECONNREFUSED…) in its cause
+    throw new RuntimeDataError(`cannot fetch ${url}: ${(err.cause && (err.cause.code || err.cause.message)) || err.message}`);
+  }
+  if (!res.ok) throw new RuntimeDataError(`cannot fetch ${url}: HTTP ${res.status}`);
+  return res;
+}
+
 // Each input array's rows as subarray views, made on its first shuffled copy and kept while the
 // array lives: trainEpoch then copies a batch with one set() per row and no allocation (1.6 →
 // 0.6 µs a digits batch in Node 20 from the second epoch on; clients train several epochs and
@@ -293,8 +320,18 @@ export class Model {
   /** Fetch manifest.json and its model.wasm from a base URL (browsers; Node for http URLs). */
   static async fetch(baseUrl) {
     const base = new URL(baseUrl, globalThis.location ? globalThis.location.href : undefined);
-    const manifest = await (await fetch(new URL('manifest.json', base))).json();
-    const wasm = await (await fetch(new URL(manifest.wasm.file, base))).arrayBuffer();
+    const manifestUrl = new URL('manifest.json', base);
+    const text = await (await fetchOk(manifestUrl)).text();
+    let manifest;
+    try {
+      manifest = JSON.parse(text);
+    } catch (err) {
+      throw new RuntimeDataError(`${manifestUrl} is not valid JSON`);
+    }
+    if (!manifest || manifest.format !== 'fedc-manifest/1') {
+      throw new RuntimeDataError(`${manifestUrl} is not a fedc manifest (format ${manifest && manifest.format})`);
+    }
+    const wasm = await (await fetchOk(new URL(manifest.wasm.file, base))).arrayBuffer();
     return Model.create(new Uint8Array(wasm), manifest);
   }
 
@@ -339,6 +376,9 @@ export class Model {
    * numpy's stream: Python's init_weights gives other values; a federated client never calls
    * this (its weights come from the server). */
   initWeights(seed = 0) {
+    if (!Number.isSafeInteger(seed) || seed < 0) {
+      throw new RuntimeDataError(`initWeights: seed must be an integer in 0..2**53-1, got ${shown(seed)}`);
+    }
     const rng = new Shuffle(seed);
     for (const p of this.manifest.params) {
       const view = new Float32Array(this.exports.memory.buffer, p.offset, p.size);
@@ -378,7 +418,7 @@ export class Model {
 
   _checkWeights(weights, what) {
     if (!(weights instanceof Float32Array) || weights.length !== this.numParams) {
-      throw new RuntimeDataError(`${what} expects a Float32Array of ${this.numParams} values`);
+      throw new RuntimeDataError(`${what} expects a Float32Array of ${this.numParams} values, got ${described(weights)}`);
     }
     for (let i = 0; i < weights.length; i++) {
       if (!Number.isFinite(weights[i])) throw new RuntimeDataError(`${what}: weights contain NaN or Inf`);
@@ -396,8 +436,14 @@ export class Model {
   resetOptimizer() { this.state.fill(0); }
 
   setHparam(name, value) {
-    const i = this.manifest.optimizer.hparams_order.indexOf(name);
-    if (i < 0) throw new RuntimeDataError(`${name} is not a run-time hyper-parameter`);
+    const order = this.manifest.optimizer.hparams_order;
+    const i = order.indexOf(name);
+    if (i < 0) throw new RuntimeDataError(`${name} is not a run-time hyper-parameter (expected one of ${order.join(', ')})`);
+    // NaN or ±Inf (or beyond float32, which becomes Inf; a string, which becomes NaN or a number)
+    // would make every later step NaN
+    if (typeof value !== 'number' || !(Math.abs(value) <= F32_MAX)) {
+      throw new RuntimeDataError(`setHparam: ${name} must be a finite number, got ${shown(value)}`);
+    }
     this.hparams[i] = value;
   }
 

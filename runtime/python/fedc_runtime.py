@@ -81,11 +81,30 @@ class _Call:
 
 
 _TAKE_BYTES = 32 * 1024  # see Model.train_epoch
+_F32_MAX = float(np.finfo(np.float32).max)
 
 # Builds of one module (manifest "wasm" and "variants"), most capable first: Model.load takes
 # the first the engine validates. relaxed-simd's results may differ in the last bit between
 # CPUs; simd128 and scalar are deterministic.
 VARIANT_PREFERENCE = ("relaxed-simd", "simd128", "scalar")
+
+
+def _read_manifest(d: Path) -> Mapping[str, Any]:
+    """A model folder's manifest.json, parsed; RuntimeDataError naming the folder if it is not
+    one."""
+    if not d.is_dir():
+        raise RuntimeDataError(f"no such model folder: {d}")
+    path = d / "manifest.json"
+    if not path.is_file():
+        raise RuntimeDataError(f"{d} is not a model folder: it has no manifest.json")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RuntimeDataError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "fedc-manifest/1":
+        shown = manifest.get("format") if isinstance(manifest, dict) else None
+        raise RuntimeDataError(f"{path} is not a fedc manifest (format {shown!r})")
+    return manifest
 
 
 def _builds(manifest: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -129,7 +148,7 @@ class Model:
         lists several ("variants": relaxed-simd, then simd128, then scalar); `variant`
         forces one. `self.manifest["wasm"]` describes the build that was loaded."""
         d = Path(directory)
-        manifest = json.loads((d / "manifest.json").read_text())
+        manifest = _read_manifest(d)
         engine = kw.pop("engine", None) or wasmtime.Engine()
         builds = _builds(manifest)
         if variant is not None and variant not in builds:
@@ -137,10 +156,11 @@ class Model:
                                    f"{', '.join(builds)})")
         order = [variant] if variant else [v for v in VARIANT_PREFERENCE if v in builds] + \
             [v for v in builds if v not in VARIANT_PREFERENCE]
-        rejected = []
+        rejected, missing = [], []
         for name in order:
             path = d / builds[name]["file"]
-            if not path.is_file() and variant is None:  # e.g. a bundle that copied only one
+            if not path.is_file():  # e.g. a bundle that copied only one
+                missing.append(path.name)
                 rejected.append(f"{name}: {path.name} is missing")
                 continue
             wasm = path.read_bytes()
@@ -151,6 +171,8 @@ class Model:
                 continue
             chosen = {**manifest, "wasm": {**builds[name], "variant": name}}
             return cls(wasm, chosen, engine=engine, **kw)
+        if len(missing) == len(order):
+            raise RuntimeDataError(f"{d} has no {' or '.join(missing)} (named in manifest.json)")
         raise RuntimeDataError("no build of this model runs on this engine (" +
                                "; ".join(rejected) + ")")
 
@@ -222,7 +244,10 @@ class Model:
         return int(self.params.size)
 
     def init_weights(self, seed: int = 0) -> None:
-        """Draw every parameter from its manifest initialiser (see docs/abi.md)."""
+        """Draw every parameter from its manifest initialiser (see docs/abi.md); seed ≥ 0."""
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise RuntimeDataError(f"init_weights: seed must be an integer ≥ 0, got {seed!r}")
+        seed = int(seed)
         rng = np.random.default_rng(seed)
         for p in self.manifest["params"]:
             self.param_views[p["name"]][...] = _draw(rng, p["init"], tuple(p["shape"]))
@@ -257,13 +282,25 @@ class Model:
         self.anchor[:] = flat
 
     def _flat_weights(self, weights: np.ndarray | list[np.ndarray], what: str) -> np.ndarray:
-        flat = (np.concatenate([np.asarray(w, np.float32).ravel() for w in weights])
-                if isinstance(weights, list) else np.asarray(weights))
+        expects = f"{what} expects {self.num_params} float32 values but got"
+        try:  # a list is the parameters in parts (e.g. one array a tensor), concatenated
+            parts = [np.asarray(w) for w in weights] if isinstance(weights, list) else \
+                [np.asarray(weights)]
+        except ValueError:  # ragged nesting
+            raise RuntimeDataError(f"{expects} a {type(weights).__name__} numpy cannot read as "
+                                   "an array") from None
+        for part in parts:  # "a" or None would fail in astype, and complex lose its imaginary part
+            if part.dtype.kind not in "iuf":
+                raise RuntimeDataError(f"{expects} values of dtype {part.dtype}")
+        if not isinstance(weights, list):
+            flat = parts[0]
+        else:
+            flat = np.concatenate([p.ravel() for p in parts]) if parts else np.empty(0, np.float32)
         if flat.shape != (self.num_params,):
-            raise RuntimeDataError(f"{what} expects {self.num_params} float32 values but got "
-                                   f"shape {flat.shape}")
+            raise RuntimeDataError(f"{expects} shape {flat.shape}")
         if flat.dtype != np.float32:
-            flat = flat.astype(np.float32)
+            with np.errstate(over="ignore"):  # beyond float32's range is reported as Inf below
+                flat = flat.astype(np.float32)
         if not np.all(np.isfinite(flat)):
             raise RuntimeDataError(f"{what}: weights contain NaN or Inf")
         return flat
@@ -291,6 +328,9 @@ class Model:
         if name not in order:
             raise RuntimeDataError(f"{name!r} is not a run-time hyper-parameter "
                                    f"(expected one of {', '.join(order)})")
+        # NaN or Inf (or beyond float32, which becomes Inf) would make every later step NaN
+        if not _finite_f32(value):
+            raise RuntimeDataError(f"set_hparam: {name} must be a finite number, got {value!r}")
         self.hparams[order.index(name)] = value
 
     # --- data -----------------------------------------------------------------------------
@@ -453,6 +493,16 @@ class Model:
             self._calls["predict"](n)
             out[start:start + n] = self.output[:n]
         return out
+
+
+def _finite_f32(value: Any) -> bool:
+    """A real number (not a bool) that float32 holds as a finite value."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return False
+    try:
+        return abs(float(value)) <= _F32_MAX
+    except OverflowError:  # an int beyond a double's range
+        return False
 
 
 def _hits(task: str, out: np.ndarray, y: np.ndarray) -> float:
