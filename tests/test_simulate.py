@@ -12,7 +12,6 @@ from fedc.diagnostics import UsageError
 from fedc.fl.clients import balance
 from fedc.fl.faults import byzantine_clients, client_speeds, parse_attack, select_clients
 from fedc.fl.simulate import SimConfig, Simulation, config_from, simulate, split_local
-from fedc.fl.strategies import AggregationError
 from fedc.runtime import Model
 
 BASE = SimConfig(clients=20, rounds=3, clients_per_round=10, partition="dirichlet:0.5", seed=3)
@@ -103,7 +102,8 @@ def test_krum_skips_a_round_that_lost_too_many_clients_but_rejects_a_bad_setting
               strategy_options={"f": 2}, dropout=0.3, seed=5)
     assert any(not r.aggregated and "needs at least 2f+3" in r.note for r in res.rounds)
     assert any(r.aggregated for r in res.rounds)
-    with pytest.raises(AggregationError, match="needs at least 2f\\+3 = 7"):
+    with pytest.raises(UsageError, match="krum with f=2 needs n > 2f \\+ 2 = 6 client updates "
+                                         "per round, but a round has at most n = 5"):
         run(digits_mlp, digits, rounds=1, clients_per_round=5, strategy="krum",
             strategy_options={"f": 2})
 
@@ -201,6 +201,11 @@ def test_config_from_the_federated_block_and_overrides(digits_mlp):
     ({"partition": "zipf:2"}, "unknown partition scheme 'zipf:2'"),
     ({"attack": "flip"}, "unknown attack 'flip'"),
     ({"speed_sigma": -1.0}, "sigma ≥ 0"),
+    ({"strategy": "krum", "strategy_options": {"f": 5}},
+     "krum with f=5 needs n > 2f + 2 = 12 client updates per round, but a round has at most "
+     "n = 10 (the clients sampled per round)"),
+    ({"strategy": "multikrum", "strategy_options": {"m": 11}},
+     "multikrum: m=11 is more than the 10 client updates a round has at most"),
 ])
 def test_bad_settings_are_usage_errors(changes, message):
     with pytest.raises(UsageError) as info:

@@ -128,6 +128,10 @@ def test_strategy_options_and_fedprox_default_mu(tmp_path, capsys):
      "clients per round (8) is more than the number of clients (5)"),
     (["--byzantine", "11"], "byzantine clients must be in 0..10"),
     (["--strategy", "krum", "--strategy-opt", "g=1"], "krum: unknown option 'g'"),
+    (["--strategy", "krum", "--strategy-opt", "f=100"], "krum with f=100 needs n > 2f + 2 = 202 "
+     "client updates per round, but a round has at most n = 10 (the clients sampled per round)"),
+    (["--strategy", "multikrum", "--strategy-opt", "m=20", "--clients", "5"],
+     "multikrum: m=20 is more than the 5 client updates a round has at most"),
     (["--batch-size", "1000"], "exceeds the module's max batch 256"),
     (["--target", "gpu"], "invalid choice: 'gpu' (choose from 'wasm', 'native')"),
 ])

@@ -216,6 +216,19 @@ def test_krum_needs_2f_plus_3_updates():
         make_strategy("krum", f=2).aggregate(vec(0), ups(*KRUM_ROWS))
 
 
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_check_clients_refuses_a_round_size_the_rule_can_never_aggregate(name):
+    options = {"f": 2} if "krum" in name else {}
+    strategy = make_strategy(name, **options)
+    strategy.check_clients(7)  # krum's n > 2f + 2; every other rule takes any n ≥ 1
+    if "krum" in name:
+        with pytest.raises(UsageError, match=f"{name} with f=2 needs n > 2f \\+ 2 = 6 client "
+                                             "updates per round, but a round has at most n = 6"):
+            strategy.check_clients(6)
+    with pytest.raises(UsageError, match="multikrum: m=8 is more than the 7 client updates"):
+        make_strategy("multikrum", f=2, m=8).check_clients(7)
+
+
 def test_unknown_strategy_suggests_the_closest_name():
     with pytest.raises(UsageError, match="unknown strategy 'fedavgg'; did you mean 'fedavg'\\? "
                                          "\\(expected one of fedavg, fedavgm"):

@@ -95,7 +95,9 @@ class SimConfig:
               "test fractions must be between 0 and 1")
         parse_scheme(self.partition)
         parse_attack(self.attack)
-        make_strategy(self.strategy, **self.strategy_options)
+        # e.g. Krum's f: a round that can never be aggregated fails here, before any training
+        make_strategy(self.strategy, **self.strategy_options).check_clients(
+            self.per_round, "the clients sampled per round")
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

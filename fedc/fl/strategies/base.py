@@ -57,6 +57,10 @@ class Strategy(ABC):
                   updates: Sequence[ClientUpdate]) -> np.ndarray:
         """The new global weights (flat float32) from this round's client updates."""
 
+    def check_clients(self, n: int, note: str = "") -> None:  # noqa: B027 - most take any n
+        """UsageError if this rule can never aggregate a round of at most n client updates
+        (`note` says where n comes from). Rules that take any n ≥ 1 accept every n."""
+
     def options(self) -> dict[str, Any]:
         """The option values this strategy was made with (for logs and manifests)."""
         return {f.name: getattr(self, f.name) for f in _option_fields(type(self))}

@@ -54,6 +54,15 @@ class MultiKrum(Strategy):
     def selected(self, n: int) -> int:
         return n - self.f if self.m is None else self.m
 
+    def check_clients(self, n: int, note: str = "") -> None:
+        where = f" ({note})" if note else ""
+        require(n > 2 * self.f + 2,
+                f"{self.name} with f={self.f} needs n > 2f + 2 = {2 * self.f + 2} client updates "
+                f"per round, but a round has at most n = {n}{where}")
+        m = self.selected(n)
+        require(m <= n, f"{self.name}: m={m} is more than the {n} client updates a round has at "
+                        f"most{where}")
+
     def aggregate(self, global_weights: np.ndarray,
                   updates: Sequence[ClientUpdate]) -> np.ndarray:
         matrix, counts = stack_updates(global_weights, updates, self.name)
