@@ -456,6 +456,15 @@ def _read(path: str) -> str:
     return decode_source(data, path)
 
 
+def check_data_file(flag: str, spec: str | None) -> None:
+    """A dataset flag naming a .npz file that does not exist is a usage error (exit 2), found
+    before compiling; what a file that exists holds is load_dataset's to judge (DataError)."""
+    from .data import data_file
+    path = data_file(spec) if spec else None
+    if path is not None and not path.exists():
+        raise UsageError.at(f"{flag}: no such data file: {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:

@@ -331,14 +331,24 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.2,
     return data
 
 
+def data_file(spec: str) -> Path | None:
+    """The .npz file a dataset spec names, which may not exist (None: a built-in name, or a
+    name that is neither)."""
+    name = spec.strip()
+    if name in BUILTINS:
+        return None
+    path = Path(name).expanduser()
+    return path if path.suffix.lower() == ".npz" or path.exists() else None
+
+
 def _load(spec: str, seed: int, test_fraction: float, task: str | None) -> Dataset:
     name = spec.strip()
     if name in BUILTINS:
         if task not in (None, "classification"):
             raise _fail(f"dataset {name!r} is a classification task, not {task}")
         return _load_builtin(name, seed, test_fraction)
-    path = Path(name).expanduser()
-    if path.suffix.lower() == ".npz" or path.exists():
+    path = data_file(name)
+    if path is not None:
         return _load_npz(path, seed, test_fraction, task)
     close = difflib.get_close_matches(name, list(BUILTINS), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -357,6 +357,16 @@ def test_cli_errors_are_one_line_without_traceback(args, code, message):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("bridge", [[], ["--flower-superlink", "127.0.0.1:9"]])
+def test_a_missing_eval_data_file_is_a_usage_error_naming_the_flag(tmp_path, bridge):
+    # it was a DataError (exit 1) found after compiling the model, like a file that does not fit
+    state, missing = tmp_path / "s.db", tmp_path / "nosuch.npz"
+    out = fedc("serve", "examples/digits_mlp.fed", "--eval-data", str(missing), "--port", "0",
+               "--state", str(state), *bridge)
+    assert out.returncode == 2 and f"--eval-data: no such data file: {missing}" in out.stderr
+    assert "Traceback" not in out.stderr and not state.exists()
+
+
 def test_status_of_a_port_that_does_not_speak_http_is_a_clear_error():
     with not_http_server() as url:
         out = fedc("status", url)

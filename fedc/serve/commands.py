@@ -210,6 +210,8 @@ def _issue_tokens(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     if args.issue_tokens:
         return _issue_tokens(args)
+    from ..cli import check_data_file
+    check_data_file("--eval-data", args.eval_data)
     if args.flower_superlink:  # one node of a Flower federation (fedc/serve/flower_bridge.py)
         from .flower_bridge import serve_bridge
         return serve_bridge(args)
