@@ -219,8 +219,10 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     if not 0 < args.test_fraction < 1:
         raise UsageError.at(f"--test-fraction must be between 0 and 1, got {args.test_fraction}")
+    source = _read(args.file)
+    check_data_file("--data", args.data)
     start = time.perf_counter()
-    art = compile_source(_read(args.file), args.file, _options(args))
+    art = compile_source(source, args.file, _options(args))
     compile_s = time.perf_counter() - start
     data = load_dataset(args.data, seed=args.seed, test_fraction=args.test_fraction,
                         task=art.model.task)
@@ -375,6 +377,7 @@ def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
     from .train import check_fits
 
     source = _read(args.file)
+    check_data_file("--data", args.data)
     config = _sim_config(args, check_source(source, args.file).federated)
     config.validate()  # a bad flag fails before compiling or loading data
     # the simulated strategy decides the client kernel: FedProx's term is compiled in or left out

@@ -68,6 +68,19 @@ def test_missing_file_is_a_usage_error():
     assert out.returncode == 2 and "no such file: no/such/model.fed" in out.stderr
 
 
+@pytest.mark.parametrize("command, flag", [("train", "--data"), ("simulate", "--data"),
+                                           ("bundle", "--demo-data")])
+def test_a_missing_data_file_is_a_usage_error_naming_the_flag(tmp_path, command, flag):
+    # it was a DataError (exit 1), as for a file that exists but does not fit the model
+    missing = tmp_path / "nosuch.npz"
+    extra = ["-o", str(tmp_path / "b")] if command == "bundle" else \
+        ["--out", str(tmp_path / "b")] if command == "simulate" else []
+    out = fedc(command, EXAMPLE, flag, str(missing), *extra, "--json")
+    assert out.returncode == 2 and f"{flag}: no such data file: {missing}" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "b").exists()
+    assert json.loads(out.stdout)["exit_code"] == 2
+
+
 def test_compile_writes_module_and_manifest(tmp_path):
     out = fedc("compile", EXAMPLE, "-o", str(tmp_path / "build"), "--json")
     assert out.returncode == 0, out.stderr

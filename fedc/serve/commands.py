@@ -98,6 +98,8 @@ def make_bundle(args: argparse.Namespace, out: Path) -> tuple[bytes, dict[str, A
 
 
 def cmd_bundle(args: argparse.Namespace) -> dict[str, Any]:
+    from ..cli import check_data_file
+    check_data_file("--demo-data", args.demo_data)
     out = Path(args.out)
     _, manifest, files = make_bundle(args, out)
     if not args.json:
