@@ -367,6 +367,21 @@ def test_a_missing_eval_data_file_is_a_usage_error_naming_the_flag(tmp_path, bri
     assert "Traceback" not in out.stderr and not state.exists()
 
 
+def test_a_krum_federation_that_no_round_can_aggregate_is_refused_before_serving(
+        tmp_path, digits_mlp_source):
+    # Krum needs n > 2f + 2 updates (f = 0 under serve): with 2 clients a round, the first
+    # aggregation failed inside a client's request
+    fed = tmp_path / "k.fed"
+    fed.write_text(digits_mlp_source.replace("strategy = fedavg", "strategy = krum"))
+    state = tmp_path / "s.db"
+    out = fedc("serve", str(fed), "--clients-per-round", "2", "--min-clients", "2",
+               "--port", "0", "--state", str(state))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "krum with f=0 needs n > 2f + 2 = 2 client updates per round, but a round has at " \
+           "most n = 2 (the clients sampled per round)" in out.stderr
+    assert not state.exists()
+
+
 def test_status_of_a_port_that_does_not_speak_http_is_a_clear_error():
     with not_http_server() as url:
         out = fedc("status", url)

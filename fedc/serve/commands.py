@@ -129,6 +129,7 @@ def _load_bundle(args: argparse.Namespace, scratch: Path) -> tuple[Path, bytes, 
 
 
 def _config(args: argparse.Namespace, manifest: dict[str, Any]) -> Any:
+    from ..fl.strategies import make_strategy
     from .rounds import ServeConfig
     fed = manifest["federated"]
     options = {"mu": fed.get("proximal_mu", 0.0)} if fed["strategy"] == "fedprox" else {}
@@ -136,6 +137,9 @@ def _config(args: argparse.Namespace, manifest: dict[str, Any]) -> Any:
     if args.min_clients > per_round:
         raise UsageError.at(f"--min-clients {args.min_clients} exceeds the clients sampled per "
                             f"round ({per_round}); raise --clients-per-round")
+    # e.g. Krum's f: a strategy that no round's updates can satisfy fails here, not in a request
+    make_strategy(fed["strategy"], **options).check_clients(per_round,
+                                                            "the clients sampled per round")
     return ServeConfig(rounds=args.rounds or int(fed["rounds"]), clients_per_round=per_round,
                        min_clients=args.min_clients, min_updates=args.min_updates,
                        local_epochs=args.local_epochs or int(fed["local_epochs"]),
