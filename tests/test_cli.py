@@ -230,3 +230,17 @@ def test_json_diagnostics_carry_the_notes_the_text_shows(tmp_path):
 def test_json_diagnostics_without_notes_have_an_empty_list():
     out = fedc("check", EXAMPLE, "--json", "--bogus")
     assert json.loads(out.stdout)["diagnostics"][0]["notes"] == []
+
+
+@pytest.mark.parametrize("flags", [["--emit", "llvm"], ["--emit", "llvm", "--json"]])
+def test_a_reader_that_closes_stdout_early_ends_fedc_quietly(flags):
+    # `fedc compile --emit llvm | head -1` printed a BrokenPipeError traceback. The IR (150 KB)
+    # is more than a pipe holds, so fedc is still writing when the pipe closes
+    proc = subprocess.Popen([sys.executable, "-m", "fedc", "compile", EXAMPLE, *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""
