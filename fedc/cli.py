@@ -212,7 +212,7 @@ def _compile_flower(args: argparse.Namespace, art: Any, seconds: float) -> dict[
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    from .data import load_dataset
+    from .data import check_data_file, load_dataset
     from .pipeline import compile_source
     from .runtime import Model
     from .train import EpochResult, check_fits, train
@@ -370,7 +370,7 @@ def _simulate_flags(c: argparse.ArgumentParser) -> None:
 def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import replace
 
-    from .data import load_dataset
+    from .data import check_data_file, load_dataset
     from .fl.report import RoundProgress
     from .fl.simulate import Simulation, compile_mu
     from .pipeline import check_source, compile_source
@@ -457,15 +457,6 @@ def _read(path: str) -> str:
     except OSError as exc:
         raise UsageError.at(f"cannot read {path}: {exc}") from None
     return decode_source(data, path)
-
-
-def check_data_file(flag: str, spec: str | None) -> None:
-    """A dataset flag naming a .npz file that does not exist is a usage error (exit 2), found
-    before compiling; what a file that exists holds is load_dataset's to judge (DataError)."""
-    from .data import data_file
-    path = data_file(spec) if spec else None
-    if path is not None and not path.exists():
-        raise UsageError.at(f"{flag}: no such data file: {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .diagnostics import DataError, Diagnostic
+from .diagnostics import DataError, Diagnostic, UsageError
 
 TASKS = ("classification", "regression")
 
@@ -339,6 +339,14 @@ def data_file(spec: str) -> Path | None:
         return None
     path = Path(name).expanduser()
     return path if path.suffix.lower() == ".npz" or path.exists() else None
+
+
+def check_data_file(flag: str, spec: str | None) -> None:
+    """A dataset flag naming a .npz file that does not exist is a usage error (exit 2), found
+    before compiling; what a file that exists holds is load_dataset's to judge (DataError)."""
+    path = data_file(spec) if spec else None
+    if path is not None and not path.exists():
+        raise UsageError.at(f"{flag}: no such data file: {path}")
 
 
 def _load(spec: str, seed: int, test_fraction: float, task: str | None) -> Dataset:

@@ -98,7 +98,7 @@ def make_bundle(args: argparse.Namespace, out: Path) -> tuple[bytes, dict[str, A
 
 
 def cmd_bundle(args: argparse.Namespace) -> dict[str, Any]:
-    from ..cli import check_data_file
+    from ..data import check_data_file
     check_data_file("--demo-data", args.demo_data)
     out = Path(args.out)
     _, manifest, files = make_bundle(args, out)
@@ -216,7 +216,7 @@ def _issue_tokens(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     if args.issue_tokens:
         return _issue_tokens(args)
-    from ..cli import check_data_file
+    from ..data import check_data_file
     check_data_file("--eval-data", args.eval_data)
     if args.flower_superlink:  # one node of a Flower federation (fedc/serve/flower_bridge.py)
         from .flower_bridge import serve_bridge
