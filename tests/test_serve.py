@@ -382,6 +382,24 @@ def test_a_krum_federation_that_no_round_can_aggregate_is_refused_before_serving
     assert not state.exists()
 
 
+def test_strategy_options_reach_the_servers_strategy(tmp_path, digits_mlp_source):
+    fed = tmp_path / "k.fed"
+    fed.write_text(digits_mlp_source.replace("strategy = fedavg", "strategy = krum"))
+    flags = ("--min-clients", "2", "--port", "0", "--state", str(tmp_path / "s.db"))
+    # f=1 needs more than 4 updates a round: refused at 4, where f=0 (the default) is served
+    out = fedc("serve", str(fed), "--clients-per-round", "4", "--strategy-opt", "f=1", *flags)
+    assert out.returncode == 2 and "krum with f=1 needs n > 2f + 2 = 4" in out.stderr
+    out = fedc("serve", str(fed), "--strategy-opt", "g=1", *flags)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "'g'" in out.stderr
+    out = fedc("serve", str(fed), "--strategy-opt", "f=1", "--flower-superlink", "127.0.0.1:9",
+               *flags)
+    assert out.returncode == 2 and "--strategy-opt: with --flower-superlink" in out.stderr
+    with Server(fed, tmp_path / "t.db", "--clients-per-round", "5", "--strategy-opt", "f=1",
+                "--min-clients", "2") as server:
+        status = server.status()
+    assert status["strategy"] == "krum" and status["strategy_options"]["f"] == 1
+
+
 def test_status_of_a_port_that_does_not_speak_http_is_a_clear_error():
     with not_http_server() as url:
         out = fedc("status", url)

@@ -22,7 +22,8 @@ from . import ServeError
 
 def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], None],
                  positive: Callable[[str], int], positive_float: Callable[[str], float],
-                 nonneg: Callable[[str], int]) -> None:
+                 nonneg: Callable[[str], int],
+                 key_value: Callable[[str], tuple[str, str]]) -> None:
     def seconds(text: str) -> float:  # an inf deadline makes every task frame unencodable
         value = positive_float(text)
         if not math.isfinite(value):
@@ -48,6 +49,9 @@ def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], No
     c.add_argument("--rounds", type=positive, help="default: the federated block's")
     c.add_argument("--clients-per-round", type=positive, help="default: the federated block's")
     c.add_argument("--local-epochs", type=positive, help="default: the federated block's")
+    c.add_argument("--strategy-opt", type=key_value, action="append", default=[],
+                   metavar="KEY=VALUE", help="an option of the federated block's strategy, e.g. "
+                   "f=1 (krum), beta=0.2; not with --flower-superlink, where Flower aggregates")
     c.add_argument("--min-clients", type=positive, default=2,
                    help="connected clients needed to open a round")
     c.add_argument("--min-updates", type=positive,
@@ -132,14 +136,20 @@ def _config(args: argparse.Namespace, manifest: dict[str, Any]) -> Any:
     from ..fl.strategies import make_strategy
     from .rounds import ServeConfig
     fed = manifest["federated"]
-    options = {"mu": fed.get("proximal_mu", 0.0)} if fed["strategy"] == "fedprox" else {}
+    options: dict[str, Any] = {"mu": fed.get("proximal_mu", 0.0)} \
+        if fed["strategy"] == "fedprox" else {}
+    options.update(args.strategy_opt)
     per_round = args.clients_per_round or int(fed["clients_per_round"])
     if args.min_clients > per_round:
         raise UsageError.at(f"--min-clients {args.min_clients} exceeds the clients sampled per "
                             f"round ({per_round}); raise --clients-per-round")
-    # e.g. Krum's f: a strategy that no round's updates can satisfy fails here, not in a request
-    make_strategy(fed["strategy"], **options).check_clients(per_round,
-                                                            "the clients sampled per round")
+    if args.flower_superlink:  # the edge round is a FedAvg; Flower runs the block's strategy
+        if args.strategy_opt:
+            raise UsageError.at("--strategy-opt: with --flower-superlink the Flower server "
+                                "aggregates (fedc's edge rounds are a plain FedAvg)")
+    else:  # a bad option, or e.g. Krum's f that no round's updates can satisfy, fails here
+        make_strategy(fed["strategy"], **options).check_clients(per_round,
+                                                                "the clients sampled per round")
     return ServeConfig(rounds=args.rounds or int(fed["rounds"]), clients_per_round=per_round,
                        min_clients=args.min_clients, min_updates=args.min_updates,
                        local_epochs=args.local_epochs or int(fed["local_epochs"]),

@@ -356,7 +356,10 @@ class Coordinator:
             out: dict[str, Any] = {
                 "model": self.manifest["model"], "status": self._phase(), "round": self.round,
                 "rounds": self.config.rounds, "model_version": self.version,
-                "strategy": self.strategy.name, "num_params": self.num_params,
+                "strategy": self.strategy.name,
+                "strategy_options": {k: v.item() if isinstance(v, np.generic) else v
+                                     for k, v in self.strategy.options().items()},
+                "num_params": self.num_params,
                 "update_bytes": 4 * self.num_params,
                 "connected": sorted(connected), "min_clients": self.config.min_clients,
                 "clients": {c: {**v, "connected": c in connected}
