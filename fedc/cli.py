@@ -474,28 +474,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedcError as exc:
         code = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
         print(exc.render(), file=sys.stderr)
-        if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "exit_code": code,
-                              "diagnostics": [d.to_json() for d in exc.diagnostics]}))
-        return code
+        return _failed(args, code, exc.diagnostics)
     except InternalError as exc:
         print(str(exc), file=sys.stderr)
-        return EXIT_INTERNAL
+        return _failed(args, EXIT_INTERNAL, [Diagnostic(str(exc))])
     except ValueError as exc:
         runtime = sys.modules.get("fedc_runtime")
         if runtime is None or not isinstance(exc, runtime.RuntimeDataError):
             raise
         print(f"error: {exc}", file=sys.stderr)
-        if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "exit_code": EXIT_ERROR,
-                              "diagnostics": [Diagnostic(str(exc)).to_json()]}))
-        return EXIT_ERROR
+        return _failed(args, EXIT_ERROR, [Diagnostic(str(exc))])
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     if getattr(args, "json", False):
         print(json.dumps({"ok": True, **payload}))
     return EXIT_OK
+
+
+def _failed(args: argparse.Namespace, code: int, diagnostics: Sequence[Diagnostic]) -> int:
+    """`code`; with --json, after the one JSON object that says so on stdout."""
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "exit_code": code,
+                          "diagnostics": [d.to_json() for d in diagnostics]}))
+    return code
 
 
 def entry() -> None:

@@ -244,3 +244,20 @@ def test_a_reader_that_closes_stdout_early_ends_fedc_quietly(flags):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert err == ""
+
+
+def test_an_internal_error_is_exit_70_and_one_json_object_with_json(monkeypatch, capsys):
+    from fedc import cli
+    from fedc.diagnostics import InternalError
+
+    def broken(args):
+        raise InternalError("LLVM rejected the generated IR")
+    monkeypatch.setattr(cli, "cmd_check", broken)
+    assert cli.main(["check", EXAMPLE, "--json"]) == 70
+    out = capsys.readouterr()
+    message = str(InternalError("LLVM rejected the generated IR"))
+    assert message.startswith("internal compiler error: LLVM rejected") and "report" in message
+    assert json.loads(out.out) == {"ok": False, "exit_code": 70, "diagnostics": [
+        {"severity": "error", "message": message, "notes": []}]}
+    assert message in out.err
+    assert cli.main(["check", EXAMPLE]) == 70 and capsys.readouterr().out == ""
