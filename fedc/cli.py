@@ -156,6 +156,8 @@ def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
                             "fedc.native.NativeModel): use --emit ir, llvm or llvm-opt to see it")
     if not args.out and not args.emit:  # say so before a compile whose result would be dropped
         raise UsageError.at("nothing to do: give -o DIR to write the module, or --emit FORM")
+    if args.bundle and not args.out:
+        raise UsageError.at("--bundle writes a client bundle: give -o DIR for its folder")
     start = time.perf_counter()
     art = compile_source(_read(args.file), args.file, _options(args))
     seconds = time.perf_counter() - start

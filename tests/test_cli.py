@@ -189,9 +189,14 @@ def test_a_file_that_is_not_utf8_is_an_input_error_at_the_bad_byte(tmp_path):
     assert json.loads(out.stdout)["diagnostics"][0]["line"] == 2
 
 
+@pytest.mark.parametrize("flags, message", [
+    ([], "nothing to do: give -o DIR to write the module, or --emit FORM"),
+    # --bundle without -o went on to print the IR as if --bundle had not been given
+    (["--bundle", "--emit", "ir"], "--bundle writes a client bundle: give -o DIR for its folder"),
+], ids=["nothing", "bundle"])
 @pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["text", "json"])
 def test_compile_with_nothing_to_do_is_a_usage_error_before_compiling(monkeypatch, capsys,
-                                                                      json_flag):
+                                                                      json_flag, flags, message):
     import fedc.pipeline
     from fedc.cli import main
 
@@ -199,9 +204,8 @@ def test_compile_with_nothing_to_do_is_a_usage_error_before_compiling(monkeypatc
         raise AssertionError("compiled although there was nothing to do")
 
     monkeypatch.setattr(fedc.pipeline, "compile_source", compile_source)
-    code = main(["compile", EXAMPLE, *json_flag])
+    code = main(["compile", EXAMPLE, *flags, *json_flag])
     out = capsys.readouterr()
-    message = "nothing to do: give -o DIR to write the module, or --emit FORM"
     assert code == 2 and f"error: {message}" in out.err
     if json_flag:
         assert json.loads(out.out) == {"ok": False, "exit_code": 2, "diagnostics": [
