@@ -270,7 +270,7 @@ class Simulation:
             self.runner.close()
         return SimResult(self.config, rounds, self.weights, self.rows, sorted(self.byzantine),
                          self.warnings, time.perf_counter() - start, self.startup_seconds,
-                         diverged, _plain(self.strategy.options()), self.target)
+                         diverged, self.strategy.options(), self.target)
 
     def play_round(self, rnd: int) -> tuple[RoundResult, bool]:
         """Sample, fail, train, forge, aggregate, evaluate; (result, diverged)."""
@@ -354,10 +354,6 @@ class Simulation:
         if accs[0] is not None:
             result.federated_accuracy = float(np.average(accs, weights=counts))
             result.federated_accuracy_min = float(min(accs))
-
-
-def _plain(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.item() if isinstance(v, np.generic) else v for k, v in options.items()}
 
 
 def client_proximal_mu(strategy: Strategy) -> float | None:

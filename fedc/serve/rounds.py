@@ -357,8 +357,7 @@ class Coordinator:
                 "model": self.manifest["model"], "status": self._phase(), "round": self.round,
                 "rounds": self.config.rounds, "model_version": self.version,
                 "strategy": self.strategy.name,
-                "strategy_options": {k: v.item() if isinstance(v, np.generic) else v
-                                     for k, v in self.strategy.options().items()},
+                "strategy_options": self.strategy.options(),
                 "num_params": self.num_params,
                 "update_bytes": 4 * self.num_params,
                 "connected": sorted(connected), "min_clients": self.config.min_clients,

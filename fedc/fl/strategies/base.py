@@ -62,8 +62,10 @@ class Strategy(ABC):
         (`note` says where n comes from). Rules that take any n ≥ 1 accept every n."""
 
     def options(self) -> dict[str, Any]:
-        """The option values this strategy was made with (for logs and manifests)."""
-        return {f.name: getattr(self, f.name) for f in _option_fields(type(self))}
+        """The option values this strategy was made with, as plain Python values (for logs,
+        manifests and JSON)."""
+        values = {f.name: getattr(self, f.name) for f in _option_fields(type(self))}
+        return {k: v.item() if isinstance(v, np.generic) else v for k, v in values.items()}
 
 
 REGISTRY: dict[str, type[Strategy]] = {}
