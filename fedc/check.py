@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .diagnostics import Collector, Span
+from .diagnostics import Collector, Span, did_you_mean
 from .ir import BATCH, Graph, GraphBuilder, TensorType, Value, format_graph, verify
 from .ops import REGISTRY, ShapeError, surface_ops
 from .ops.surface import SurfaceCtx, SurfaceError
@@ -156,9 +155,7 @@ class _Checker:
         return self.call(e, operands)
 
     def unknown(self, name: str, what: str, known: list[str], span: Span) -> None:
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        self.diag.error(f"unknown {what} {name!r}{hint}", span)
+        self.diag.error(f"unknown {what} {name!r}{did_you_mean(name, known)}", span)
 
     def binop(self, e: ast.BinOp, left: Any, right: Any) -> Any:
         if left is None or right is None:
@@ -307,8 +304,7 @@ def _check_federated(c: _Checker, fed: ast.FederatedDef | None) -> dict[str, Any
             c.diag.error(f"{s.name} must be a number ≥ 0 and a normal float32 but got {shown}",
                          s.value.span)
         elif kind == "strategy" and v not in STRATEGIES:
-            close = difflib.get_close_matches(str(v), STRATEGIES, n=1) if v else []
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(str(v), STRATEGIES) if v else ""
             name = repr(s.value.id) if isinstance(s.value, ast.Name) else shown
             c.diag.error(f"unknown strategy {name}{hint} (expected one of "
                          f"{', '.join(STRATEGIES)})", s.value.span)

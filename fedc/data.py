@@ -32,7 +32,6 @@ per-example shape (digits: ``(8, 8)``) for ``reshape_for``. Class labels are int
 
 from __future__ import annotations
 
-import difflib
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .diagnostics import DataError, Diagnostic, UsageError
+from .diagnostics import DataError, Diagnostic, UsageError, did_you_mean
 
 TASKS = ("classification", "regression")
 
@@ -358,9 +357,7 @@ def _load(spec: str, seed: int, test_fraction: float, task: str | None) -> Datas
     path = data_file(name)
     if path is not None:
         return _load_npz(path, seed, test_fraction, task)
-    close = difflib.get_close_matches(name, list(BUILTINS), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise _fail(f"unknown dataset {spec!r}{hint} (expected one of "
+    raise _fail(f"unknown dataset {spec!r}{did_you_mean(name, BUILTINS)} (expected one of "
                 f"{', '.join(BUILTINS)}, or a path to a .npz file)")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -80,6 +82,12 @@ def _caret(span: Span, source: str | None) -> list[str]:
     else:
         width = max(len(text.rstrip()) - start, 1)
     return [f"   {text}", "   " + " " * start + "^" * width]
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of `known` to a misspelt `name`, else ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 @dataclass

@@ -20,14 +20,13 @@ at least one sample (a client left empty takes one random sample from the larges
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..diagnostics import Diagnostic, UsageError
+from ..diagnostics import Diagnostic, UsageError, did_you_mean
 
 SCHEMES = {"iid": None, "dirichlet": "ALPHA", "shards": "K", "quantity": "ALPHA"}
 
@@ -65,9 +64,8 @@ def parse_scheme(text: str) -> Scheme:
     kind, sep, arg = str(text).strip().lower().partition(":")
     kind, arg = kind.strip(), arg.strip()
     if kind not in SCHEMES:
-        close = difflib.get_close_matches(kind, list(SCHEMES), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise _usage(f"unknown partition scheme {text!r}{hint} (expected one of {_expected()})")
+        raise _usage(f"unknown partition scheme {text!r}{did_you_mean(kind, SCHEMES)} "
+                     f"(expected one of {_expected()})")
     if SCHEMES[kind] is None:
         if sep:
             raise _usage(f"partition scheme 'iid' takes no parameter, got {text!r}")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
-
-from ..diagnostics import Collector, Span
+from ..diagnostics import Collector, Span, did_you_mean
 from ..syntax import ast
 from .base import OPTIMIZERS, OptimizerDef
 from .schedules import MAX_STEPS, SCHEDULES
@@ -59,11 +57,6 @@ def _show(e: ast.Expr) -> str:
     return "an expression"
 
 
-def _hint(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def check_optimizer(diag: Collector, opt: ast.OptimizerDef | None,
                     program: ast.Program) -> OptimizerSpec:
     """Validate the optimizer line; every problem goes to `diag` (the result is then unusable)."""
@@ -73,7 +66,7 @@ def check_optimizer(diag: Collector, opt: ast.OptimizerDef | None,
         return OptimizerSpec("sgd", {})
     d = OPTIMIZERS.get(opt.name)
     if d is None:
-        diag.error(f"unknown optimizer {opt.name!r}{_hint(opt.name, list(OPTIMIZERS))} "
+        diag.error(f"unknown optimizer {opt.name!r}{did_you_mean(opt.name, list(OPTIMIZERS))} "
                    f"(expected one of {', '.join(OPTIMIZERS)})", opt.span)
         return OptimizerSpec(opt.name, {}, opt.span)
     values: dict[str, float] = {}
@@ -100,7 +93,7 @@ def check_optimizer(diag: Collector, opt: ast.OptimizerDef | None,
                     and _TORCH_SPELLINGS[kw.name][1] in d.hparams else None)
             diag.error(f"{opt.name} has no hyper-parameter {kw.name!r}" + (
                 f"; {hint[0]}" if hint else
-                f"{_hint(kw.name, known)} (expected {', '.join(known)})"), kw.span)
+                f"{did_you_mean(kw.name, known)} (expected {', '.join(known)})"), kw.span)
     _fill_defaults(diag, d, opt, values, spans)
     schedule = general.get("schedule")
     warmup, clip = general.get("warmup"), general.get("clip_norm")
@@ -160,7 +153,7 @@ def _schedule(diag: Collector, e: ast.Expr) -> ScheduleSpec | None:
         return None
     sd = SCHEDULES.get(name)
     if sd is None:
-        diag.error(f"unknown schedule {name!r}{_hint(name, known)} (expected one of "
+        diag.error(f"unknown schedule {name!r}{did_you_mean(name, known)} (expected one of "
                    f"{', '.join(known)})", name_span)
         return None
     if args:

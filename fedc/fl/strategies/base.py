@@ -9,7 +9,6 @@ Strategies are dataclasses: their init fields are the user-settable options (val
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -19,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ...diagnostics import FedcError, UsageError
+from ...diagnostics import FedcError, UsageError, did_you_mean
 
 
 class AggregationError(FedcError):
@@ -151,10 +150,8 @@ def make_strategy(name: str, **options: Any) -> Strategy:
     """Build a registered strategy by name; UsageError naming the valid names or options."""
     key = str(name).strip().lower()
     if key not in REGISTRY:
-        close = difflib.get_close_matches(key, list(REGISTRY), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UsageError.at(f"unknown strategy {name!r}{hint} (expected one of "
-                            f"{', '.join(REGISTRY)})")
+        raise UsageError.at(f"unknown strategy {name!r}{did_you_mean(key, REGISTRY)} "
+                            f"(expected one of {', '.join(REGISTRY)})")
     cls = REGISTRY[key]
     hints = typing.get_type_hints(cls)
     valid = [f.name for f in _option_fields(cls)]
