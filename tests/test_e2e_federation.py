@@ -98,8 +98,8 @@ def test_python_node_and_browser_clients_federate_to_085(tmp_path, digits_mlp):
         assert accepted == list(range(1, ROUNDS + 1)), (kind, events)
     assert status["status"] == "done" and status["model_version"] == ROUNDS
     assert status["accepted"] == ROUNDS * CLIENTS and status["rejected"] == 0
-    assert all(c == {"accepted": ROUNDS, "rejected": 0, "connected": True}
-               for c in status["clients"].values()), status["clients"]
+    assert all(c == {"accepted": ROUNDS, "rejected": 0, "revoked": False,
+                     "connected": True} for c in status["clients"].values()), status["clients"]
     accuracy = [m["accuracy"] for m in status["models"]]
     assert accuracy[0] < 0.2 and accuracy[-1] >= 0.85, accuracy
     rounds = status["rounds_history"]

@@ -4,6 +4,7 @@ resume after SIGKILL with the same accepted updates; tokens, TLS, status and CLI
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import struct
@@ -465,3 +466,97 @@ def test_a_state_file_that_is_not_sqlite_is_a_clear_error(bundle, tmp_path):
     out = fedc("serve", str(bundle), "--state", str(state), "--port", "0")
     assert out.returncode == 1 and "not a usable fedc state database" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# --- token management -----------------------------------------------------------------------------
+
+def _token_cmd(bundle: Path, state: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    return fedc("serve", str(bundle), "--state", str(state), *flags)
+
+
+def test_a_revoked_token_is_refused_from_its_next_request_and_keeps_what_it_sent(
+        bundle, tmp_path, client_mod):
+    """Revoked by another process while the server runs: the next request is a 401 naming the
+    revocation, the client leaves the connected set, its accepted update stays in the round."""
+    state = tmp_path / "s.db"
+    tokens = issue_tokens(bundle, state, 3)
+    with Server(bundle, state, "--rounds", "3", "--min-clients", "3",
+                "--clients-per-round", "3", "--client-timeout", "600") as server:
+        model = client_mod.Model.load(bundle)
+        clients = [client_mod.Client(server.url, t, model, retry_for=5) for t in tokens]
+        for c in clients:
+            c.join()
+        gone, *rest = clients
+        assert gone.step(*_data(bundle, 0))["event"] == "accepted"
+        out = _token_cmd(bundle, state, "--revoke-token", gone.client_id, "--json")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["revoked"] == [gone.client_id]
+        for path in ("/api/v1/task", "/api/v1/model"):
+            code, body = request(server.url + path, token=tokens[0])
+            reply = json.loads(body)
+            assert code == 401 and reply["error"] == "unauthorized", reply
+            assert f"the token of client {gone.client_id} was revoked" in reply["reason"]
+        status = server.status()
+        assert gone.client_id not in status["connected"]
+        assert status["clients"][gone.client_id]["revoked"] is True
+        assert status["clients"][rest[0].client_id]["revoked"] is False
+        assert status["open_round"]["submitted"] == [gone.client_id]
+        for i, c in enumerate(rest, 1):  # the others finish the round, with its update in it
+            assert c.step(*_data(bundle, i))["event"] == "accepted"
+        status = server.status()
+        assert status["round"] == 2 and status["clients"][gone.client_id]["accepted"] == 1
+        # round 2 needs three connected clients; the revoked one no longer counts
+        for c in rest:
+            c.join()
+        assert server.status()["status"] != "open"
+        shown = fedc("status", server.url).stdout
+        assert "clients: 2 connected of 2 registered (1 revoked)" in shown, shown
+
+
+def test_list_and_revoke_tokens_on_the_command_line(bundle, tmp_path):
+    state = tmp_path / "s.db"
+    issue_tokens(bundle, state, 2)
+    listed = json.loads(_token_cmd(bundle, state, "--list-tokens", "--json").stdout)["clients"]
+    ids = [c["client_id"] for c in listed]
+    assert len(ids) == 2 and all(c["revoked"] is None and c["accepted"] == 0 for c in listed)
+    # all or none: one unknown id revokes nothing, with a hint at the close one
+    out = _token_cmd(bundle, state, "--revoke-token", ids[0], "--revoke-token", ids[1] + "x")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"--revoke-token '{ids[1]}x': no such client" in out.stderr
+    assert f"did you mean '{ids[1]}'?" in out.stderr
+    out = _token_cmd(bundle, state, "--revoke-token", ids[0])
+    assert out.returncode == 0 and f"revoked 1 token(s) in {state}: {ids[0]}" in out.stderr
+    again = json.loads(_token_cmd(bundle, state, "--revoke-token", ids[0], "--json").stdout)
+    assert again["revoked"] == [] and again["already_revoked"] == [ids[0]]
+    out = _token_cmd(bundle, state, "--list-tokens")
+    assert out.returncode == 0
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:]}
+    assert rows.keys() == set(ids) and rows[ids[1]][-1] == "-"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", " ".join(rows[ids[0]][-2:]))
+
+
+@pytest.mark.parametrize("flags", [["--list-tokens"], ["--revoke-token", "c00000000"]])
+def test_token_commands_never_create_a_state_file(bundle, tmp_path, flags):
+    state = tmp_path / "nope.db"
+    out = _token_cmd(bundle, state, *flags)
+    assert out.returncode == 2 and f"--state {state}: no such state file" in out.stderr
+    assert not state.exists() and "Traceback" not in out.stderr
+
+
+def test_token_commands_are_exclusive(bundle, tmp_path):
+    out = _token_cmd(bundle, tmp_path / "s.db", "--issue-tokens", "1", "--list-tokens")
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr
+
+
+def test_a_state_file_from_before_revocation_is_upgraded_in_place(bundle, tmp_path):
+    state = tmp_path / "old.db"
+    with sqlite3.connect(state) as db:  # the clients table of fedc-serve-state/1 before revocation
+        db.execute("CREATE TABLE clients (id TEXT PRIMARY KEY, token_hash BLOB NOT NULL, "
+                   "created REAL NOT NULL, accepted INTEGER NOT NULL DEFAULT 0, "
+                   "rejected INTEGER NOT NULL DEFAULT 0)")
+        db.execute("INSERT INTO clients VALUES ('c0000abcd', x'00', 0, 4, 1)")
+    out = _token_cmd(bundle, state, "--list-tokens", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["clients"] == [
+        {"client_id": "c0000abcd", "created": 0, "accepted": 4, "rejected": 1, "revoked": None}]
+    assert _token_cmd(bundle, state, "--revoke-token", "c0000abcd").returncode == 0

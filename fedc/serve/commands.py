@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..diagnostics import UsageError
+from ..diagnostics import UsageError, did_you_mean
 from . import ServeError
 
 
@@ -44,8 +44,14 @@ def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], No
     c.add_argument("--port", type=int, default=8080)
     c.add_argument("--state", default="fedc-state.db",
                    help="SQLite state file (resumed if present)")
-    c.add_argument("--issue-tokens", type=positive, metavar="N",
-                   help="create N client tokens in the state file, print them and exit")
+    tokens = c.add_mutually_exclusive_group()
+    tokens.add_argument("--issue-tokens", type=positive, metavar="N",
+                        help="create N client tokens in the state file, print them and exit")
+    tokens.add_argument("--list-tokens", action="store_true",
+                        help="list the state file's clients (id, counts, revoked) and exit")
+    tokens.add_argument("--revoke-token", action="append", metavar="CLIENT_ID",
+                        help="revoke a client's token (repeatable) and exit; a running server "
+                             "refuses it from the client's next request")
     c.add_argument("--rounds", type=positive, help="default: the federated block's")
     c.add_argument("--clients-per-round", type=positive, help="default: the federated block's")
     c.add_argument("--local-epochs", type=positive, help="default: the federated block's")
@@ -66,7 +72,8 @@ def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], No
     c.add_argument("--certfile", help="TLS certificate (PEM); with --keyfile serves HTTPS")
     c.add_argument("--keyfile", help="TLS private key (PEM)")
     compile_flags(c)
-    c.add_argument("--json", action="store_true", help="--issue-tokens: JSON on stdout")
+    c.add_argument("--json", action="store_true",
+                   help="--issue-tokens, --list-tokens, --revoke-token: JSON on stdout")
     add_bridge_flags(c)
     c.set_defaults(run=cmd_serve)
 
@@ -223,9 +230,62 @@ def _issue_tokens(args: argparse.Namespace) -> dict[str, Any]:
                                             for t in tokens]}
 
 
+def _existing_store(args: argparse.Namespace) -> Any:
+    """The --state file for a token command that reads it: it must exist (never created)."""
+    from .store import Store
+
+    if not Path(args.state).is_file():
+        raise UsageError.at(f"--state {args.state}: no such state file (create it and its "
+                            "clients with --issue-tokens N)")
+    return Store(args.state)
+
+
+def _utc(when: float | None) -> str:
+    return "-" if when is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when))
+
+
+def _list_tokens(args: argparse.Namespace) -> dict[str, Any]:
+    store = _existing_store(args)
+    clients = store.clients()
+    store.close()
+    if not args.json:
+        print(f"{'client':<10} {'created (UTC)':<19}  {'accepted':>8} {'rejected':>8}  "
+              "revoked (UTC)")
+        for c in clients:
+            print(f"{c['client_id']:<10} {_utc(c['created']):<19}  {c['accepted']:>8} "
+                  f"{c['rejected']:>8}  {_utc(c['revoked'])}")
+        print(f"{len(clients)} client(s) in {args.state}; tokens cannot be shown again "
+              "(only their hashes are stored)", file=sys.stderr)
+    return {"state": args.state, "clients": clients}
+
+
+def _revoke_tokens(args: argparse.Namespace) -> dict[str, Any]:
+    store = _existing_store(args)
+    known = [c["client_id"] for c in store.clients()]
+    for cid in args.revoke_token:  # all named clients must exist before any is revoked
+        if cid not in known:
+            store.close()
+            raise UsageError.at(f"--revoke-token {cid!r}: no such client in {args.state}"
+                                f"{did_you_mean(cid, known)} (--list-tokens lists them)")
+    revoked = store.revoke(args.revoke_token, time.time())
+    store.close()
+    already = sorted(set(args.revoke_token) - set(revoked))
+    if not args.json:
+        if revoked:
+            print(f"revoked {len(revoked)} token(s) in {args.state}: {', '.join(revoked)}",
+                  file=sys.stderr)
+        if already:
+            print(f"already revoked: {', '.join(already)}", file=sys.stderr)
+    return {"state": args.state, "revoked": revoked, "already_revoked": already}
+
+
 def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     if args.issue_tokens:
         return _issue_tokens(args)
+    if args.list_tokens:
+        return _list_tokens(args)
+    if args.revoke_token:
+        return _revoke_tokens(args)
     from ..data import check_data_file
     check_data_file("--eval-data", args.eval_data)
     if args.flower_superlink:  # one node of a Flower federation (fedc/serve/flower_bridge.py)
@@ -328,7 +388,9 @@ def format_status(s: dict[str, Any], url: str) -> str:
         o = s["open_round"]
         lines.append(f"open round {o['round']}: {len(o['submitted'])}/{len(o['sampled'])} "
                      f"updates, deadline in {o['deadline_in']:.0f} s")
-    lines.append(f"clients: {len(s['connected'])} connected of {len(s['clients'])} registered "
+    revoked = sum(bool(c.get("revoked")) for c in s["clients"].values())
+    lines.append(f"clients: {len(s['connected'])} connected of {len(s['clients']) - revoked} "
+                 f"registered{f' ({revoked} revoked)' if revoked else ''} "
                  f"(a round needs {s['min_clients']})")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s["rejected_by_reason"].items()))
     lines.append(f"updates: {s['accepted']} accepted, {s['rejected']} rejected"

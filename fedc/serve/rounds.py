@@ -65,7 +65,6 @@ class Coordinator:
         self.lock = threading.Lock()
         self.strategy = make_strategy(config.strategy, **config.strategy_options)
         self.last_seen: dict[str, float] = {}
-        self._hashes: dict[str, bytes] = {}
         self._frames: dict[int, bytes] = {}
         # refusals of requests that name no client (no valid token): counted here, never
         # written, so that traffic without a token cannot grow the state file or hold the
@@ -125,11 +124,17 @@ class Coordinator:
                     401, "unauthorized", "missing or malformed token (send Authorization: "
                                          "Bearer fedc1.<id>.<secret>)"))
             client_id, secret = parsed
-            stored = self._hashes.get(client_id) or self.store.client_hash(client_id)
-            if not verify(secret, stored):
+            # read on every request, not cached: `fedc serve --revoke-token` (another process)
+            # takes effect at the client's next request
+            stored = self.store.client_token(client_id)
+            if not verify(secret, stored[0] if stored else None):
                 raise self._reject(None, ProtocolError(401, "unauthorized", "invalid token"))
             assert stored is not None
-            self._hashes[client_id] = stored
+            if stored[1] is not None:
+                self.last_seen.pop(client_id, None)
+                raise self._reject(None, ProtocolError(
+                    401, "unauthorized", f"the token of client {client_id} was revoked at "
+                    f"{_utc(stored[1])}"))
             self.last_seen[client_id] = self.clock()
             self._maybe_open()
             return client_id
@@ -268,8 +273,10 @@ class Coordinator:
                     self._resample(r, got)
 
     def _connected(self) -> list[str]:
-        now = self.clock()
-        return sorted(c for c, t in self.last_seen.items() if now - t <= self.config.client_timeout)
+        """Clients seen within the client timeout whose tokens are not revoked."""
+        now, revoked = self.clock(), self.store.revoked_ids()
+        return sorted(c for c, t in self.last_seen.items()
+                      if now - t <= self.config.client_timeout and c not in revoked)
 
     def _maybe_open(self) -> None:
         if self.done or self.open is not None:
@@ -373,6 +380,10 @@ class Coordinator:
             if with_log:
                 out["accepted_log"] = s.accepted_log()
             return out
+
+
+def _utc(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
 
 
 def _sha(weights: np.ndarray) -> str:

@@ -28,7 +28,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS clients (
     id TEXT PRIMARY KEY, token_hash BLOB NOT NULL, created REAL NOT NULL,
-    accepted INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0);
+    accepted INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0, revoked REAL);
 CREATE TABLE IF NOT EXISTS models (
     version INTEGER PRIMARY KEY, round INTEGER NOT NULL, weights BLOB NOT NULL,
     sha256 TEXT NOT NULL, created REAL NOT NULL, eval_loss REAL, eval_accuracy REAL,
@@ -77,6 +77,9 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(clients)")}
+            if "revoked" not in columns:  # a state file from before token revocation
+                self.db.execute("ALTER TABLE clients ADD COLUMN revoked REAL")
         except sqlite3.DatabaseError as exc:
             raise ServeError.at(f"{self.path}: not a usable fedc state database ({exc})") from None
         fmt = self.get_meta("format")
@@ -114,14 +117,37 @@ class Store:
     def client_ids(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT id FROM clients")}
 
-    def client_hash(self, client_id: str) -> bytes | None:
-        row = self.db.execute("SELECT token_hash FROM clients WHERE id = ?",
+    def client_token(self, client_id: str) -> tuple[bytes, float | None] | None:
+        """The client's token hash and when it was revoked (None: not revoked)."""
+        row = self.db.execute("SELECT token_hash, revoked FROM clients WHERE id = ?",
                               (client_id,)).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else (bytes(row[0]), row[1])
 
-    def client_counts(self) -> dict[str, dict[str, int]]:
-        rows = self.db.execute("SELECT id, accepted, rejected FROM clients ORDER BY id")
-        return {r[0]: {"accepted": r[1], "rejected": r[2]} for r in rows}
+    def revoked_ids(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT id FROM clients WHERE revoked IS NOT NULL")}
+
+    def revoke(self, client_ids: list[str], now: float) -> list[str]:
+        """Revoke the tokens of known clients (all or none); returns those newly revoked."""
+        with self.transaction() as db:
+            fresh = []
+            for cid in client_ids:
+                row = db.execute("SELECT revoked FROM clients WHERE id = ?", (cid,)).fetchone()
+                if row is None:
+                    raise KeyError(cid)
+                if row[0] is None and cid not in fresh:
+                    db.execute("UPDATE clients SET revoked = ? WHERE id = ?", (now, cid))
+                    fresh.append(cid)
+            return fresh
+
+    def clients(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT id, created, accepted, rejected, revoked FROM clients "
+                               "ORDER BY id")
+        return [{"client_id": r[0], "created": r[1], "accepted": r[2], "rejected": r[3],
+                 "revoked": r[4]} for r in rows]
+
+    def client_counts(self) -> dict[str, dict[str, Any]]:
+        return {c["client_id"]: {"accepted": c["accepted"], "rejected": c["rejected"],
+                                 "revoked": c["revoked"] is not None} for c in self.clients()}
 
     # --- models ---------------------------------------------------------------------------
     def add_model(self, version: int, round_: int, weights: np.ndarray, sha256: str, now: float,
