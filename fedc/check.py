@@ -164,7 +164,7 @@ class _Checker:
             self.diag.error(f"operator {e.op!r} is only defined as `tensor + tensor` "
                             "(a residual add)", e.span)
             return None
-        return self.apply("add", [left, right], {}, e.span, (e.left.span, e.right.span), {})
+        return self.apply("add", [left, right], {}, e.span, (e.left.span, e.right.span), {}, {})
 
     def call(self, e: ast.Call, operands: list[Any]) -> Any:
         ops = surface_ops()
@@ -176,20 +176,29 @@ class _Checker:
         if any(a is None for a in args) or any(v is None for v in kwargs.values()):
             return None
         return self.apply(e.func, args, kwargs, e.span, tuple(a.span for a in e.args),
-                          {k.name: k.span for k in e.kwargs})
+                          {k.name: k.span for k in e.kwargs},
+                          {k.name: k.value.span for k in e.kwargs})
 
     def apply(self, op: str, args: list[Any], kwargs: dict[str, Any], span: Span,
-              arg_spans: tuple[Span, ...], kw_spans: dict[str, Span]) -> Any:
+              arg_spans: tuple[Span, ...], kw_spans: dict[str, Span],
+              kw_value_spans: dict[str, Span]) -> Any:
+        """Run the op's surface rule. An error about one argument points at it (at the value
+        of a keyword argument, or at all of `name=value` when the keyword is the problem); the
+        note saying where a tensor was defined is kept for errors about tensors."""
         ctx = SurfaceCtx(self.g, span, self.classes, self.counters)
         surface = REGISTRY[op].surface
         assert surface is not None
         try:
             return surface(ctx, args, kwargs)
         except SurfaceError as exc:
-            where = exc.where
-            at = (arg_spans[where] if isinstance(where, int) and where < len(arg_spans)
-                  else kw_spans.get(where, span) if isinstance(where, str) else span)
-            self.diag.error(str(exc), at, self.notes_for(args))
+            where, at, value = exc.where, span, None
+            if isinstance(where, int) and where < len(arg_spans):
+                at, value = arg_spans[where], args[where]
+            elif isinstance(where, str) and where in kw_spans:
+                at = (kw_spans if exc.keyword else kw_value_spans)[where]
+                value = kwargs.get(where)
+            about_a_constant = where is not None and not isinstance(value, Value)
+            self.diag.error(str(exc), at, () if about_a_constant else self.notes_for(args))
         except ShapeError as exc:
             self.diag.error(str(exc), span, self.notes_for(args))
         return None

@@ -67,6 +67,26 @@ optimizer sgd(lr=0.1)
     assert "note: h (f32[N,32]) defined here: note.fed:4:5" in info.value.render()
 
 
+def test_an_argument_error_points_at_the_value_or_at_a_wrong_keyword_and_notes_only_tensors():
+    src = """model M:
+    input x: f32[4]
+    target y: class[3]
+    a = dense(x, 3, bias=1)
+    b = dense(x, 3, bais=true)
+    c = conv2d(x, 8, 3)
+    loss = softmax_cross_entropy(dense(x, 3), y)
+optimizer sgd(lr=0.1)
+"""
+    with pytest.raises(CheckError) as info:
+        check_source(src, "args.fed")
+    value, keyword, tensor = info.value.diagnostics
+    assert (value.span.line, value.span.col, value.span.end_col) == (4, 26, 27), value.span
+    assert value.notes == ()  # where x was defined says nothing about `bias=1`
+    assert (keyword.span.col, keyword.span.end_col) == (21, 30)  # all of `bais=true`
+    assert "no argument 'bais'; did you mean 'bias'?" in keyword.message
+    assert tensor.notes and "x (f32[N,4]) defined here" in tensor.notes[0][0], tensor
+
+
 def test_valid_example_checks(digits_mlp_source):
     model = check_source(digits_mlp_source, "digits_mlp.fed")
     assert model.task == "classification"

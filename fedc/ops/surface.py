@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..diagnostics import Span
+from ..diagnostics import Span, did_you_mean
 from ..ir import GraphBuilder, Node, TensorType, Value
 
 if TYPE_CHECKING:
@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 class SurfaceError(Exception):
     """A user error in a call's arguments; `where` is an argument index or keyword name."""
 
-    def __init__(self, message: str, where: int | str | None = None) -> None:
+    def __init__(self, message: str, where: int | str | None = None,
+                 keyword: bool = False) -> None:
         super().__init__(message)
         self.where = where
+        self.keyword = keyword  # about the keyword itself: point at all of `name=value`
 
 
 TENSOR, POS_INT, NUMBER, BOOL = "tensor", "positive integer", "number", "bool"
@@ -41,13 +43,14 @@ def bind(op: str, args: list[Any], kwargs: dict[str, Any],
     names = [s[0] for s in spec]
     for k in kwargs:
         if k not in names:
-            raise SurfaceError(f"{op} has no argument {k!r} (expected {', '.join(names)})", k)
+            raise SurfaceError(f"{op} has no argument {k!r}{did_you_mean(k, names)} (expected "
+                               f"{', '.join(names)})", k, keyword=True)
     out = []
     for i, (name, kind, default) in enumerate(spec):
         where: int | str
         if i < len(args):
             if name in kwargs:
-                raise SurfaceError(f"{op} got argument {name!r} twice", name)
+                raise SurfaceError(f"{op} got argument {name!r} twice", name, keyword=True)
             value, where = args[i], i
         elif name in kwargs:
             value, where = kwargs[name], name
