@@ -560,3 +560,56 @@ def test_a_state_file_from_before_revocation_is_upgraded_in_place(bundle, tmp_pa
     assert json.loads(out.stdout)["clients"] == [
         {"client_id": "c0000abcd", "created": 0, "accepted": 4, "rejected": 1, "revoked": None}]
     assert _token_cmd(bundle, state, "--revoke-token", "c0000abcd").returncode == 0
+
+
+def test_export_model_writes_a_loadable_model_with_the_servers_global_weights(live, bundle,
+                                                                               tmp_path,
+                                                                               client_mod):
+    """From the state file of a running server: the latest version is what GET /model sends,
+    bit for bit, and loads like `fedc train --save`'s folder; an older version on request."""
+    server, _, _, tokens = live
+    state = Path(server.args[server.args.index("--state") + 1])
+    out = _token_cmd(bundle, state, "--export-model", str(tmp_path / "m"), "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["model_version"] == 1 and info["round"] == 1
+    assert sorted(info["files"]) == ["manifest.json", "model.wasm", "weights.npy"]
+    code, body = request(server.url + "/api/v1/model", token=tokens[0])
+    frame = decode(body)
+    assert frame.meta["model_version"] == 1
+    weights = np.load(tmp_path / "m" / "weights.npy")
+    assert weights.dtype == np.float32 and np.array_equal(weights, frame.values)
+    model = client_mod.Model.load(tmp_path / "m")
+    model.set_weights(weights)
+    x, y = _data(bundle, 0)
+    assert 0.0 <= model.evaluate(x, y)["accuracy"] <= 1.0
+    first = json.loads(_token_cmd(bundle, state, "--export-model", str(tmp_path / "v0"),
+                                  "--model-version", "0", "--json").stdout)
+    assert first["model_version"] == 0 and first["round"] == 0
+    assert not np.array_equal(np.load(tmp_path / "v0" / "weights.npy"), weights)
+
+
+@pytest.mark.parametrize("flags, code, message", [
+    (["--model-version", "7"], 2, "--model-version 7: {state} holds versions 0..0"),
+    ([], 1, "holds the state of another model"),
+])
+def test_export_model_refuses_a_missing_version_or_another_models_state(
+        bundle, tmp_path, digits_mlp_source, flags, code, message):
+    state = tmp_path / "s.db"
+    issue_tokens(bundle, state, 1)
+    Server(bundle, state).start().stop()  # writes version 0
+    target = bundle
+    if code == 1:
+        from fedc.harness.bundle import write_bundle
+        from fedc.pipeline import compile_source
+        target = tmp_path / "other"
+        art = compile_source(digits_mlp_source.replace("dense(x, 128)", "dense(x, 32)"), "o.fed")
+        write_bundle(art.wasm, art.manifest, target)
+    out = _token_cmd(target, state, "--export-model", str(tmp_path / "out"), *flags)
+    assert out.returncode == code and message.format(state=state) in out.stderr, out.stderr
+    assert not (tmp_path / "out").exists() and "Traceback" not in out.stderr
+
+
+def test_model_version_needs_export_model(bundle, tmp_path):
+    out = _token_cmd(bundle, tmp_path / "s.db", "--model-version", "1")
+    assert out.returncode == 2 and "--model-version goes with --export-model" in out.stderr

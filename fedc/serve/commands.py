@@ -44,14 +44,19 @@ def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], No
     c.add_argument("--port", type=int, default=8080)
     c.add_argument("--state", default="fedc-state.db",
                    help="SQLite state file (resumed if present)")
-    tokens = c.add_mutually_exclusive_group()
-    tokens.add_argument("--issue-tokens", type=positive, metavar="N",
-                        help="create N client tokens in the state file, print them and exit")
-    tokens.add_argument("--list-tokens", action="store_true",
-                        help="list the state file's clients (id, counts, revoked) and exit")
-    tokens.add_argument("--revoke-token", action="append", metavar="CLIENT_ID",
-                        help="revoke a client's token (repeatable) and exit; a running server "
-                             "refuses it from the client's next request")
+    admin = c.add_mutually_exclusive_group()  # act on the --state file and exit
+    admin.add_argument("--issue-tokens", type=positive, metavar="N",
+                       help="create N client tokens in the state file, print them and exit")
+    admin.add_argument("--list-tokens", action="store_true",
+                       help="list the state file's clients (id, counts, revoked) and exit")
+    admin.add_argument("--revoke-token", action="append", metavar="CLIENT_ID",
+                       help="revoke a client's token (repeatable) and exit; a running server "
+                            "refuses it from the client's next request")
+    admin.add_argument("--export-model", metavar="DIR",
+                       help="write the state file's latest global model to DIR (model.wasm, "
+                            "manifest.json, weights.npy, as `fedc train --save`) and exit")
+    c.add_argument("--model-version", type=nonneg, metavar="V",
+                   help="--export-model: global model version V (default: the latest)")
     c.add_argument("--rounds", type=positive, help="default: the federated block's")
     c.add_argument("--clients-per-round", type=positive, help="default: the federated block's")
     c.add_argument("--local-epochs", type=positive, help="default: the federated block's")
@@ -73,7 +78,8 @@ def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], No
     c.add_argument("--keyfile", help="TLS private key (PEM)")
     compile_flags(c)
     c.add_argument("--json", action="store_true",
-                   help="--issue-tokens, --list-tokens, --revoke-token: JSON on stdout")
+                   help="--issue-tokens, --list-tokens, --revoke-token, --export-model: JSON "
+                        "on stdout")
     add_bridge_flags(c)
     c.set_defaults(run=cmd_serve)
 
@@ -279,13 +285,64 @@ def _revoke_tokens(args: argparse.Namespace) -> dict[str, Any]:
     return {"state": args.state, "revoked": revoked, "already_revoked": already}
 
 
+def _export_model(args: argparse.Namespace) -> dict[str, Any]:
+    """The bundle's builds and manifest with one stored global model version's weights."""
+    from .store import weights_sha256
+
+    store = _existing_store(args)
+    try:
+        models = {m["version"]: m for m in store.model_metrics()}
+        if not models:
+            raise UsageError.at(f"--state {args.state}: no global model yet (the server writes "
+                                "version 0 when it first starts)")
+        version = max(models) if args.model_version is None else args.model_version
+        if version not in models:
+            raise UsageError.at(f"--model-version {version}: {args.state} holds versions "
+                                f"0..{max(models)}")
+        with tempfile.TemporaryDirectory(prefix="fedc-bundle-") as scratch:
+            bundle_dir, wasm, manifest = _load_bundle(args, Path(scratch))
+            store.check_model(manifest)
+            weights = store.model(version)
+            if weights_sha256(weights) != models[version]["sha256"]:
+                raise ServeError.at(f"{args.state}: global model version {version} does not "
+                                    "match its stored sha256 (the file is damaged)")
+            builds = [(manifest["wasm"]["file"], wasm)] + [
+                (b["file"], (bundle_dir / b["file"]).read_bytes())
+                for b in (manifest.get("variants") or {}).values()
+                if (bundle_dir / b["file"]).is_file()]
+    finally:
+        store.close()
+    out = Path(args.export_model)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in builds:
+            (out / name).write_bytes(data)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        np.save(out / "weights.npy", weights)
+    except OSError as exc:
+        raise UsageError.at(f"--export-model: cannot write {exc.filename or out}: "
+                            f"{exc.strerror or exc}") from None
+    m = models[version]
+    files = [name for name, _ in builds] + ["manifest.json", "weights.npy"]
+    if not args.json:
+        acc = f", accuracy {m['accuracy']:.4f}" if m["accuracy"] is not None else ""
+        print(f"wrote global model version {version} (after round {m['round']}{acc}) of "
+              f"{manifest['model']} to {out}/: {', '.join(files)}", file=sys.stderr)
+    return {"out": str(out), "files": files, "model_version": version, "round": m["round"],
+            "sha256": m["sha256"], "loss": m["loss"], "accuracy": m["accuracy"]}
+
+
 def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
+    if args.model_version is not None and not args.export_model:
+        raise UsageError.at("--model-version goes with --export-model")
     if args.issue_tokens:
         return _issue_tokens(args)
     if args.list_tokens:
         return _list_tokens(args)
     if args.revoke_token:
         return _revoke_tokens(args)
+    if args.export_model:
+        return _export_model(args)
     from ..data import check_data_file
     check_data_file("--eval-data", args.eval_data)
     if args.flower_superlink:  # one node of a Flower federation (fedc/serve/flower_bridge.py)

@@ -26,7 +26,7 @@ from . import ServeError
 from .auth import parse_bearer, verify
 from .protocol import ProtocolError, decode, encode, meta_int
 from .state import restore_strategy, strategy_state
-from .store import RoundRow, Store, StoredUpdate
+from .store import RoundRow, Store, StoredUpdate, weights_sha256
 
 log = logging.getLogger("fedc.serve")
 
@@ -85,17 +85,13 @@ class Coordinator:
             s.set_meta("num_params", self.num_params)
             s.set_meta("round", 1)
             s.set_meta("version", 0)
-            s.add_model(0, 0, weights, _sha(weights), self.clock(), metrics, None)
+            s.add_model(0, 0, weights, weights_sha256(weights), self.clock(), metrics, None)
         log.info("new state %s: model %s, %d parameters", self.store.path,
                  self.manifest["model"], self.num_params)
 
     def _resume(self) -> None:
         s = self.store
-        sha = s.get_meta("manifest_sha256")
-        if sha != self.manifest["wasm"]["sha256"]:
-            raise ServeError.at(f"{s.path} holds the state of another model "
-                                f"({s.get_meta('model')}, module sha256 {str(sha)[:12]}…); "
-                                "give a new --state file to start a fresh federation")
+        s.check_model(self.manifest)
         self.round, self.version = int(s.get_meta("round")), int(s.get_meta("version"))
         self.weights = s.model(self.version)
         restore_strategy(self.strategy, s.strategy_state(self.version))
@@ -325,8 +321,8 @@ class Coordinator:
         counts = np.array([u.num_examples for u in stored], np.float64)
         try:
             with self.store.transaction():
-                self.store.add_model(self.version + 1, r.round, new, _sha(new), self.clock(),
-                                     metrics, strategy_state(self.strategy))
+                self.store.add_model(self.version + 1, r.round, new, weights_sha256(new),
+                                     self.clock(), metrics, strategy_state(self.strategy))
                 self.store.finish_round(r.round, self.clock(), "aggregated",
                                         _weighted([u.train_loss for u in stored], counts),
                                         _weighted([u.metrics.get("accuracy") for u in stored],
@@ -384,10 +380,6 @@ class Coordinator:
 
 def _utc(when: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
-
-
-def _sha(weights: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(weights, "<f4").tobytes()).hexdigest()
 
 
 def _task_seed(seed: int, rnd: int, client_id: str) -> int:

@@ -9,6 +9,7 @@ coordinator's lock); ``check_same_thread`` is off because that thread is a pool 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -45,6 +46,11 @@ CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, client_id TEXT, round INTEGER,
     status INTEGER NOT NULL, code TEXT NOT NULL, reason TEXT NOT NULL);
 """
+
+
+def weights_sha256(weights: np.ndarray) -> str:
+    """The sha256 of a weight vector as float32 little-endian bytes (stored with each model)."""
+    return hashlib.sha256(np.ascontiguousarray(weights, "<f4").tobytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,14 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    def check_model(self, manifest: dict[str, Any]) -> None:
+        """ServeError unless the state belongs to this module (or is new)."""
+        sha = self.get_meta("manifest_sha256")
+        if sha is not None and sha != manifest["wasm"]["sha256"]:
+            raise ServeError.at(f"{self.path} holds the state of another model "
+                                f"({self.get_meta('model')}, module sha256 {str(sha)[:12]}…); "
+                                "give a new --state file to start a fresh federation")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
