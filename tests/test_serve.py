@@ -349,6 +349,8 @@ def test_server_serves_the_bundle_to_browsers(live):
     (["serve", "examples", "--state", "/no/such/dir/s.db", "--issue-tokens", "1"], 1,
      "not a usable fedc state database"),
     (["serve", "examples", "--seed", "-1"], 2, "argument --seed: expected an integer ≥ 0"),
+    (["serve", "examples", "--exit-when-done", "--flower-superlink", "127.0.0.1:9"], 2,
+     "--exit-when-done: with --flower-superlink the Flower federation decides when it ends"),
     (["serve", "examples", "--round-timeout", "inf"], 2,
      "argument --round-timeout: expected a finite number of seconds, got 'inf'"),
 ])
@@ -613,3 +615,35 @@ def test_export_model_refuses_a_missing_version_or_another_models_state(
 def test_model_version_needs_export_model(bundle, tmp_path):
     out = _token_cmd(bundle, tmp_path / "s.db", "--model-version", "1")
     assert out.returncode == 2 and "--model-version goes with --export-model" in out.stderr
+
+
+def test_exit_when_done_stops_once_every_connected_client_was_told(bundle, tmp_path,
+                                                                   client_mod):
+    """Both clients hear "done" and the server exits 0; a third that joined but never asks
+    again only holds it up until the client timeout."""
+    state = tmp_path / "s.db"
+    tokens = issue_tokens(bundle, state, 3)
+    server = Server(bundle, state, "--rounds", "1", "--min-clients", "2",
+                    "--clients-per-round", "2", "--client-timeout", "4", "--exit-when-done",
+                    "--json").start()
+    try:
+        model = client_mod.Model.load(bundle)
+        a, b, idle = (client_mod.Client(server.url, t, model, retry_for=5) for t in tokens)
+        for c in (a, b, idle):
+            c.join()
+        sampled = server.status()["open_round"]["sampled"]
+        by_id = {c.client_id: c for c in (a, b, idle)}
+        for i, cid in enumerate(sampled):
+            assert by_id[cid].step(*_data(bundle, i))["event"] == "accepted"
+        told = time.monotonic()
+        for c in by_id.values():
+            if c.client_id != sampled[0]:  # one connected client never hears "done"
+                assert c.task()[0]["status"] == "done"
+        assert server.proc is not None
+        code = server.proc.wait(timeout=30)
+        waited = time.monotonic() - told
+    finally:
+        server.stop()
+    assert code == 0, server.output()
+    assert 2.0 < waited < 20, waited  # held up by the silent one until its client timeout
+    assert "finished its 1 rounds" in server.output()

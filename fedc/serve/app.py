@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import mimetypes
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def build_app(coord: Coordinator, bundle_dir: Path | None, tick_seconds: float = 0.2) -> Starlette:
-    """The ASGI app; a background task ticks the round clock while it runs."""
+def build_app(coord: Coordinator, bundle_dir: Path | None, tick_seconds: float = 0.2,
+              on_finished: Callable[[], None] | None = None) -> Starlette:
+    """The ASGI app; a background task ticks the round clock while it runs and calls
+    `on_finished` (once) when the federation is over and its clients know it."""
     limit = 16 + MAX_META + 4 * coord.num_params + 1024
 
     async def auth(request: Request) -> str:
@@ -125,6 +127,10 @@ def build_app(coord: Coordinator, bundle_dir: Path | None, tick_seconds: float =
                 await asyncio.sleep(tick_seconds)
                 try:
                     await run_in_threadpool(coord.tick)
+                    if on_finished is not None and await run_in_threadpool(coord.finished):
+                        log.info("federation finished and its clients told: stopping")
+                        on_finished()
+                        return
                 except Exception:  # keep serving: a failed tick is retried on the next one
                     log.exception("round clock failed")
 

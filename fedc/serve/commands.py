@@ -74,6 +74,9 @@ def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], No
                    help="largest accepted L2 distance of an update from the global model")
     c.add_argument("--eval-data", help="dataset whose test split scores each global model")
     c.add_argument("--seed", type=nonneg, default=0, help="initial weights, sampling, task seeds")
+    c.add_argument("--exit-when-done", action="store_true",
+                   help="stop once the rounds are done and every connected client has been "
+                        "told (at most --client-timeout later); prints the final status")
     c.add_argument("--certfile", help="TLS certificate (PEM); with --keyfile serves HTTPS")
     c.add_argument("--keyfile", help="TLS private key (PEM)")
     compile_flags(c)
@@ -345,6 +348,9 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
         return _export_model(args)
     from ..data import check_data_file
     check_data_file("--eval-data", args.eval_data)
+    if args.flower_superlink and args.exit_when_done:
+        raise UsageError.at("--exit-when-done: with --flower-superlink the Flower federation "
+                            "decides when it ends (stop the bridge with SIGTERM)")
     if args.flower_superlink:  # one node of a Flower federation (fedc/serve/flower_bridge.py)
         from .flower_bridge import serve_bridge
         return serve_bridge(args)
@@ -379,9 +385,24 @@ def _run(args: argparse.Namespace, bundle_dir: Path, wasm: bytes, manifest: dict
           f"{4 * coord.num_params}-byte updates) on {scheme}://{args.host}:{args.port}/ — "
           f"state {args.state}, round {coord.round}/{config.rounds}", file=sys.stderr, flush=True)
     index = bundle_dir if (bundle_dir / "index.html").is_file() else None
-    uvicorn.run(build_app(coord, index), host=args.host, port=args.port, log_level="warning",
-                access_log=False, **tls)  # type: ignore[arg-type]
-    return coord.status()
+    server: uvicorn.Server | None = None
+
+    def stop() -> None:
+        assert server is not None
+        server.should_exit = True
+
+    app = build_app(coord, index, on_finished=stop if args.exit_when_done else None)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                           log_level="warning", access_log=False,
+                                           **tls))  # type: ignore[arg-type]
+    server.run()
+    status = coord.status()
+    if coord.done:
+        acc = status["latest"]["accuracy"]
+        print(f"fedc: the federation finished its {config.rounds} rounds (global model "
+              f"version {coord.version}{f', accuracy {acc:.4f}' if acc is not None else ''}); "
+              f"--export-model DIR writes it from {args.state}", file=sys.stderr)
+    return status
 
 
 def add_bridge_flags(c: argparse.ArgumentParser) -> None:

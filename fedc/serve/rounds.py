@@ -65,6 +65,7 @@ class Coordinator:
         self.lock = threading.Lock()
         self.strategy = make_strategy(config.strategy, **config.strategy_options)
         self.last_seen: dict[str, float] = {}
+        self.told_done: set[str] = set()  # clients whose task said "done"
         self._frames: dict[int, bytes] = {}
         # refusals of requests that name no client (no valid token): counted here, never
         # written, so that traffic without a token cannot grow the state file or hold the
@@ -162,6 +163,7 @@ class Coordinator:
         """A frame: train (with the global weights), wait, or done."""
         with self.lock:
             if self.done:
+                self.told_done.add(client_id)
                 return encode("task", {"status": "done", "round": self.config.rounds,
                                        "model_version": self.version})
             r = self.open
@@ -340,6 +342,12 @@ class Coordinator:
         self._maybe_open()
 
     # --- status ---------------------------------------------------------------------------
+    def finished(self) -> bool:
+        """The rounds are done and every connected client has been told so (clients that
+        stay away drop out of the connected set after the client timeout)."""
+        with self.lock:
+            return self.done and set(self._connected()) <= self.told_done
+
     def _phase(self) -> str:
         return "done" if self.done else "open" if self.open is not None else "waiting"
 
