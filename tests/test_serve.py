@@ -647,3 +647,22 @@ def test_exit_when_done_stops_once_every_connected_client_was_told(bundle, tmp_p
     assert code == 0, server.output()
     assert 2.0 < waited < 20, waited  # held up by the silent one until its client timeout
     assert "finished its 1 rounds" in server.output()
+
+
+def test_a_second_server_on_the_same_state_file_is_refused(bundle, tmp_path):
+    """Two coordinators on one state file would both open and number rounds; the second is
+    refused while the first runs, and the file serves again once it has stopped."""
+    state = tmp_path / "s.db"
+    with Server(bundle, state) as first:
+        out = fedc("serve", str(bundle), "--state", str(state), "--port", "0")
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert f"{state} is in use by another running fedc serve" in out.stderr
+        assert first.status()["round"] == 1
+    with Server(bundle, state) as again:  # the lock went with the process
+        assert again.status()["round"] == 1
+
+
+def test_a_state_path_in_a_missing_folder_creates_nothing(bundle, tmp_path):
+    out = fedc("serve", str(bundle), "--state", str(tmp_path / "no" / "s.db"), "--port", "0")
+    assert out.returncode == 1 and f"no such folder {tmp_path / 'no'}" in out.stderr
+    assert not (tmp_path / "no").exists()

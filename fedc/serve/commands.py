@@ -351,14 +351,16 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     if args.flower_superlink and args.exit_when_done:
         raise UsageError.at("--exit-when-done: with --flower-superlink the Flower federation "
                             "decides when it ends (stop the bridge with SIGTERM)")
-    if args.flower_superlink:  # one node of a Flower federation (fedc/serve/flower_bridge.py)
-        from .flower_bridge import serve_bridge
-        return serve_bridge(args)
-    tls = _tls(args)
-    _check_port(args.host, args.port)
-    with tempfile.TemporaryDirectory(prefix="fedc-bundle-") as scratch:
-        bundle_dir, wasm, manifest = _load_bundle(args, Path(scratch))
-        return _run(args, bundle_dir, wasm, manifest, tls)
+    from .store import serving
+    with serving(args.state):  # one running server per state file
+        if args.flower_superlink:  # one node of a Flower federation (flower_bridge.py)
+            from .flower_bridge import serve_bridge
+            return serve_bridge(args)
+        tls = _tls(args)
+        _check_port(args.host, args.port)
+        with tempfile.TemporaryDirectory(prefix="fedc-bundle-") as scratch:
+            bundle_dir, wasm, manifest = _load_bundle(args, Path(scratch))
+            return _run(args, bundle_dir, wasm, manifest, tls)
 
 
 def _run(args: argparse.Namespace, bundle_dir: Path, wasm: bytes, manifest: dict[str, Any],

@@ -48,6 +48,31 @@ CREATE TABLE IF NOT EXISTS rejections (
 """
 
 
+@contextmanager
+def serving(path: str | Path) -> Iterator[None]:
+    """Hold the state file for one running server: a second `fedc serve` on the same file (two
+    coordinators would both open, close and number rounds) is refused while this one runs. The
+    lock is `<state>.lock` (an OS file lock, released when the process ends however it ends);
+    the token and export commands do not take it, they are meant to run beside a server."""
+    from filelock import FileLock, Timeout
+
+    if not Path(path).parent.is_dir():  # FileLock would create the folders of a mistyped path
+        raise ServeError.at(f"--state {path}: no such folder {Path(path).parent}")
+    lock = FileLock(f"{path}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ServeError.at(f"{path} is in use by another running fedc serve (it holds "
+                            f"{path}.lock); stop that server first or give another --state") \
+            from None
+    except OSError as exc:
+        raise ServeError.at(f"cannot lock {path}.lock: {exc.strerror or exc}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def weights_sha256(weights: np.ndarray) -> str:
     """The sha256 of a weight vector as float32 little-endian bytes (stored with each model)."""
     return hashlib.sha256(np.ascontiguousarray(weights, "<f4").tobytes()).hexdigest()
