@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .data import MAX_SEED
 from .diagnostics import Diagnostic, FedcError, InternalError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
@@ -50,6 +51,8 @@ def _number(convert: Callable[[str], Any], ok: Callable[[Any], bool],
 
 _positive = _number(int, lambda v: v >= 1, "a positive integer")
 _nonneg = _number(int, lambda v: v >= 0, "an integer ≥ 0")
+# the seed also seeds scikit-learn's train/test split, whose random_state is a uint32
+_seed = _number(int, lambda v: 0 <= v <= MAX_SEED, f"an integer in 0..{MAX_SEED}")
 _positive_float = _number(float, lambda v: v > 0, "a number > 0")
 # an infinite learning rate is accepted by float() and > 0, and makes the first step NaN
 _learning_rate = _number(float, lambda v: 0 < v < float("inf"), "a finite number > 0")
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=_positive, default=10)
     c.add_argument("--batch-size", type=_positive, help="default: the federated block's")
     c.add_argument("--lr", type=_learning_rate, help="override the optimizer's learning rate")
-    c.add_argument("--seed", type=_nonneg, default=0)
+    c.add_argument("--seed", type=_seed, default=0)
     c.add_argument("--test-fraction", type=float, default=0.2)
     c.add_argument("--save", help="write model.wasm, manifest.json and weights.npy here")
     c.add_argument("--target", choices=["wasm", "native"], default="wasm",
@@ -340,7 +343,7 @@ def _simulate_flags(c: argparse.ArgumentParser) -> None:
                    help="iid | dirichlet:ALPHA | shards:K | quantity:ALPHA (default iid)")
     c.add_argument("--show-partition", action="store_true",
                    help="print each client's sample count and label histogram")
-    c.add_argument("--seed", type=_nonneg, default=0)
+    c.add_argument("--seed", type=_seed, default=0)
     c.add_argument("--test-fraction", type=_fraction, default=0.2,
                    help="held-out test split for the centralised evaluation")
     c.add_argument("--dropout", type=_probability, default=0.0,

@@ -43,6 +43,7 @@ import numpy as np
 from .diagnostics import DataError, Diagnostic, UsageError, did_you_mean
 
 TASKS = ("classification", "regression")
+MAX_SEED = 2**32 - 1  # the split's seed is scikit-learn's random_state, a uint32
 
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compare their fields, not these
@@ -168,6 +169,9 @@ def _split(x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float, what: 
         raise _fail(f"{what}: need at least 2 samples to make a train/test split, got {len(y)}")
     if not 0.0 < test_fraction < 1.0:
         raise _fail(f"{what}: test fraction must be between 0 and 1, got {test_fraction}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or \
+            not 0 <= seed <= MAX_SEED:
+        raise _fail(f"{what}: the split's seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
     try:
         if stratify:
             try:

@@ -55,6 +55,8 @@ def test_syntax_error_exit_1_and_json_diagnostics(tmp_path):
     ["compile", EXAMPLE, "--features", "avx"],
     ["train", EXAMPLE],
     ["train", EXAMPLE, "--data", "digits", "--epochs", "-3"],
+    # exit 1 with scikit-learn's words about train_test_split's random_state before
+    ["train", EXAMPLE, "--data", "digits", "--seed", "4294967296"],
     ["frobnicate"],
 ])
 def test_bad_usage_exits_2_without_traceback(args):

@@ -54,6 +54,14 @@ def test_split_is_seeded():
     assert not np.array_equal(a.x_test, c.x_test)
 
 
+def test_a_seed_beyond_the_splits_uint32_range_is_a_data_error_naming_the_range():
+    # it was scikit-learn's message about train_test_split's random_state parameter
+    with pytest.raises(DataError, match=r"iris: the split's seed must be an integer in "
+                                        r"0\.\.4294967295, got 4294967296"):
+        load_dataset("iris", seed=2**32)
+    assert len(load_dataset("iris", seed=2**32 - 1).y_train) == 120
+
+
 def test_test_fraction_is_respected():
     assert len(load_dataset("digits", test_fraction=0.5).y_test) in (898, 899)
 

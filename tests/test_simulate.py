@@ -201,6 +201,8 @@ def test_config_from_the_federated_block_and_overrides(digits_mlp):
     ({"partition": "zipf:2"}, "unknown partition scheme 'zipf:2'"),
     ({"attack": "flip"}, "unknown attack 'flip'"),
     ({"speed_sigma": -1.0}, "sigma ≥ 0"),
+    ({"seed": 2**32}, "the seed must be an integer in 0..4294967295, got 4294967296"),
+    ({"seed": -1}, "the seed must be an integer in 0..4294967295, got -1"),
     ({"strategy": "krum", "strategy_options": {"f": 5}},
      "krum with f=5 needs n > 2f + 2 = 12 client updates per round, but a round has at most "
      "n = 10 (the clients sampled per round)"),

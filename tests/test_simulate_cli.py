@@ -122,6 +122,7 @@ def test_strategy_options_and_fedprox_default_mu(tmp_path, capsys):
     (["--clients-per-round", "1.5"], "a count ≥ 1 or a fraction in (0, 1]"),
     (["--clients", "-3"], "expected a positive integer"),
     (["--byzantine", "-1"], "expected an integer ≥ 0"),
+    (["--seed", "4294967296"], "expected an integer in 0..4294967295"),  # sklearn's random_state
     (["--attack", "noise:1"], "unknown attack 'noise:1'"),
     (["--strategy-opt", "beta"], "expected KEY=VALUE"),
     (["--clients", "5", "--clients-per-round", "8"],

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..check import FEDPROX_DEFAULT_MU
-from ..data import Dataset
+from ..data import MAX_SEED, Dataset
 from ..diagnostics import UsageError
 from .clients import ClientRunner, ClientSettings, ModelSpec
 from .faults import (
@@ -89,6 +89,9 @@ class SimConfig:
               f"{self.speed_sigma}")
         _need(0 <= self.byzantine <= self.clients, f"byzantine clients must be in 0..{self.clients}"
               f" (the number of clients), got {self.byzantine}")
+        _need(not isinstance(self.seed, bool) and isinstance(self.seed, int | np.integer)
+              and 0 <= self.seed <= MAX_SEED,
+              f"the seed must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
         _need(self.lr is None or 0 < self.lr < float("inf"),
               f"learning rate must be a finite number > 0, got {self.lr}")
         _need(0 < self.test_fraction < 1 and 0 < self.local_test_fraction < 1,
