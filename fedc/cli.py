@@ -287,6 +287,8 @@ def _per_round(text: str) -> int | float:
 _probability = _number(float, lambda v: 0 <= v < 1, "a probability in [0, 1)")
 _fraction = _number(float, lambda v: 0 < v < 1, "a fraction between 0 and 1")
 _nonneg_float = _number(float, lambda v: 0 <= v < float("inf"), "a number ≥ 0")
+# an infinite deadline or speed reached the run's JSON as Infinity, which is not JSON
+_finite_positive = _number(float, lambda v: 0 < v < float("inf"), "a finite number > 0")
 
 
 def _checked(parse: Callable[[str], Any]) -> Callable[[str], str]:
@@ -348,9 +350,9 @@ def _simulate_flags(c: argparse.ArgumentParser) -> None:
                    help="held-out test split for the centralised evaluation")
     c.add_argument("--dropout", type=_probability, default=0.0,
                    help="probability that a sampled client fails in a round")
-    c.add_argument("--deadline", type=_positive_float, metavar="SECONDS",
+    c.add_argument("--deadline", type=_finite_positive, metavar="SECONDS",
                    help="refuse updates that take longer (simulated client speeds)")
-    c.add_argument("--speed-median", type=_positive_float, default=1000.0,
+    c.add_argument("--speed-median", type=_finite_positive, default=1000.0,
                    help="median client speed in samples/s (lognormal; default 1000)")
     c.add_argument("--speed-sigma", type=_nonneg_float, default=1.0,
                    help="log-std of client speeds (default 1.0)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -194,13 +195,16 @@ def test_config_from_the_federated_block_and_overrides(digits_mlp):
     ({"clients_per_round": 1.5}, "a fraction in (0, 1]"),
     ({"dropout": -0.1}, "dropout must be in [0, 1)"),
     ({"dropout": 1.0}, "dropout must be in [0, 1)"),
-    ({"deadline": 0.0}, "deadline must be > 0"),
+    ({"deadline": 0.0}, "deadline must be a finite number > 0"),
     ({"byzantine": 21}, "byzantine clients must be in 0..20"),
     ({"lr": -1.0}, "learning rate must be a finite number > 0"),
     ({"lr": float("inf")}, "learning rate must be a finite number > 0, got inf"),
     ({"partition": "zipf:2"}, "unknown partition scheme 'zipf:2'"),
     ({"attack": "flip"}, "unknown attack 'flip'"),
     ({"speed_sigma": -1.0}, "sigma ≥ 0"),
+    # both reached the run's JSON as Infinity, which is not JSON
+    ({"deadline": float("inf")}, "deadline must be a finite number > 0 seconds, got inf"),
+    ({"speed_median": float("inf")}, "client speeds need a finite median > 0"),
     ({"seed": 2**32}, "the seed must be an integer in 0..4294967295, got 4294967296"),
     ({"seed": -1}, "the seed must be an integer in 0..4294967295, got -1"),
     ({"strategy": "krum", "strategy_options": {"f": 5}},
@@ -219,6 +223,16 @@ def test_a_batch_larger_than_the_module_is_a_usage_error(digits_mlp, digits):
     with pytest.raises(UsageError, match="exceeds the module's max batch 256"):
         Simulation(digits_mlp.wasm, digits_mlp.manifest, digits,
                    dataclasses.replace(BASE, batch_size=512))
+
+
+@pytest.mark.parametrize("median, sigma", [(1000.0, 1e300), (1e-300, 20.0)])
+def test_client_speeds_beyond_a_double_are_a_usage_error_before_training(digits_mlp, digits,
+                                                                        median, sigma):
+    # speeds of Inf or 0 (a ZeroDivisionError in round 1) or times of Inf (Infinity in the JSON)
+    with pytest.raises(UsageError, match=re.escape(f"client speeds with median {median:g} and "
+                                                   f"sigma {sigma:g} are beyond a double's")):
+        Simulation(digits_mlp.wasm, digits_mlp.manifest, digits,
+                   dataclasses.replace(BASE, speed_median=median, speed_sigma=sigma))
 
 
 def test_unknown_strategy_option_is_a_usage_error(digits_mlp, digits):

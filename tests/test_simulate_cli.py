@@ -117,7 +117,10 @@ def test_strategy_options_and_fedprox_default_mu(tmp_path, capsys):
     (["--dropout", "1"], "expected a probability in [0, 1)"),
     (["--lr", "-0.1"], "expected a finite number > 0"),
     (["--lr", "inf"], "expected a finite number > 0, got 'inf'"),
-    (["--deadline", "0"], "expected a number > 0"),
+    (["--deadline", "0"], "expected a finite number > 0"),
+    (["--deadline", "inf"], "expected a finite number > 0, got 'inf'"),  # Infinity in the JSON
+    (["--speed-median", "inf"], "expected a finite number > 0, got 'inf'"),
+    (["--speed-sigma", "1e300"], "are beyond a double's range"),  # a ZeroDivisionError
     (["--clients-per-round", "0"], "a count ≥ 1 or a fraction in (0, 1]"),
     (["--clients-per-round", "1.5"], "a count ≥ 1 or a fraction in (0, 1]"),
     (["--clients", "-3"], "expected a positive integer"),

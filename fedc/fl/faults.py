@@ -68,7 +68,8 @@ def byzantine_clients(num_clients: int, count: int, seed: int) -> frozenset[int]
 def client_speeds(num_clients: int, seed: int, median: float, sigma: float) -> np.ndarray:
     """Samples per second of every client: lognormal with the given median and log-std."""
     rng = np.random.default_rng([seed, SPEED])
-    return median * np.exp(sigma * rng.standard_normal(num_clients))
+    with np.errstate(over="ignore", under="ignore"):  # Inf or 0: the simulation refuses them
+        return median * np.exp(sigma * rng.standard_normal(num_clients))
 
 
 def select_clients(num_clients: int, per_round: int, seed: int, rnd: int,

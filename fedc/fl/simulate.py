@@ -82,11 +82,11 @@ class SimConfig:
         _need(self.per_round <= self.clients, f"clients per round ({self.per_round}) is more "
               f"than the number of clients ({self.clients})")
         _need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
-        _need(self.deadline is None or self.deadline > 0,
-              f"deadline must be > 0 seconds, got {self.deadline}")
-        _need(self.speed_median > 0 and self.speed_sigma >= 0,
-              f"client speeds need median > 0 and sigma ≥ 0, got {self.speed_median} and "
-              f"{self.speed_sigma}")
+        _need(self.deadline is None or 0 < self.deadline < float("inf"),
+              f"deadline must be a finite number > 0 seconds, got {self.deadline}")
+        _need(0 < self.speed_median < float("inf") and 0 <= self.speed_sigma < float("inf"),
+              f"client speeds need a finite median > 0 and sigma ≥ 0, got {self.speed_median} "
+              f"and {self.speed_sigma}")
         _need(0 <= self.byzantine <= self.clients, f"byzantine clients must be in 0..{self.clients}"
               f" (the number of clients), got {self.byzantine}")
         _need(not isinstance(self.seed, bool) and isinstance(self.seed, int | np.integer)
@@ -245,6 +245,7 @@ class Simulation:
         self.sizes = [len(p) for p in parts]
         self.speeds = client_speeds(config.clients, config.seed, config.speed_median,
                                     config.speed_sigma)
+        _check_times(config, self.sizes, self.speeds)
         self.byzantine = byzantine_clients(config.clients, config.byzantine, config.seed)
         self.warnings = _proximal_warnings(self.strategy, self.model)
         self.model.init_weights(config.seed)
@@ -357,6 +358,19 @@ class Simulation:
         if accs[0] is not None:
             result.federated_accuracy = float(np.average(accs, weights=counts))
             result.federated_accuracy_min = float(min(accs))
+
+
+def _check_times(config: SimConfig, sizes: list[int], speeds: np.ndarray) -> None:
+    """Every client's simulated time is a finite number of seconds: a large sigma draws speeds
+    that overflow to Inf or underflow to 0 (a ZeroDivisionError in round 1, or Infinity in the
+    run's JSON)."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        times = config.local_epochs * np.asarray(sizes, np.float64) / speeds
+    bad = ~(np.isfinite(speeds) & (speeds > 0) & np.isfinite(times))
+    _need(not bad.any(), f"client speeds with median {config.speed_median:g} and sigma "
+          f"{config.speed_sigma:g} are beyond a double's range (client {int(np.argmax(bad))}: "
+          f"{float(speeds[np.argmax(bad)]):g} samples/s): simulated times cannot be computed; "
+          "use a smaller sigma")
 
 
 def client_proximal_mu(strategy: Strategy) -> float | None:
