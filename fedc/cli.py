@@ -251,15 +251,24 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                   f"test_loss {e.test_loss:.4f}{acc}  {e.samples_per_second:,.0f} samples/s",
                   flush=True)
 
+    # the module goes to --save before training: a folder that cannot be written fails now, not
+    # after the last epoch with the trained weights lost
+    out = art.write(args.save) if args.save else None
     result = train(model, data, epochs=args.epochs, batch_size=batch, seed=args.seed,
                    on_epoch=report)
-    if args.save:
-        out = art.write(args.save)
-        np.save(out / "weights.npy", model.get_weights())
+    if out is not None:
+        _save_weights(out / "weights.npy", model.get_weights())
     return {"model": art.model.name, "data": data.name, "train_samples": len(data.y_train),
             "test_samples": len(data.y_test), "batch_size": batch, "seed": args.seed,
             "compile_seconds": compile_s, "wasm_bytes": len(art.wasm), "target": args.target,
             **result.summary()}
+
+
+def _save_weights(path: Path, weights: np.ndarray) -> None:
+    try:
+        np.save(path, weights)
+    except OSError as exc:
+        raise UsageError.at(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 # --- fedc simulate -------------------------------------------------------------------------------
@@ -378,6 +387,7 @@ def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import replace
 
     from .data import check_data_file, load_dataset
+    from .fl import report
     from .fl.report import RoundProgress
     from .fl.simulate import Simulation, compile_mu
     from .pipeline import check_source, compile_source
@@ -398,10 +408,13 @@ def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
         from .native import native_ir
         native = native_ir(art)
     sim = Simulation(art.wasm, art.manifest, data, config, native)
+    # where the results and the plot go is checked before training, which it would otherwise lose
+    out = Path(args.out) if args.out else report.default_out_dir(args.name, art.model.name)
+    report.prepare(out, Path(args.plot) if args.plot else None)
     _show_start(args, sim)
     with RoundProgress(config.rounds, enabled=not args.json) as bar:
         result = sim.run(bar.update)
-    return _sim_report(args, art.model.name, data, result)
+    return _sim_report(args, out, art.model.name, data, result)
 
 
 def _sim_config(args: argparse.Namespace, federated: dict[str, Any]) -> Any:
@@ -417,22 +430,23 @@ def _sim_config(args: argparse.Namespace, federated: dict[str, Any]) -> Any:
         workers=args.workers)
 
 
-def _sim_report(args: argparse.Namespace, model: str, data: Any, result: Any) -> dict[str, Any]:
-    """Write the run's files (and plot); the JSON payload; a one-line summary for humans."""
+def _sim_report(args: argparse.Namespace, out: Path, model: str, data: Any,
+                result: Any) -> dict[str, Any]:
+    """Write the run's files, then the plot; the JSON payload; a one-line summary for humans."""
     from .fl import report
 
     config = result.config
     payload: dict[str, Any] = {"model": model, "data": data.name,
                                "train_samples": len(data.y_train),
                                "test_samples": len(data.y_test), **result.summary()}
-    out = Path(args.out) if args.out else report.default_out_dir(args.name, model)
     payload["out"] = str(out)
     if args.plot:
-        report.plot(Path(args.plot), {config.strategy: result.rounds},
-                    f"{model} on {data.name}: {config.clients} clients, {config.partition}")
         payload["plot"] = args.plot
     partition = report.partition_json(result.partition)
     payload["files"] = report.write_run(out, {**payload, "partition": partition}, result)
+    if args.plot:  # after the results: a plot that fails at the end loses nothing else
+        report.plot(Path(args.plot), {config.strategy: result.rounds},
+                    f"{model} on {data.name}: {config.clients} clients, {config.partition}")
     if args.show_partition:
         payload["partition"] = partition
     if not args.json:

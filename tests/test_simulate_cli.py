@@ -159,6 +159,38 @@ def test_a_bad_flag_with_json_still_prints_one_json_object(args, tmp_path, capsy
     assert payload["diagnostics"][0]["message"] in err
 
 
+@pytest.mark.parametrize("where, message", [
+    ("out_is_a_file", "cannot write the run's results to {out}: it exists and is not a "
+                      "directory"),
+    ("plot.txt", "cannot write the plot {plot}: '.txt' is not an image format (use .png, or "),
+    ("plot", "cannot write the plot {plot}: it has no file extension (use .png, or one of "),
+    ("no/plot.png", "cannot write the plot {plot}: no such directory "),
+])
+def test_unwritable_results_or_plot_are_refused_before_training(where, message, tmp_path,
+                                                                capsys):
+    # these failed after the last round, losing the run (a .txt plot with a ValueError
+    # traceback, and a plot that failed before results.json was written took it along)
+    in_the_way = tmp_path / "out_is_a_file"
+    in_the_way.write_text("")
+    out = in_the_way if where == "out_is_a_file" else tmp_path / "run"
+    plot = tmp_path / where
+    flags = ["--plot", str(plot)] if where != "out_is_a_file" else []
+    code, stdout, err = cli(capsys, "simulate", EXAMPLE, "--data", "digits", "--rounds", "1",
+                            "--out", str(out), *flags, "--json")
+    assert code == 2 and message.format(out=out, plot=plot) in err, err
+    assert "round 1" not in err and json.loads(stdout)["exit_code"] == 2
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_train_save_to_an_unwritable_folder_is_refused_before_training(tmp_path, capsys):
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    code, out, err = cli(capsys, "train", EXAMPLE, "--data", "digits", "--epochs", "1",
+                         "--save", str(in_the_way))
+    assert code == 2 and f"cannot write {in_the_way}: it exists and is not a directory" in err
+    assert "epoch" not in out  # it was refused after the last epoch, the weights lost
+
+
 def test_npz_that_does_not_fit_the_model_exits_1(tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.random((60, 30)).astype(np.float32), y=np.arange(60) % 3)

@@ -33,6 +33,39 @@ def default_out_dir(name: str | None, model: str, root: Path = Path("runs")) -> 
     return out
 
 
+def prepare(out: Path, plot_path: Path | None = None) -> None:
+    """Make the run's folder and check the plot's path, before a run whose results would be
+    lost if either failed at its end; UsageError naming the path."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "it exists and is not a directory" if isinstance(exc, FileExistsError) else \
+            exc.strerror or str(exc)
+        raise UsageError.at(f"cannot write the run's results to {out}: {why}") from None
+    if plot_path is None:
+        return
+    formats = _plot_formats()
+    suffix = plot_path.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        what = f"'.{suffix}' is not an image format" if suffix else "it has no file extension"
+        others = ", ".join("." + f for f in sorted(formats) if f != "png")
+        raise UsageError.at(f"cannot write the plot {plot_path}: {what} (use .png, or one of "
+                            f"{others})")
+    if not plot_path.parent.is_dir():
+        raise UsageError.at(f"cannot write the plot {plot_path}: no such directory "
+                            f"{plot_path.parent}")
+
+
+def _plot_formats() -> set[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    return set(FigureCanvasAgg(Figure()).get_supported_filetypes())
+
+
 def write_run(out: Path, payload: dict[str, Any], result: SimResult) -> dict[str, str]:
     """results.json (the whole payload), rounds.csv (one row per round) and weights.npy."""
     try:
@@ -87,6 +120,8 @@ def plot(path: Path, runs: dict[str, Sequence[RoundResult]], title: str = "") ->
         fig.savefig(path, dpi=110)
     except OSError as exc:
         raise UsageError.at(f"cannot write the plot {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # an extension matplotlib has no writer for
+        raise UsageError.at(f"cannot write the plot {path}: {exc}") from None
     finally:
         plt.close(fig)
 
