@@ -127,6 +127,18 @@ def test_bad_scheme_strings_are_usage_errors(text, message):
         partition(LABELS, 4, text, 0)
 
 
+@pytest.mark.parametrize("scheme", ["dirichlet:1e308", "quantity:1e308"])
+def test_an_alpha_whose_dirichlet_draw_overflows_is_a_usage_error(scheme):
+    # numpy drew all-zero proportions: NaN counts (RuntimeWarnings) and a split of 1, 2, 1, 4…
+    # samples with one client holding nearly everything, the opposite of what a large alpha means
+    kind = scheme.split(":")[0]
+    with pytest.raises(UsageError, match=f"partition scheme '{kind}:1e\\+308': ALPHA is too "
+                                         "large to draw proportions for 10 clients"):
+        partition(LABELS, 10, scheme, 0)
+    sizes = [len(p) for p in partition(LABELS, 10, scheme.replace("308", "300"), 0)]
+    assert max(sizes) - min(sizes) <= 20  # still drawable: a nearly even split
+
+
 def test_more_clients_than_samples_is_a_usage_error():
     with pytest.raises(UsageError, match="cannot give 11 clients at least one sample each "
                                          "from 10 samples"):

@@ -119,19 +119,30 @@ def _round_counts(proportions: np.ndarray, total: int) -> np.ndarray:
     return counts
 
 
+def _draw_dirichlet(rng: np.random.Generator, n: int, alpha: Any, kind: str) -> np.ndarray:
+    """Proportions from Dir(alpha·1). numpy's draw overflows for a huge alpha (its n gamma
+    variates sum to Inf): all zeros, which _cut turned into NaN counts and a lopsided split."""
+    p = rng.dirichlet(np.full(n, float(alpha)))
+    if not (np.isfinite(p).all() and p.sum() > 0):
+        raise _usage(f"partition scheme '{kind}:{alpha:g}': ALPHA is too large to draw "
+                     f"proportions for {n} clients from (numpy's Dirichlet overflows); a "
+                     "split this even is iid")
+    return p
+
+
 def _dirichlet(labels: np.ndarray, n: int, alpha: Any,
                rng: np.random.Generator) -> list[np.ndarray]:
     parts: list[list[np.ndarray]] = [[] for _ in range(n)]
     for c in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == c))
-        for client, run in enumerate(_cut(members, rng.dirichlet(np.full(n, float(alpha))))):
+        for client, run in enumerate(_cut(members, _draw_dirichlet(rng, n, alpha, "dirichlet"))):
             parts[client].append(run)
     return [np.concatenate(p) for p in parts]
 
 
 def _quantity(labels: np.ndarray, n: int, alpha: Any,
               rng: np.random.Generator) -> list[np.ndarray]:
-    sizes = rng.dirichlet(np.full(n, float(alpha)))
+    sizes = _draw_dirichlet(rng, n, alpha, "quantity")
     return _cut(rng.permutation(len(labels)), sizes)
 
 
