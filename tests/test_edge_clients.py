@@ -356,6 +356,45 @@ console.log(JSON.stringify(msgs));""", tmp_path)
         "input x contains NaN or Inf", "ok"]
 
 
+def test_js_checks_real_targets_values_beyond_float32_and_bigint_arrays(tmp_path):
+    """A binary (or regression) model's f32 targets are checked for NaN and Inf as Python's are
+    (NaN or a string trained silently and made every weight NaN); x values that float32 cannot
+    hold (1e39 in a Float64Array or an Array) are Inf in the buffer, so they are refused as
+    Python refuses them; a BigInt64Array is refused by name (a TypeError, or "class label 0 is
+    outside 0..9")."""
+    from fedc.pipeline import compile_source
+    art = compile_source((ROOT / "examples" / "breast_cancer_logreg.fed").read_text(), "b.fed")
+    (tmp_path / "model.wasm").write_bytes(art.wasm)
+    rt = (ROOT / "runtime" / "js" / "fedc-runtime.js").as_uri()
+    out = node(f"""import fs from 'node:fs';
+import {{ Model }} from '{rt}';
+const m = await Model.create(fs.readFileSync({json.dumps(str(tmp_path / 'model.wasm'))}),
+                             {json.dumps(art.manifest)});
+m.initWeights(0);
+const x = new Float32Array(4 * 30).fill(0.5);
+const y = new Float32Array([0, 1, 0, 1]);
+const msgs = [];
+const attempt = (f) => {{ try {{ f(); msgs.push('ok'); }} catch (e) {{ msgs.push(e.message); }} }};
+attempt(() => m.trainStep(x, new Float32Array([0, 1, NaN, 1])));
+attempt(() => m.trainStep(x, ['0', '1', 'a', '1']));
+attempt(() => m.evaluate(x, new Float64Array([0, 1, Infinity, 1])));
+attempt(() => m.trainStep(new Float64Array(120).fill(1e39), y));
+attempt(() => m.trainStep(new Array(120).fill(-1e39), y));
+attempt(() => m.trainStep(x, new BigInt64Array(4)));
+attempt(() => m.trainStep(new BigInt64Array(120), y));
+msgs.push(m.getWeights().every(Number.isFinite) ? 'finite' : 'NaN weights');
+attempt(() => m.trainStep(Float64Array.from(x), Array.from(y)));
+console.log(JSON.stringify(msgs));""", tmp_path)
+    assert json.loads(out) == [
+        "target y contains NaN or Inf", "target y contains NaN or Inf",
+        "target y contains NaN or Inf", "input x contains NaN or Inf",
+        "input x contains NaN or Inf",
+        "target y must hold Numbers, got a BigInt64Array of 4 (convert it: "
+        "Float32Array.from(a, Number))",
+        "input x must hold Numbers, got a BigInt64Array of 120 (convert it: "
+        "Float32Array.from(a, Number))", "finite", "ok"]
+
+
 def test_js_bad_arguments_are_runtime_data_errors_naming_the_argument(tmp_path, digits_mlp):
     """The JS twins of Python's init_weights, set_hparam, Model.load and set_weights checks: a
     negative seed, a non-finite hyper-parameter, a folder without manifest.json or model.wasm

@@ -279,9 +279,11 @@ function copyRows(src, dst, size, order, start, n) {
   for (let r = 0; r < n; r++) dst.set(rows[order[start + r]], r * size);
 }
 
-/** Whether every value is a finite number. For a Float32Array, four running sums of x·0
- * (0 for a finite x, NaN for ±Inf and NaN): 2.4× faster than Number.isFinite per element, which
- * trainEpoch pays on every call (a digits epoch: 153 → 64 µs). */
+/** Whether every value is a number that float32 holds as a finite value (as Python's check
+ * after its float32 cast: 1e39 in a Float64Array or an Array would become Inf in the buffer).
+ * For a Float32Array, four running sums of x·0 (0 for a finite x, NaN for ±Inf and NaN): 2.4×
+ * faster than Number.isFinite per element, which trainEpoch pays on every call (a digits epoch:
+ * 153 → 64 µs). */
 function allFinite(a) {
   if (a instanceof Float32Array) {
     let s0 = 0;
@@ -298,8 +300,19 @@ function allFinite(a) {
     for (let i = m; i < a.length; i++) s0 += a[i] * 0;
     return s0 + s1 + s2 + s3 === 0;
   }
-  for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i])) return false;
+  for (let i = 0; i < a.length; i++) {
+    if (typeof a[i] !== 'number' || !Number.isFinite(Math.fround(a[i]))) return false;
+  }
   return true;
+}
+
+/** A BigInt64Array's values are BigInts, which no check or copy here takes (a TypeError, or
+ * "class label 0 is outside 0..9"): say what to pass instead. */
+function checkNotBigInt(a, what, dtype) {
+  if (a instanceof BigInt64Array || a instanceof BigUint64Array) {
+    const to = dtype === 'f32' ? 'Float32Array' : 'Int32Array';
+    throw new RuntimeDataError(`${what} must hold Numbers, got ${described(a)} (convert it: ${to}.from(a, Number))`);
+  }
 }
 
 export class Model {
@@ -464,6 +477,7 @@ export class Model {
     for (const d of this.manifest.inputs) {
       const a = xs[d.name];
       if (!a) throw new RuntimeDataError(`missing input ${d.name}`);
+      checkNotBigInt(a, `input ${d.name}`, d.dtype);
       if (a.length !== rows * rowSize(d.shape)) {
         throw new RuntimeDataError(`input ${d.name}: ${a.length} values is not ${rows} rows of ${rowSize(d.shape)}`);
       }
@@ -473,6 +487,12 @@ export class Model {
         for (let i = 0; i < a.length; i++) {
           if (!(Number.isInteger(a[i]) && a[i] >= 0 && a[i] < d.vocab)) {
             throw new RuntimeDataError(`input ${d.name} holds token id ${a[i]}, outside the embedding's vocabulary 0..${d.vocab - 1}`);
+          }
+        }
+      } else { // the Int32Array copy would truncate 2.5 and wrap 2**32 + 3
+        for (let i = 0; i < a.length; i++) {
+          if (!(Number.isInteger(a[i]) && a[i] >= -2147483648 && a[i] <= 2147483647)) {
+            throw new RuntimeDataError(`input ${d.name} must hold int32 integers, found ${shown(a[i])}`);
           }
         }
       }
@@ -485,10 +505,13 @@ export class Model {
     const xs = this._named(x);
     const t = this.manifest.targets[0];
     if (!(ArrayBuffer.isView(y) || Array.isArray(y))) throw new RuntimeDataError(`target ${t.name} must be an array, got ${y}`);
+    checkNotBigInt(y, `target ${t.name}`, t.dtype);
     const rows = y.length / rowSize(t.shape);
     if (!Number.isInteger(rows)) throw new RuntimeDataError(`target ${t.name}: length ${y.length} is not a whole number of rows`);
     this._checkInputs(xs, rows);
-    if (t.classes !== undefined) {
+    if (t.dtype === 'f32') { // regression and binary targets: NaN made every weight NaN
+      if (!allFinite(y)) throw new RuntimeDataError(`target ${t.name} contains NaN or Inf`);
+    } else if (t.classes !== undefined) {
       for (let i = 0; i < y.length; i++) {
         // a fraction or a string would be truncated or coerced by the Int32Array copy
         if (!(Number.isInteger(y[i]) && y[i] >= 0 && y[i] < t.classes)) {
