@@ -55,8 +55,46 @@ def decode_frame(data: bytes) -> tuple[dict[str, Any], np.ndarray]:
     start = _HEADER.size + meta_len + (-meta_len % 4)
     if dtype != 1 or len(data) != start + 4 * count:
         raise ClientError("the server sent a damaged frame")
-    meta = json.loads(data[_HEADER.size:_HEADER.size + meta_len])
+    try:
+        meta = json.loads(data[_HEADER.size:_HEADER.size + meta_len])
+    except ValueError:  # UnicodeDecodeError too
+        raise ClientError("the server sent a damaged frame (its metadata is not JSON)") from None
+    if not isinstance(meta, dict):
+        raise ClientError("the server sent a damaged frame (its metadata is not a JSON object)")
     return meta, np.frombuffer(data, "<f4", count, start).astype(np.float32)
+
+
+def _is_int(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v < 2**53
+
+
+def check_task(meta: dict[str, Any], values: np.ndarray, num_params: int) -> dict[str, Any]:
+    """A task frame's metadata as docs/protocol.md states it, or a ClientError naming the field
+    (a server that sends anything else would make local_train fail with a traceback)."""
+    status = meta.get("status")
+    if status == "wait":
+        retry = meta.get("retry_after", 1.0)
+        if isinstance(retry, bool) or not isinstance(retry, int | float) or \
+                not 0 <= retry < float("inf"):
+            raise ClientError(f"the server's task says wait with retry_after {retry!r}, not a "
+                              "number of seconds ≥ 0")
+    elif status == "train":
+        for key, low in (("seed", 0), ("local_epochs", 1), ("batch_size", 1)):
+            if not _is_int(meta.get(key), low):
+                raise ClientError(f"the server's training task has {key} {meta.get(key)!r}, "
+                                  f"not an integer ≥ {low}")
+        missing = [k for k in ("round", "model_version") if k not in meta]
+        if missing:
+            raise ClientError(f"the server's training task has no {' or '.join(missing)}")
+        if values.size != num_params:
+            raise ClientError(f"the server's training task has {values.size} weights, but this "
+                              f"bundle's model has {num_params}")
+        if not np.isfinite(values).all():
+            raise ClientError("the server's training task has NaN or Inf weights")
+    elif status != "done":
+        raise ClientError(f"the server sent a task with status {status!r} (expected 'train', "
+                          "'wait' or 'done')")
+    return meta
 
 
 # --- data and local training ----------------------------------------------------------------------
@@ -160,14 +198,21 @@ class Client:
         return info
 
     def task(self) -> tuple[dict[str, Any], np.ndarray]:
-        return decode_frame(self._request("GET", "/api/v1/task"))
+        meta, values = decode_frame(self._request("GET", "/api/v1/task"))
+        return check_task(meta, values, self.model.num_params), values
 
     def send(self, task: dict[str, Any], weights: np.ndarray, rows: int, train_loss: float,
              evaluation: dict[str, float]) -> dict[str, Any]:
         meta = {"round": task["round"], "model_version": task["model_version"],
                 "num_examples": rows, "train_loss": train_loss, "eval": evaluation}
-        reply: dict[str, Any] = json.loads(
-            self._request("POST", "/api/v1/update", encode_frame("update", meta, weights)))
+        body = self._request("POST", "/api/v1/update", encode_frame("update", meta, weights))
+        try:
+            reply = json.loads(body)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            raise ClientError(f"{self.server} answered the update with {body[:40]!r}, not a "
+                              "fedc reply (a JSON object)")
         return reply
 
     def step(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -220,9 +265,11 @@ def _base_url(server: str) -> str:
 def _refusal(err: urllib.error.HTTPError) -> ClientError:
     try:
         body = json.loads(err.read())
-        return ClientError(str(body.get("reason", err)), err.code, str(body.get("error", "")))
-    except ValueError:
+    except (ValueError, OSError, http.client.HTTPException):  # not JSON, or cut off
+        body = None
+    if not isinstance(body, dict):  # e.g. a proxy's page, or [1, 2]
         return ClientError(f"HTTP {err.code} {err.reason}", err.code)
+    return ClientError(str(body.get("reason", err)), err.code, str(body.get("error", "")))
 
 
 def _report(as_json: bool) -> Event:
