@@ -1,4 +1,5 @@
-"""Test helpers for `fedc serve`: a real server process, tokens, bundles, raw HTTP requests."""
+"""Test helpers for `fedc serve`: a real server process, tokens, bundles, raw HTTP requests,
+and a fake server for the clients."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -149,3 +151,51 @@ def not_http_server() -> Iterator[str]:
         finally:
             stop.set()
             thread.join()
+
+
+@contextmanager
+def fake_server(task: bytes, update: tuple[int, bytes], sha256: str) -> Iterator[str]:
+    """A server that joins anyone, then answers every task request and update with these."""
+    import http.server
+
+    class Fake(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _reply(self, code: int, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path.endswith("/join"):
+                self._reply(200, json.dumps({"client_id": "c", "manifest_sha256": sha256})
+                            .encode())
+            else:
+                self._reply(*update)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._reply(200, task)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Fake)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+TRAIN_TASK = {"status": "train", "round": 1, "model_version": 1, "seed": 3, "local_epochs": 1,
+              "batch_size": 8}
+
+
+def task_frame(meta: Any, count: int = 9610, fill: float = 0.0) -> bytes:
+    """A task frame with this metadata (bytes: as they are) and `count` weights of `fill`."""
+    import numpy as np
+
+    body = meta if isinstance(meta, bytes) else json.dumps(meta).encode()
+    return struct.pack("<4sBBBBII", b"FEDC", 1, 1, 1, 0, len(body), count) + body + \
+        b"\0" * (-len(body) % 4) + np.full(count, fill, "<f4").tobytes()

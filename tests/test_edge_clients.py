@@ -13,7 +13,14 @@ import pytest
 
 from fedc.serve.protocol import decode, encode
 
-from .serve_util import Server, issue_tokens, load_client_module
+from .serve_util import (
+    TRAIN_TASK,
+    Server,
+    fake_server,
+    issue_tokens,
+    load_client_module,
+    task_frame,
+)
 from .test_shuffle import FIRST_U32_SEED0, PERM_8_SEED_2_40_PLUS_7, PERM_10_SEED42
 
 pytestmark = [pytest.mark.node,
@@ -265,6 +272,41 @@ def test_node_client_errors_are_one_line(tmp_path, digits_mlp):
                               "--data", str(tmp_path / "d.npz")], capture_output=True, text=True,
                              timeout=60)
     assert out.returncode == 1 and out.stderr.strip() == "error: invalid token"
+
+
+@pytest.fixture(scope="module")
+def mlp_bundle(tmp_path_factory) -> Path:
+    return make_bundle(SOURCES["digits_mlp"], tmp_path_factory.mktemp("mlp"))
+
+
+@pytest.mark.parametrize("task, update, message", [
+    (task_frame(b"{not json"), None, "a damaged frame (its metadata is not JSON)"),
+    (task_frame([1, 2]), None, "a damaged frame (its metadata is not a JSON object)"),
+    (task_frame({}), None, "a task with status undefined (expected 'train', 'wait' or 'done')"),
+    (task_frame({"status": "train"}), None, "training task has seed undefined, not an integer"),
+    (task_frame({**TRAIN_TASK, "local_epochs": 0}), None, "has local_epochs 0, not an integer"),
+    (task_frame(TRAIN_TASK, count=5), None, "has 5 weights, but this bundle's model has 9610"),
+    (task_frame({"status": "wait", "retry_after": "soon"}, 0), None,
+     "wait with retry_after \"soon\", not a number of seconds ≥ 0"),
+    (task_frame(TRAIN_TASK), (200, b"<html>"), "answered the update with \"<html>\", not a fedc"),
+    (task_frame(TRAIN_TASK), (200, b"[1]"), "answered the update with \"[1]\", not a fedc"),
+], ids=["not-json", "list", "no-status", "no-seed", "epochs-0", "count", "wait-soon",
+         "reply-html", "reply-list"])
+def test_node_client_refuses_a_server_that_sends_what_the_protocol_does_not(
+        mlp_bundle, tmp_path, task, update, message):
+    # SyntaxError stack traces (metadata or replies that are not JSON), or worse: a task without
+    # a seed trained with seed 0 and one without local_epochs sent the weights back untrained,
+    # over and over; a wait of "soon" polled without pause
+    manifest = json.loads((mlp_bundle / "manifest.json").read_text())
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.zeros((16, 64)), y=np.arange(16) % 10)
+    with fake_server(task, update or (200, b"{}"), manifest["wasm"]["sha256"]) as url:
+        out = subprocess.run(["node", str(mlp_bundle / "fedc-client.js"), "--server", url,
+                              "--token", "t", "--data", str(data), "--retry-for", "0"],
+                             capture_output=True, text=True, timeout=60)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1, out.stderr  # no stack trace
+    assert lines[0].startswith("error: ") and message in lines[0], out.stderr
 
 
 def test_js_rejects_nan_and_inf_anywhere_in_an_input(tmp_path):

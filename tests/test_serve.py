@@ -10,10 +10,7 @@ import sqlite3
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +18,17 @@ import pytest
 from fedc.serve.auth import issue, parse_bearer, verify
 from fedc.serve.protocol import ProtocolError, decode, encode
 
-from .serve_util import Server, fedc, issue_tokens, load_client_module, not_http_server, request
+from .serve_util import (
+    TRAIN_TASK,
+    Server,
+    fake_server,
+    fedc,
+    issue_tokens,
+    load_client_module,
+    not_http_server,
+    request,
+    task_frame,
+)
 
 
 @pytest.fixture(scope="module")
@@ -442,76 +449,31 @@ def test_python_client_refuses_data_that_does_not_fit_before_joining(client_mod,
         assert code == 1 and err.startswith(f"error: {path}: "), (name, err)
 
 
-@contextmanager
-def _fake_server(task: bytes, update: tuple[int, bytes], sha256: str) -> Iterator[str]:
-    """A server that joins anyone, then answers every task request and update with these."""
-    import http.server
-    import threading
-
-    class Fake(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _reply(self, code: int, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if self.path.endswith("/join"):
-                self._reply(200, json.dumps({"client_id": "c", "manifest_sha256": sha256})
-                            .encode())
-            else:
-                self._reply(*update)
-
-        def do_GET(self) -> None:  # noqa: N802
-            self._reply(200, task)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Fake)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-_TRAIN = {"status": "train", "round": 1, "model_version": 1, "seed": 3, "local_epochs": 1,
-          "batch_size": 8}
-
-
-def _task_frame(meta: Any, count: int = 9610, fill: float = 0.0) -> bytes:
-    body = meta if isinstance(meta, bytes) else json.dumps(meta).encode()
-    return struct.pack("<4sBBBBII", b"FEDC", 1, 1, 1, 0, len(body), count) + body + \
-        b"\0" * (-len(body) % 4) + np.full(count, fill, "<f4").tobytes()
-
-
 @pytest.mark.parametrize("task, update, message", [
-    (_task_frame(b"{not json"), None, "a damaged frame (its metadata is not JSON)"),
-    (_task_frame(b"\xff\xfe\"\0"), None, "a damaged frame (its metadata is not JSON)"),
-    (_task_frame([1, 2]), None, "a damaged frame (its metadata is not a JSON object)"),
-    (_task_frame({}), None, "a task with status None (expected 'train', 'wait' or 'done')"),
-    (_task_frame({**_TRAIN, "seed": "x"}), None, "training task has seed 'x', not an integer"),
-    (_task_frame({**_TRAIN, "local_epochs": 0}), None, "has local_epochs 0, not an integer ≥ 1"),
-    (_task_frame({"status": "train"}), None, "has seed None"),
-    (_task_frame(_TRAIN, count=5), None, "has 5 weights, but this bundle's model has 9610"),
-    (_task_frame(_TRAIN, fill=float("nan")), None, "training task has NaN or Inf weights"),
-    (_task_frame({"status": "wait", "retry_after": "soon"}, 0), None,
+    (task_frame(b"{not json"), None, "a damaged frame (its metadata is not JSON)"),
+    (task_frame(b"\xff\xfe\"\0"), None, "a damaged frame (its metadata is not JSON)"),
+    (task_frame([1, 2]), None, "a damaged frame (its metadata is not a JSON object)"),
+    (task_frame({}), None, "a task with status None (expected 'train', 'wait' or 'done')"),
+    (task_frame({**TRAIN_TASK, "seed": "x"}), None, "training task has seed 'x', not an integer"),
+    (task_frame({**TRAIN_TASK, "local_epochs": 0}), None, "has local_epochs 0, not an integer ≥ 1"),
+    (task_frame({"status": "train"}), None, "has seed None"),
+    (task_frame(TRAIN_TASK, count=5), None, "has 5 weights, but this bundle's model has 9610"),
+    (task_frame(TRAIN_TASK, fill=float("nan")), None, "training task has NaN or Inf weights"),
+    (task_frame({"status": "wait", "retry_after": "soon"}, 0), None,
      "wait with retry_after 'soon', not a number of seconds ≥ 0"),
-    (_task_frame({"status": "wait", "retry_after": -5}, 0), None, "retry_after -5"),
-    (_task_frame(_TRAIN), (200, b"<html>"), "answered the update with b'<html>', not a fedc"),
-    (_task_frame(_TRAIN), (200, b"[1]"), "answered the update with b'[1]', not a fedc reply"),
-    (_task_frame(_TRAIN), (500, b"[1, 2]"), "HTTP 500 Internal Server Error"),
-])
+    (task_frame({"status": "wait", "retry_after": -5}, 0), None, "retry_after -5"),
+    (task_frame(TRAIN_TASK), (200, b"<html>"), "answered the update with b'<html>', not a fedc"),
+    (task_frame(TRAIN_TASK), (200, b"[1]"), "answered the update with b'[1]', not a fedc reply"),
+    (task_frame(TRAIN_TASK), (500, b"[1, 2]"), "HTTP 500 Internal Server Error"),
+], ids=["not-json", "not-utf8", "list", "no-status", "seed-x", "epochs-0", "no-seed", "count",
+         "nan", "wait-soon", "wait-negative", "reply-html", "reply-list", "error-list"])
 def test_python_client_refuses_a_server_that_sends_what_the_protocol_does_not(
         client_mod, bundle, task, update, message):
     # each of these was a traceback: JSONDecodeError, UnicodeDecodeError, TypeError, KeyError,
     # ValueError (int('x'), float('soon'), a negative sleep), AttributeError ([1, 2].get)
     model = client_mod.Model.load(bundle)
     x, y = _data(bundle, 0)
-    with _fake_server(task, update or (200, b"{}"), model.manifest["wasm"]["sha256"]) as url:
+    with fake_server(task, update or (200, b"{}"), model.manifest["wasm"]["sha256"]) as url:
         client = client_mod.Client(url, "t", model, retry_for=0)
         client.join()
         with pytest.raises(client_mod.ClientError, match=re.escape(message)):

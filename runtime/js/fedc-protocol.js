@@ -49,11 +49,49 @@ export function decodeFrame(bytes) {
   if (dv.getUint8(6) !== 1 || u8.length !== start + 4 * count) {
     throw new ClientError('the server sent a damaged frame');
   }
-  const meta = JSON.parse(new TextDecoder().decode(u8.subarray(16, 16 + metaLen)));
+  let meta;
+  try {
+    meta = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(u8.subarray(16, 16 + metaLen)));
+  } catch (err) {
+    throw new ClientError('the server sent a damaged frame (its metadata is not JSON)');
+  }
+  if (meta === null || typeof meta !== 'object' || Array.isArray(meta)) {
+    throw new ClientError('the server sent a damaged frame (its metadata is not a JSON object)');
+  }
   const values = new Float32Array(count);
   if (LITTLE_ENDIAN) new Uint8Array(values.buffer).set(u8.subarray(start, start + 4 * count));
   else for (let i = 0; i < count; i++) values[i] = dv.getFloat32(start + 4 * i, true);
   return { kind: KIND_NAMES[dv.getUint8(5)], meta, values };
+}
+
+const isCount = (v, low) => Number.isSafeInteger(v) && v >= low;
+
+/** A task frame's metadata as docs/protocol.md states it, or a ClientError naming the field: a
+ * task without a seed trained with seed 0, one without local_epochs sent the global weights back
+ * untrained, and a wait without a number slept NaN ms, polling without pause (as
+ * fedc_client.check_task). */
+export function checkTask(meta, values, numParams) {
+  if (meta.status === 'wait') {
+    const retry = meta.retry_after === undefined ? 1 : meta.retry_after;
+    if (typeof retry !== 'number' || !(retry >= 0 && retry < Infinity)) {
+      throw new ClientError(`the server's task says wait with retry_after ${JSON.stringify(retry)}, not a number of seconds ≥ 0`);
+    }
+  } else if (meta.status === 'train') {
+    for (const [key, low] of [['seed', 0], ['local_epochs', 1], ['batch_size', 1]]) {
+      if (!isCount(meta[key], low)) {
+        throw new ClientError(`the server's training task has ${key} ${JSON.stringify(meta[key])}, not an integer ≥ ${low}`);
+      }
+    }
+    const missing = ['round', 'model_version'].filter((k) => !(k in meta));
+    if (missing.length) throw new ClientError(`the server's training task has no ${missing.join(' or ')}`);
+    if (values.length !== numParams) {
+      throw new ClientError(`the server's training task has ${values.length} weights, but this bundle's model has ${numParams}`);
+    }
+    if (!values.every(Number.isFinite)) throw new ClientError("the server's training task has NaN or Inf weights");
+  } else if (meta.status !== 'done') {
+    throw new ClientError(`the server sent a task with status ${JSON.stringify(meta.status)} (expected 'train', 'wait' or 'done')`);
+  }
+  return meta;
 }
 
 // --- data and local training ------------------------------------------------------------------
@@ -89,6 +127,16 @@ export function localTrain(model, weights, x, y, task) {
 
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
+/** bytes as a JSON object, or null (not UTF-8, not JSON, or not an object). */
+function jsonObject(bytes) {
+  try {
+    const v = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+    return v !== null && typeof v === 'object' && !Array.isArray(v) ? v : null;
+  } catch (err) {
+    return null;
+  }
+}
+
 export class FedcClient {
   /** server: base URL; token: fedc1.<id>.<secret>; model: a Model; onEvent(event) for progress. */
   constructor({ server, token, model, onEvent = () => {}, retryFor = 120 }) {
@@ -100,12 +148,15 @@ export class FedcClient {
     this.clientId = null;
   }
 
+  /** {ok, status, bytes}: the whole answer is read inside the retry loop, so a reply cut off
+   * mid-body (fetch's "terminated") is retried like a refused connection, not thrown. */
   async _fetch(path, init = {}) {
     const started = Date.now();
     for (let wait = 250; ; wait = Math.min(wait * 2, 4000)) {
       try {
         const headers = { Authorization: `Bearer ${this.token}`, ...(init.headers || {}) };
-        return await fetch(`${this.server}${path}`, { ...init, headers });
+        const res = await fetch(`${this.server}${path}`, { ...init, headers });
+        return { ok: res.ok, status: res.status, bytes: new Uint8Array(await res.arrayBuffer()) };
       } catch (err) { // unreachable (e.g. the server restarting): retry, then give up clearly
         if (Date.now() - started > this.retryFor * 1000) {
           throw new ClientError(`cannot reach ${this.server}: ${err.cause ? err.cause.message || err.cause.code : err.message}`);
@@ -116,20 +167,24 @@ export class FedcClient {
     }
   }
 
-  async _check(res) {
+  _check(res) {
     if (res.ok) return res;
-    let reason = `HTTP ${res.status}`;
-    let code = '';
-    try {
-      const body = await res.json();
-      reason = body.reason || reason;
-      code = body.error || '';
-    } catch (err) { /* not JSON: keep the status line */ }
-    throw new ClientError(reason, res.status, code);
+    const body = jsonObject(res.bytes);
+    throw new ClientError((body && body.reason) || `HTTP ${res.status}`, res.status, (body && body.error) || '');
+  }
+
+  /** A 2xx answer's JSON object, or a ClientError saying what came instead. */
+  _object(res, what) {
+    const body = jsonObject(this._check(res).bytes);
+    if (body === null) {
+      const start = new TextDecoder().decode(res.bytes.subarray(0, 40));
+      throw new ClientError(`${this.server} answered the ${what} with ${JSON.stringify(start)}, not a fedc reply (a JSON object)`);
+    }
+    return body;
   }
 
   async join() {
-    const info = await (await this._check(await this._fetch('/api/v1/join', { method: 'POST' }))).json();
+    const info = this._object(await this._fetch('/api/v1/join', { method: 'POST' }), 'join');
     if (info.manifest_sha256 !== this.model.manifest.wasm.sha256) {
       throw new ClientError(`this bundle's model (${this.model.manifest.model}) is not the server's (${info.model})`);
     }
@@ -139,8 +194,9 @@ export class FedcClient {
   }
 
   async task() {
-    const res = await this._check(await this._fetch('/api/v1/task'));
-    return decodeFrame(new Uint8Array(await res.arrayBuffer()));
+    const frame = decodeFrame(this._check(await this._fetch('/api/v1/task')).bytes);
+    checkTask(frame.meta, frame.values, this.model.numParams);
+    return frame;
   }
 
   async send(task, result, rows) {
@@ -148,7 +204,7 @@ export class FedcClient {
       train_loss: result.trainLoss, eval: result.evaluation };
     const res = await this._fetch('/api/v1/update', { method: 'POST', body: encodeFrame('update', meta, result.weights),
       headers: { 'Content-Type': FRAME_TYPE } });
-    return (await this._check(res)).json();
+    return this._object(res, 'update');
   }
 
   /** Take part until the server says done; returns {rounds, accepted, skipped}. */
@@ -162,7 +218,7 @@ export class FedcClient {
         return summary;
       }
       if (meta.status === 'wait') {
-        await sleep(1000 * meta.retry_after);
+        await sleep(1000 * (meta.retry_after === undefined ? 1 : meta.retry_after));
         continue;
       }
       this.onEvent({ event: 'training', round: meta.round, model_version: meta.model_version });
