@@ -48,6 +48,18 @@ def test_two_workers_give_the_same_bits_as_one(digits_mlp, digits):
     assert [r.updates for r in one.rounds] == [r.updates for r in two.rounds]
 
 
+def test_no_more_workers_are_started_than_a_round_has_clients(digits_mlp, digits):
+    # --workers 1000 started 999 processes, each instantiating the module, to train 2 clients
+    config = dataclasses.replace(BASE, clients_per_round=2, rounds=1, workers=3)
+    sim = Simulation(digits_mlp.wasm, digits_mlp.manifest, digits, config)
+    pool = len(sim.runner.pool)
+    result = sim.run()  # stops the workers
+    assert pool == 1 and result.warnings == ["workers: a round trains at most 2 clients, so 2 "
+                                             "of the 3 workers are used"]
+    assert result.weights.tobytes() == run(digits_mlp, digits, clients_per_round=2,
+                                           rounds=1).weights.tobytes()
+
+
 def test_a_round_trains_then_evaluates_the_aggregate(digits_mlp, digits):
     res = run(digits_mlp, digits, rounds=5)
     assert all(len(r.selected) == 10 == len(r.updates) and r.aggregated for r in res.rounds)

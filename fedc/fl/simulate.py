@@ -252,9 +252,15 @@ class Simulation:
         self.weights = self.model.get_weights()
         settings = ClientSettings(config.local_epochs, config.batch_size, config.seed,
                                   config.lr, client_proximal_mu(self.strategy))
+        # a round trains at most per_round clients: more workers would be processes (each
+        # instantiating the module) that never get a client
+        workers = min(config.workers, config.per_round)
+        if workers < config.workers:
+            self.warnings.append(f"workers: a round trains at most {config.per_round} clients, "
+                                 f"so {workers} of the {config.workers} workers are used")
         start = time.perf_counter()
         self.runner = ClientRunner(self.model.clone(), spec, data.x_train, data.y_train, parts,
-                                   settings, config.workers)
+                                   settings, workers)
         self.runner.warm_up()
         self.startup_seconds = time.perf_counter() - start
 
