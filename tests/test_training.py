@@ -145,6 +145,19 @@ def test_init_weights_seed_must_be_an_integer_at_least_0(digits_mlp, seed):
     model.init_weights(np.int64(2**40))  # numpy integers and large seeds are fine
 
 
+@pytest.mark.parametrize("steps", [-1, 1.5, "3", True, None, 2**31, 2**40])
+def test_steps_must_be_an_integer_the_i32_counter_holds(digits_mlp, steps):
+    # 1.5 was truncated to 1; "3", None and 2**40 raised TypeError or OverflowError
+    model = Model(digits_mlp.wasm, digits_mlp.manifest)
+    with pytest.raises(RuntimeDataError, match=f"steps must be an integer in 0..2147483647 "
+                                               f"\\(the module's i32 step counter\\), got "
+                                               f"{re.escape(repr(steps))}"):
+        model.steps = steps
+    assert model.steps == 0
+    model.steps = np.int64(2**31 - 1)
+    assert model.steps == 2**31 - 1
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 1e39, 10**400,
                                    "0.1", None, True])
 def test_set_hparam_value_must_be_a_finite_float32(digits_mlp, value):

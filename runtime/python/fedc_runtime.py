@@ -319,8 +319,13 @@ class Model:
 
     @steps.setter
     def steps(self, value: int) -> None:
-        if self._steps is None or value < 0:
-            raise RuntimeDataError("steps must be ≥ 0 and the module must have a step counter")
+        if self._steps is None:
+            raise RuntimeDataError("this module has no step counter")
+        # 1.5 was truncated to 1, and 2**40 or "3" raised OverflowError or TypeError
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or \
+                not 0 <= value < 2**31:
+            raise RuntimeDataError(f"steps must be an integer in 0..{2**31 - 1} (the module's "
+                                   f"i32 step counter), got {value!r}")
         self._steps[0] = value
 
     def set_hparam(self, name: str, value: float) -> None:
