@@ -309,6 +309,17 @@ def test_node_client_refuses_a_server_that_sends_what_the_protocol_does_not(
     assert lines[0].startswith("error: ") and message in lines[0], out.stderr
 
 
+@pytest.mark.parametrize("value", ["abc", "-1", ""])
+def test_node_client_retry_for_must_be_a_number_of_seconds(mlp_bundle, value):
+    # Number('abc') is NaN, which compared false with the time spent: retried for ever
+    out = subprocess.run(["node", str(mlp_bundle / "fedc-client.js"), "--server",
+                          "http://127.0.0.1:9", "--token", "t", "--data", "d.npz",
+                          "--retry-for", value], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"error: --retry-for expects a number of seconds ≥ 0, got " \
+        f"'{value}'"
+
+
 def test_js_rejects_nan_and_inf_anywhere_in_an_input(tmp_path):
     """Model._data's finite check (four running sums of x·0 for a Float32Array): NaN, +Inf
     and -Inf in the first, a middle and each of the last three values (the loop's tail: 7

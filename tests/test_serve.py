@@ -433,6 +433,17 @@ def test_python_client_refuses_bad_server_urls_ca_files_and_non_http_ports(clien
         client_mod.Client(url, "t", model, retry_for=0).join()
 
 
+@pytest.mark.parametrize("value", ["nan", "-1", "abc"])
+def test_python_client_retry_for_must_be_a_number_of_seconds(client_mod, bundle, value, capsys):
+    # nan compared false with the time spent: a server that is down was retried for ever
+    with pytest.raises(SystemExit) as info:
+        client_mod.main(bundle, ["--server", "http://127.0.0.1:9", "--token", "t", "--data",
+                                 "d.npz", "--retry-for", value])
+    assert info.value.code == 2
+    assert f"--retry-for: expected a number of seconds ≥ 0, got '{value}'" in \
+        capsys.readouterr().err
+
+
 def test_python_client_refuses_data_that_does_not_fit_before_joining(client_mod, bundle,
                                                                      tmp_path, capsys):
     cases = {"empty": (np.zeros((0, 64)), np.zeros(0)), "text": (np.zeros((4, 64)), np.array(

@@ -253,7 +253,12 @@ function parseArgs(argv) {
     } else throw new ClientError(`unknown or incomplete argument ${a}`);
   }
   for (const k of ['server', 'token', 'data']) if (!opts[k]) throw new ClientError(`--${k} is required`);
-  opts.retryFor = Number(opts.retryFor);
+  const retryFor = Number(opts.retryFor);
+  // NaN ('abc') compared false with the time spent, so an unreachable server was retried for ever
+  if (typeof opts.retryFor === 'string' && (opts.retryFor.trim() === '' || !(retryFor >= 0))) {
+    throw new ClientError(`--retry-for expects a number of seconds ≥ 0, got '${opts.retryFor}'`);
+  }
+  opts.retryFor = retryFor;
   return opts;
 }
 

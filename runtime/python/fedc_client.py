@@ -285,6 +285,17 @@ def _report(as_json: bool) -> Event:
     return show
 
 
+def _seconds(text: str) -> float:
+    """--retry-for: a number ≥ 0 (inf: retry for ever); nan compared false and retried for ever."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds ≥ 0, got {text!r}")
+    return value
+
+
 def main(bundle_dir: str | Path, argv: list[str] | None = None) -> int:
     """`python client.py --server URL --token T --data FILE.npz` in a bundle folder."""
     p = argparse.ArgumentParser(prog="client.py", description="Join a fedc federation.")
@@ -292,7 +303,7 @@ def main(bundle_dir: str | Path, argv: list[str] | None = None) -> int:
     p.add_argument("--token", required=True, help="this client's token (fedc1.<id>.<secret>)")
     p.add_argument("--data", required=True, help="a .npz file with arrays x and y")
     p.add_argument("--cafile", help="CA certificate to trust for an https server")
-    p.add_argument("--retry-for", type=float, default=120.0,
+    p.add_argument("--retry-for", type=_seconds, default=120.0,
                    help="seconds to keep retrying while the server is unreachable")
     p.add_argument("--json", action="store_true", help="one JSON event per line")
     args = p.parse_args(argv)
