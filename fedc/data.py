@@ -338,7 +338,7 @@ def data_file(spec: str) -> Path | None:
     """The .npz file a dataset spec names, which may not exist (None: a built-in name, or a
     name that is neither)."""
     name = spec.strip()
-    if name in BUILTINS:
+    if name in BUILTINS or not name:  # Path("") is ".", which was read as a directory
         return None
     path = Path(name).expanduser()
     return path if path.suffix.lower() == ".npz" or path.exists() else None
@@ -347,6 +347,9 @@ def data_file(spec: str) -> Path | None:
 def check_data_file(flag: str, spec: str | None) -> None:
     """A dataset flag naming a .npz file that does not exist is a usage error (exit 2), found
     before compiling; what a file that exists holds is load_dataset's to judge (DataError)."""
+    if spec is not None and not spec.strip():
+        raise UsageError.at(f"{flag}: no dataset given (expected one of {', '.join(BUILTINS)}, "
+                            "or a path to a .npz file)")
     path = data_file(spec) if spec else None
     if path is not None and not path.exists():
         raise UsageError.at(f"{flag}: no such data file: {path}")

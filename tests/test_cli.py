@@ -83,6 +83,14 @@ def test_a_missing_data_file_is_a_usage_error_naming_the_flag(tmp_path, command,
     assert json.loads(out.stdout)["exit_code"] == 2
 
 
+@pytest.mark.parametrize("command", ["train", "simulate"])
+def test_an_empty_data_flag_is_a_usage_error_not_the_current_directory(tmp_path, command):
+    # Path("") is ".": "error: . is a directory, not a .npz data file" (exit 1)
+    out = fedc(command, EXAMPLE, "--data", " ", "--json")
+    assert out.returncode == 2 and "--data: no dataset given (expected one of digits" in out.stderr
+    assert json.loads(out.stdout)["exit_code"] == 2
+
+
 def test_compile_writes_module_and_manifest(tmp_path):
     out = fedc("compile", EXAMPLE, "-o", str(tmp_path / "build"), "--json")
     assert out.returncode == 0, out.stderr
