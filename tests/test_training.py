@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -143,6 +144,16 @@ def test_init_weights_seed_must_be_an_integer_at_least_0(digits_mlp, seed):
                                                f"got {re.escape(repr(seed))}"):
         model.init_weights(seed)
     model.init_weights(np.int64(2**40))  # numpy integers and large seeds are fine
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_class_labels_are_refused_without_a_numpy_warning(digits_mlp, bad):
+    model = Model(digits_mlp.wasm, digits_mlp.manifest)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # np.mod(inf, 1) warned "invalid value" first
+        with pytest.raises(RuntimeDataError, match="target 'y' must hold integers, got NaN or "
+                                                   "Inf"):
+            model.train_step(np.zeros((3, 64), np.float32), np.array([1.0, bad, 2.0]))
 
 
 @pytest.mark.parametrize("steps", [-1, 1.5, "3", True, None, 2**31, 2**40])

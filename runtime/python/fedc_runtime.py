@@ -554,6 +554,9 @@ def _conform(a: Any, decl: Mapping[str, Any], what: str) -> np.ndarray:
         if not np.all(np.isfinite(arr)):
             raise RuntimeDataError(f"{what} {name!r} contains NaN or Inf")
         return arr
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        # np.mod of NaN or Inf printed a RuntimeWarning before the error below
+        raise RuntimeDataError(f"{what} {name!r} must hold integers, got NaN or Inf")
     if not np.issubdtype(arr.dtype, np.integer) and not (
             np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0)):
         raise RuntimeDataError(f"{what} {name!r} must hold integers, got {arr.dtype}")
