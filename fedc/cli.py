@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(run=cmd_simulate)
 
     from .serve.commands import add_commands  # bundle, serve, status
-    add_commands(sub, _compile_flags, _positive, _positive_float, _nonneg, _key_value)
+    add_commands(sub, _compile_flags, _positive, _positive_float, _nonneg, _seed, _key_value)
     return p
 
 

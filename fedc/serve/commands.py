@@ -22,7 +22,7 @@ from . import ServeError
 
 def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], None],
                  positive: Callable[[str], int], positive_float: Callable[[str], float],
-                 nonneg: Callable[[str], int],
+                 nonneg: Callable[[str], int], seed: Callable[[str], int],
                  key_value: Callable[[str], tuple[str, str]]) -> None:
     def seconds(text: str) -> float:  # an inf deadline makes every task frame unencodable
         value = positive_float(text)
@@ -73,7 +73,8 @@ def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], No
     c.add_argument("--max-update-norm", type=positive_float, default=1e3,
                    help="largest accepted L2 distance of an update from the global model")
     c.add_argument("--eval-data", help="dataset whose test split scores each global model")
-    c.add_argument("--seed", type=nonneg, default=0, help="initial weights, sampling, task seeds")
+    c.add_argument("--seed", type=seed, default=0,
+                   help="initial weights, sampling, task seeds, --eval-data's split")
     c.add_argument("--exit-when-done", action="store_true",
                    help="stop once the rounds are done and every connected client has been "
                         "told (at most --client-timeout later); prints the final status")
