@@ -507,3 +507,31 @@ console.log(JSON.stringify(msgs));""", tmp_path)
         f"{e}cannot fetch {base}/m/model.wasm: HTTP 404",
         f"{e}{base}/bad/manifest.json is not valid JSON",
         f"{e}{weights} an Array of 1", f"{e}{weights} a Float32Array of 5", f"{e}{weights} null"]
+
+
+def test_js_an_edited_manifest_is_a_runtime_data_error(tmp_path, digits_mlp):
+    """As in Python (tests/test_runtime_call.py): a missing field or a buffer outside the memory
+    is a RuntimeDataError naming manifest.json, not a TypeError or RangeError."""
+    import copy
+    manifests = []
+    for edit in ("outputs", "params_region", "offset"):
+        m = copy.deepcopy(digits_mlp.manifest)
+        if edit == "offset":
+            m["params_region"]["count"] = 10**9
+        else:
+            del m[edit]
+        manifests.append(m)
+    (tmp_path / "model.wasm").write_bytes(digits_mlp.wasm)
+    rt = (ROOT / "runtime" / "js" / "fedc-runtime.js").as_uri()
+    out = node(f"""import fs from 'node:fs';
+import {{ Model }} from '{rt}';
+const wasm = fs.readFileSync({json.dumps(str(tmp_path / 'model.wasm'))});
+const msgs = [];
+for (const m of {json.dumps(manifests)}) {{
+  try {{ await Model.create(wasm, m); msgs.push('ok'); }}
+  catch (e) {{ msgs.push(`${{e.name}}: ${{e.message}}`); }}
+}}
+console.log(JSON.stringify(msgs));""", tmp_path)
+    msgs = json.loads(out)
+    wrong = "RuntimeDataError: manifest.json is not the one fedc wrote for this module ("
+    assert len(msgs) == 3 and all(m.startswith(wrong) for m in msgs), msgs

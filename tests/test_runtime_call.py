@@ -73,3 +73,36 @@ optimizer sgd(lr=0.1)
     art = compile_source(src, "m.fed")
     model = Model(art.wasm, art.manifest)
     assert all(c.fast for c in model._calls.values())
+
+
+def _edited(manifest: dict, path: str, value: object) -> dict:
+    """A deep copy of the manifest with the field at a dotted path set (or deleted: ...)."""
+    import copy
+    out = copy.deepcopy(manifest)
+    *parents, last = path.split(".")
+    node = out
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return out
+
+
+EDITS = [("max_batch", ..., "KeyError: 'max_batch'"),
+         ("inputs.0.offset", ..., "KeyError: 'offset'"),
+         ("outputs", [], "IndexError"),
+         ("exports", None, "AttributeError"),
+         ("params_region.offset", -4, "places a buffer at bytes -4..38436, not inside"),
+         ("params_region.count", 10**9, "not inside the module's"),
+         ("params_region.offset", 6, "places a buffer at bytes 6..")]
+
+
+@pytest.mark.parametrize("path, value, message", EDITS, ids=[e[0] + str(e[1])[:8] for e in EDITS])
+def test_an_edited_manifest_is_a_runtime_data_error_naming_what_is_wrong(digits_mlp, path, value,
+                                                                         message):
+    from fedc.runtime import RuntimeDataError
+    with pytest.raises(RuntimeDataError, match="manifest.json") as info:
+        Model(digits_mlp.wasm, _edited(digits_mlp.manifest, path, value))
+    assert message in str(info.value)

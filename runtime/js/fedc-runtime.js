@@ -327,7 +327,12 @@ export class Model {
       throw new RuntimeDataError('model.wasm does not match manifest.json (sha256 differs)');
     }
     const { instance } = await WebAssembly.instantiate(bytes, {});
-    return new Model(instance, manifest);
+    try {
+      return new Model(instance, manifest);
+    } catch (err) { // an edited manifest: a field missing, or a buffer outside the memory
+      if (!(err instanceof TypeError || err instanceof RangeError)) throw err;
+      throw new RuntimeDataError(`manifest.json is not the one fedc wrote for this module (${err.message}); rebuild both with fedc compile`);
+    }
   }
 
   /** Fetch manifest.json and its model.wasm from a base URL (browsers; Node for http URLs). */

@@ -137,10 +137,15 @@ class Model:
         if not isinstance(mem, wasmtime.Memory):
             raise RuntimeDataError("model.wasm does not export its memory")
         self._memory = mem
-        self.max_batch = int(manifest["max_batch"])
-        self._calls = {name: self._bind(exports, name, sig)
-                       for name, sig in manifest["exports"].items()}
-        self._map_views()
+        try:
+            self.max_batch = int(manifest["max_batch"])
+            self._calls = {name: self._bind(exports, name, sig)
+                           for name, sig in manifest["exports"].items()}
+            self._map_views()
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:  # an edited manifest
+            raise RuntimeDataError(f"manifest.json is not the one fedc wrote for this module "
+                                   f"({type(exc).__name__}: {exc}); rebuild both with fedc "
+                                   "compile") from None
 
     @classmethod
     def load(cls, directory: str | Path, *, variant: str | None = None, **kw: Any) -> Model:
@@ -195,7 +200,12 @@ class Model:
     def _view(self, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
         np_dtype = np.float32 if dtype == "f32" else np.int32
         count = int(np.prod(shape, dtype=np.int64))
-        return self._raw[offset: offset + count * 4].view(np_dtype).reshape(shape)
+        end = offset + count * 4
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset % 4 or \
+                not 0 <= offset <= end <= self._raw.size:
+            raise RuntimeDataError(f"manifest.json places a buffer at bytes {offset!r}..{end}, "
+                                   f"not inside the module's {self._raw.size}-byte memory")
+        return self._raw[offset:end].view(np_dtype).reshape(shape)
 
     def _linear_memory(self) -> np.ndarray:
         """The module's whole linear memory as a uint8 array (a view, no copy)."""
