@@ -85,6 +85,23 @@ def test_odd_characters_are_parse_errors(char: str) -> None:
     assert "unexpected character" in err.message
 
 
+@pytest.mark.parametrize("digits", [400, 5000])
+@pytest.mark.parametrize("where", ["h = {n}", "h = dense(x, {n})"])
+def test_an_integer_beyond_float64_is_too_large_like_a_float(digits: int, where: str) -> None:
+    # 5000 digits: int() refused the literal (an internal error); 400: float() of it overflowed
+    # wherever a number was wanted (e.g. optimizer sgd(lr=1000…0))
+    n = "1" + "0" * (digits - 1)
+    err = parse_error(f"model M:\n    {where.format(n=n)}\n")
+    assert err.message == f"number 100000000000… ({digits} characters) is too large"
+    assert err.diagnostics[0].span is not None
+    assert (err.diagnostics[0].span.line, err.diagnostics[0].span.col) == (2, where.index("{") + 5)
+
+
+def test_the_largest_integers_below_float64s_limit_are_numbers() -> None:
+    n = 2**1000
+    assert parse(f"model M:\n    h = {n}\n").model.body[0].value.value == n
+
+
 def test_nul_in_a_comment_is_allowed() -> None:
     parse("model M:\n    x = 1  # \x00\n")
 

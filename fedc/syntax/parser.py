@@ -449,11 +449,12 @@ class _ToAst(Transformer_NonRecursive):
 
     def number(self, meta: Meta, items: list[Token]) -> ast.Num:
         text, span = str(items[0]), self._span(items[0])
-        if text.isdigit():
-            return ast.Num(int(text), span)
+        # an integer is too large where a float of its size would be: beyond float64's range
+        # (Python's int() also refuses more than 4300 digits, and float() of a larger int fails)
         if not math.isfinite(float(text)):
-            raise _Reject(f"number {text} is too large", span)
-        return ast.Num(float(text), span)
+            shown = text if len(text) <= 24 else f"{text[:12]}… ({len(text)} characters)"
+            raise _Reject(f"number {shown} is too large", span)
+        return ast.Num(int(text) if text.isdigit() else float(text), span)
 
     def string(self, meta: Meta, items: list[Token]) -> ast.Str:
         return ast.Str(_unquote(items[0], self._span(items[0])), self._span(items[0]))
