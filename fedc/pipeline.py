@@ -128,6 +128,8 @@ def _check_memory(model: CheckedModel, train: Graph, mplan: MemoryPlan) -> None:
 
 
 def _gib(n: int) -> str:
+    if n.bit_length() > 80:  # a power of two says enough, and n / 2**30 overflows a float
+        return f"more than 2^{n.bit_length() - 31} GiB"
     return f"{n / 2**30:,.1f} GiB"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -133,6 +134,19 @@ def test_model_beyond_wasm32_memory_is_a_check_error_at_its_largest_tensor(layer
     assert (d.span.line, d.span.col) == (line, col), info.value.render()
     assert "more than a wasm32 module's 4 GiB" in d.message and "wasm-ld" not in d.message
     assert "^^^" in info.value.render()
+
+
+def test_a_model_too_large_for_a_float_count_of_gib_is_a_check_error_too():
+    # batches of 10^300: n / 2**30 overflowed a float (an OverflowError traceback)
+    src = ("model M:\n    input x: f32[4]\n    target y: class[3]\n"
+           "    loss = softmax_cross_entropy(dense(x, 3), y)\noptimizer sgd(lr=0.1)\n"
+           f"federated:\n    batch_size = {10**300}\n")
+    with pytest.raises(CheckError) as info:
+        compile_source(src, "big.fed")
+    (d,) = info.value.diagnostics
+    assert (d.span.line, d.span.col) == (2, 5), info.value.render()
+    assert re.search(r"needs more than 2\^\d+ GiB of memory .* takes more than 2\^970 GiB$",
+                     d.message), d.message
 
 
 @pytest.mark.node
