@@ -8,7 +8,7 @@ from typing import Any
 from .diagnostics import Collector, Span, did_you_mean
 from .ir import BATCH, Graph, GraphBuilder, TensorType, Value, format_graph, verify
 from .ops import REGISTRY, ShapeError, surface_ops
-from .ops.surface import SurfaceCtx, SurfaceError
+from .ops.surface import SurfaceCtx, SurfaceError, fits
 from .optim import OptimizerSpec
 from .optim.settings import F32_MAX, F32_TINY, check_optimizer
 from .syntax import ast
@@ -97,6 +97,12 @@ class _Checker:
             if any(d <= 0 for d in t.dims):
                 self.diag.error(f"{what} dimensions must be positive but got {list(t.dims)}",
                                 t.span)
+                self.poison(decl.name)
+                return None
+            try:
+                fits(f"{what} {decl.name}: {t.dtype}{list(t.dims)} per example", t.dims)
+            except SurfaceError as exc:
+                self.diag.error(str(exc), t.span)
                 self.poison(decl.name)
                 return None
             v = self.g.add_input(TensorType(t.dtype, (BATCH, *t.dims)), decl.name)

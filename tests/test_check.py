@@ -201,3 +201,26 @@ def test_a_boolean_for_a_general_optimizer_setting_says_it_is_a_boolean(setting)
         check_source(_with_optimizer("sgd", setting), "g.fed")
     (d,) = info.value.diagnostics
     assert "but got the boolean " in d.message, d.message
+
+
+_HUGE = 10**160  # its square is beyond a float: √fan_in and the like overflowed
+
+
+@pytest.mark.parametrize(("decl", "layer", "line", "col", "start"), [
+    ("f32[1, 8, 8]", f"conv2d(x, 4, {_HUGE}, padding={_HUGE})", 4, 9,
+     "conv2d_0.weight is f32[4,1,1"),
+    (f"f32[{_HUGE}, {_HUGE}]", "flatten(x)", 2, 14, f"input x: f32[{_HUGE}, {_HUGE}] per example"),
+    ("f32[8]", "dense(x, 2000000000)", 4, 9, "dense_0.weight is f32[8,2000000000]"),
+])
+def test_a_tensor_no_wasm32_module_can_hold_is_an_error_at_its_source(decl, layer, line, col,
+                                                                      start):
+    # sizes beyond a float made OverflowError and int-to-str tracebacks in the checker
+    src = (f"model M:\n    input x: {decl}\n    target y: class[3]\n    h = {layer}\n"
+           "    loss = softmax_cross_entropy(dense(flatten(h), 3), y)\noptimizer sgd(lr=0.1)\n")
+    with pytest.raises(CheckError) as info:
+        check_source(src, "huge.fed")
+    (d,) = info.value.diagnostics
+    assert d.message.startswith(start), d.message
+    assert d.message.endswith("more than a wasm32 module's 4 GiB of memory holds "
+                              "(2^30 four-byte values)"), d.message
+    assert d.span is not None and (d.span.line, d.span.col) == (line, col)

@@ -22,6 +22,7 @@ from .surface import (
     SurfaceCtx,
     SurfaceError,
     bind,
+    fits,
 )
 from .window import (
     Window,
@@ -163,11 +164,13 @@ def _conv_surface(rank: int) -> Callable[[SurfaceCtx, list[Any], dict[str, Any]]
         if shape[0] % groups or out_ch % groups:
             raise SurfaceError(f"{op}: groups={groups} must divide both the input channels "
                                f"({shape[0]}) and out_channels ({out_ch})", "groups")
+        name = ctx.layer_name(op)
+        weight = (out_ch, shape[0] // groups, *kernel)
+        fits(f"{name}.weight is f32[{','.join(map(str, weight))}]", weight)  # before √fan_in
         fan_in = shape[0] // groups * math.prod(kernel)
         bound = 1.0 / math.sqrt(fan_in)  # PyTorch: kaiming_uniform(a=√5) = U(±1/√fan_in)
         init = {"kind": "uniform", "low": -bound, "high": bound}
-        name = ctx.layer_name(op)
-        ins = [x, ctx.param(name, "weight", (out_ch, shape[0] // groups, *kernel), init)]
+        ins = [x, ctx.param(name, "weight", weight, init)]
         if vals["bias"]:
             ins.append(ctx.param(name, "bias", (out_ch,), init))
         return ctx.emit(op, ins, {"stride": stride, "padding": padding, "groups": groups})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,9 @@ TENSOR, POS_INT, NUMBER, BOOL = "tensor", "positive integer", "number", "bool"
 NONNEG_INT = "non-negative integer"  # e.g. a convolution's padding
 F32_MAX = 3.4028234663852886e38
 F32_HALF_MIN = 2.0**-150  # half the smallest subnormal float32: it and anything smaller round to 0
+# a wasm32 module's 4 GiB hold at most 2^30 four-byte values: a parameter or one example's
+# tensor beyond that never fits, whatever the batch (and its size stays a float's)
+MAX_VALUES = 2**30
 
 
 def bind(op: str, args: list[Any], kwargs: dict[str, Any],
@@ -112,6 +116,13 @@ def _coerce(op: str, name: str, kind: str, value: Any, where: int | str) -> Any:
     raise AssertionError(kind)
 
 
+def fits(what: str, shape: tuple[int, ...]) -> None:
+    """A SurfaceError unless a tensor of `shape` (per example) fits a wasm32 module."""
+    if math.prod(shape) > MAX_VALUES:
+        raise SurfaceError(f"{what}, more than a wasm32 module's 4 GiB of memory holds "
+                           "(2^30 four-byte values)")
+
+
 @dataclass
 class SurfaceCtx:
     """The checker's builder as an op's surface rule sees it."""
@@ -126,12 +137,14 @@ class SurfaceCtx:
 
         types = tuple(v.type for v in inputs)
         try:
-            REGISTRY[op].shape(types, dict(attrs or {}))
+            out = REGISTRY[op].shape(types, dict(attrs or {}))
         except ShapeError as exc:
             raise SurfaceError(str(exc)) from exc
+        fits(f"{op} makes {out}", out.row_shape)
         return self.graph.emit(op, inputs, attrs, self.span)
 
     def param(self, layer: str, pname: str, shape: tuple[int, ...], init: dict[str, Any]) -> Value:
+        fits(f"{layer}.{pname} is f32[{','.join(map(str, shape))}]", shape)
         return self.graph.add_param(shape, f"{layer}.{pname}", init, self.span)
 
     def layer_name(self, kind: str) -> str:
