@@ -8,7 +8,7 @@ from typing import Any
 from .diagnostics import Collector, Span, did_you_mean
 from .ir import BATCH, Graph, GraphBuilder, TensorType, Value, format_graph, verify
 from .ops import REGISTRY, ShapeError, surface_ops
-from .ops.surface import SurfaceCtx, SurfaceError, fits
+from .ops.surface import SurfaceCtx, SurfaceError, fits, shown
 from .optim import OptimizerSpec
 from .optim.settings import F32_MAX, F32_TINY, check_optimizer
 from .syntax import ast
@@ -250,7 +250,8 @@ def check(program: ast.Program) -> CheckedModel:
             c.bind_name(stmt.name, v, stmt.name_span)
             continue
         if v is not None:
-            c.diag.error(f"{stmt.name!r} must be a tensor expression, not the constant {v!r}",
+            what = shown(v) if isinstance(v, bool) else f"the constant {v!r}"  # true, not True
+            c.diag.error(f"{stmt.name!r} must be a tensor expression, not {what}",
                          stmt.value.span)
         c.env[stmt.name] = _POISON  # later uses stay silent: the error is already reported
     loss_op, prediction, loss = _find_loss(c, m, loss_stmt)

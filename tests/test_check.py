@@ -224,3 +224,18 @@ def test_a_tensor_no_wasm32_module_can_hold_is_an_error_at_its_source(decl, laye
     assert d.message.endswith("more than a wasm32 module's 4 GiB of memory holds "
                               "(2^30 four-byte values)"), d.message
     assert d.span is not None and (d.span.line, d.span.col) == (line, col)
+
+
+@pytest.mark.parametrize(("value", "what"), [("true", "the boolean true"),
+                                             ("false", "the boolean false"),
+                                             ("2", "the constant 2"), ("'a'", "the constant 'a'")])
+def test_a_constant_assigned_in_the_model_is_named_as_the_source_spells_it(value, what):
+    # the booleans were shown as Python's True and False
+    src = ("model M:\n    input x: f32[4]\n    target y: class[3]\n"
+           f"    h = {value}\n    loss = softmax_cross_entropy(dense(x, 3), y)\n"
+           "optimizer sgd(lr=0.1)\n")
+    with pytest.raises(CheckError) as info:
+        check_source(src, "c.fed")
+    (d,) = info.value.diagnostics
+    assert d.message == f"'h' must be a tensor expression, not {what}"
+    assert d.span is not None and (d.span.line, d.span.col) == (4, 9)
