@@ -93,8 +93,10 @@ def compile_source(text: str, filename: str = "<input>",
         verify(train)
     max_batch = (max(DEFAULT_MAX_BATCH, int(model.federated["batch_size"]))
                  if opts.max_batch is None else opts.max_batch)
-    if max_batch < 1:
-        raise UsageError([Diagnostic(f"--max-batch must be ≥ 1 but got {max_batch}")])
+    # an API caller's 1.5 or True reached LLVM as a float (an internal error) or the manifest
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise UsageError([Diagnostic(f"max_batch (--max-batch) must be an integer ≥ 1 but got "
+                                     f"{max_batch!r}")])
     opt = model.optimizer
     mplan = plan(train, max_batch=max_batch, state_slots=len(opt.slots()),
                  n_hparams=len(opt.runtime_hparams()), anchor=opt.proximal)

@@ -179,8 +179,11 @@ console.log(JSON.stringify([l1, l2]));
     assert np.isfinite(l1) and l2 < l1
 
 
-@pytest.mark.parametrize("max_batch", [0, -5])
-def test_max_batch_below_one_is_refused_not_replaced_by_the_default(max_batch,
-                                                                    digits_mlp_source):
-    with pytest.raises(UsageError, match=f"--max-batch must be ≥ 1 but got {max_batch}"):
+@pytest.mark.parametrize("max_batch", [0, -5, 1.5, 32.0, True, "32"])
+def test_max_batch_that_is_no_integer_from_one_up_is_refused(max_batch, digits_mlp_source):
+    # 0 and -5 were replaced by the default; 1.5 was an internal error (LLVM rejected the
+    # float) and True went into the manifest as its max_batch
+    with pytest.raises(UsageError) as info:
         compile_source(digits_mlp_source, "digits_mlp.fed", Options(max_batch=max_batch))
+    assert info.value.message == (f"max_batch (--max-batch) must be an integer ≥ 1 but got "
+                                  f"{max_batch!r}")
