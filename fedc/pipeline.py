@@ -20,6 +20,7 @@ from .lower.module import EXPORTS, lower_module
 from .ops.dropout import DROPOUT_KEY
 from .ops.embedding import token_vocab
 from .optim import OptimizerSpec
+from .optim.settings import F32_MAX, F32_TINY
 from .plan import MemoryPlan, plan
 from .syntax import parse
 
@@ -150,6 +151,9 @@ def variant_file(variant: str) -> str:
 def _with_proximal_mu(model: CheckedModel, mu: float) -> CheckedModel:
     if not mu >= 0:
         raise UsageError([Diagnostic(f"proximal_mu must be a number ≥ 0 but got {mu}")])
+    if not (mu == 0 or F32_TINY <= mu <= F32_MAX):  # the federated block's rule: a float32 hparam
+        raise UsageError([Diagnostic(f"proximal_mu must be a number ≥ 0 and a normal float32 "
+                                     f"but got {mu}")])
     return replace(model, optimizer=replace(model.optimizer, proximal_mu=float(mu)),
                    federated={**model.federated, "proximal_mu": float(mu)})
 

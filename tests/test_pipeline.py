@@ -187,3 +187,13 @@ def test_max_batch_that_is_no_integer_from_one_up_is_refused(max_batch, digits_m
         compile_source(digits_mlp_source, "digits_mlp.fed", Options(max_batch=max_batch))
     assert info.value.message == (f"max_batch (--max-batch) must be an integer ≥ 1 but got "
                                   f"{max_batch!r}")
+
+
+@pytest.mark.parametrize("mu", [float("inf"), 1e39, 1e-45])
+def test_option_proximal_mu_is_refused_where_the_federated_block_refuses_it(mu,
+                                                                            digits_mlp_source):
+    # the block's `proximal_mu = 1e39` is a check error; the option compiled μ = inf
+    with pytest.raises(UsageError) as info:
+        compile_source(digits_mlp_source, "d.fed", Options(proximal_mu=mu))
+    assert info.value.message == ("proximal_mu must be a number ≥ 0 and a normal float32 but "
+                                  f"got {mu}")
