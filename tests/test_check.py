@@ -239,3 +239,18 @@ def test_a_constant_assigned_in_the_model_is_named_as_the_source_spells_it(value
     (d,) = info.value.diagnostics
     assert d.message == f"'h' must be a tensor expression, not {what}"
     assert d.span is not None and (d.span.line, d.span.col) == (4, 9)
+
+
+@pytest.mark.parametrize("op", ["conv1d(s, 4, 3)", "max_pool1d(s, 2)", "avg_pool2d(s, 2)"])
+def test_a_window_op_on_a_per_example_scalar_shows_its_type(op):
+    # the type read f32[N,] (the empty per-example shape joined after "N,")
+    src = ("model M:\n    input s: f32\n    input x: f32[4]\n    target y: class[3]\n"
+           f"    g = {op}\n    loss = softmax_cross_entropy(dense(x, 3), y)\n"
+           "optimizer sgd(lr=0.1)\n")
+    with pytest.raises(CheckError) as info:
+        check_source(src, "s.fed")
+    (d,) = info.value.diagnostics
+    assert d.message.endswith("of type f32[N, channels, length] but got f32[N]" if "1d" in op
+                              else "of type f32[N, channels, height, width] but got f32[N]"), \
+        d.message
+    assert d.span is not None and (d.span.line, d.span.col) == (5, 9)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..ir import BATCH, f32
 from . import ShapeError
 from .surface import NONNEG_INT, POS_INT, SurfaceError
 
@@ -89,8 +90,8 @@ def spatial_of(op: str, shape: tuple[int, ...], rank: int, what: str = "input") 
     """Check a per-example shape is [channels, *spatial] with `rank` spatial dims."""
     want = "f32[N, channels, length]" if rank == 1 else "f32[N, channels, height, width]"
     if len(shape) != rank + 1:
-        raise ShapeError(f"{op} expects {what} of type {want} but got f32[N,"
-                         f"{','.join(map(str, shape))}]")
+        raise ShapeError(f"{op} expects {what} of type {want} but got "
+                         f"{f32(BATCH, *shape)}")
 
 
 # --- surface arguments: kernel_size=3 or kernel_h=3, kernel_w=1, … ---------------------------
