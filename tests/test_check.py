@@ -254,3 +254,17 @@ def test_a_window_op_on_a_per_example_scalar_shows_its_type(op):
                               else "of type f32[N, channels, height, width] but got f32[N]"), \
         d.message
     assert d.span is not None and (d.span.line, d.span.col) == (5, 9)
+
+
+@pytest.mark.parametrize("axis", ["", ", axis=1", ", axis=-1"])
+def test_concat_of_per_example_scalars_says_they_have_no_axis(axis):
+    # the message listed the axes to choose from: "one of  (dim 0 is the batch)", none
+    src = ("model M:\n    input s: f32\n    input x: f32[4]\n    target y: class[3]\n"
+           f"    g = concat(s, s{axis})\n    loss = softmax_cross_entropy(dense(x, 3), y)\n"
+           "optimizer sgd(lr=0.1)\n")
+    with pytest.raises(CheckError) as info:
+        check_source(src, "c.fed")
+    (d,) = info.value.diagnostics
+    assert d.message == ("concat joins tensors along a non-batch axis, but f32[N] has none "
+                         "(one value per example)")
+    assert d.span is not None and (d.span.line, d.span.col) == (5, 16)

@@ -79,6 +79,9 @@ def _concat_surface(ctx: SurfaceCtx, args: list[Any], kwargs: Attrs) -> Value:
     a, b, axis = bind("concat", args, kwargs, [("a", TENSOR, REQUIRED), ("b", TENSOR, REQUIRED),
                                                ("axis", NUMBER, -1)])
     rank = len(a.type.shape)
+    if rank < 2:  # no axis to offer: "one of  (dim 0 …)" listed none
+        raise SurfaceError(f"concat joins tensors along a non-batch axis, but {a.type} has "
+                           "none (one value per example)", 0)
     if axis != int(axis) or not (1 <= axis < rank or -rank < axis < 0):
         choices = ", ".join(str(d) for d in [*range(1, rank), *range(1 - rank, 0)])
         raise SurfaceError(f"concat expects axis to be one of {choices} (dim 0 is the batch) "
