@@ -166,7 +166,8 @@ def decode_source(data: bytes, filename: str) -> str:
         before = data[:exc.start]
         line_start = before.rfind(b"\n") + 1
         col = len(before[line_start:].decode("utf-8", "replace")) + 1
-        span = Span(filename, before.count(b"\n") + 1, col)
+        line = before.count(b"\n") + 1
+        span = Span(filename, line, col, line, col + 1)  # the caret marks that byte alone
         shown = data.decode("utf-8", "replace")  # the caret line shows U+FFFD there
         raise ParseError([Diagnostic(f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x})",
                                      span)], {filename: shown}) from None

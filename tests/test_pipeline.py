@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import wasmtime
 
-from fedc.diagnostics import CheckError, UsageError
+from fedc.diagnostics import CheckError, ParseError, UsageError
 from fedc.ir import verify
-from fedc.pipeline import Options, compile_source
+from fedc.pipeline import Options, compile_source, decode_source
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -197,3 +197,14 @@ def test_option_proximal_mu_is_refused_where_the_federated_block_refuses_it(mu,
         compile_source(digits_mlp_source, "d.fed", Options(proximal_mu=mu))
     assert info.value.message == ("proximal_mu must be a number ≥ 0 and a normal float32 but "
                                   f"got {mu}")
+
+
+def test_a_byte_that_is_not_utf8_gets_one_caret():
+    # the caret ran from the bad byte to the end of the line, under text that is fine
+    with pytest.raises(ParseError) as info:
+        decode_source(b"model M:\n    input x: f32[4]  # caf\xe9 au lait\n", "l.fed")
+    assert info.value.render().splitlines() == [
+        "l.fed:2:27: error: the file is not UTF-8 text (byte 0xe9)",
+        "       input x: f32[4]  # caf\ufffd au lait",
+        "                             ^",
+    ]
