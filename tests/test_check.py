@@ -268,3 +268,17 @@ def test_concat_of_per_example_scalars_says_they_have_no_axis(axis):
     assert d.message == ("concat joins tensors along a non-batch axis, but f32[N] has none "
                          "(one value per example)")
     assert d.span is not None and (d.span.line, d.span.col) == (5, 16)
+
+
+@pytest.mark.parametrize(("sep", "last"), [("\n", "\n"), ("\r\n", "\r\n"), ("\r", "\r"),
+                                           ("\n", "")])
+def test_no_optimizer_is_reported_at_the_last_line_however_lines_end(sep, last):
+    # with \r line ends it pointed at line 1, without a final line end at the line before last
+    src = sep.join(["model M:", "    input x: f32[4]", "    target y: class[3]",
+                    "    loss = softmax_cross_entropy(dense(x, 3), y)"]) + last
+    with pytest.raises(CheckError) as info:
+        check_source(src, "o.fed")
+    (d,) = info.value.diagnostics
+    assert d.message.startswith("no optimizer declared")
+    assert d.span is not None and (d.span.line, d.span.col) == (4, 1)
+    assert "\n       loss = softmax_cross_entropy" in info.value.render()

@@ -61,7 +61,8 @@ def check_optimizer(diag: Collector, opt: ast.OptimizerDef | None,
                     program: ast.Program) -> OptimizerSpec:
     """Validate the optimizer line; every problem goes to `diag` (the result is then unusable)."""
     if opt is None:
-        end = Span(program.file, max(program.source.count("\n"), 1), 1)
+        # the last line, however lines end (\r, \r\n) and whether or not the last one does
+        end = Span(program.file, max(len(program.source.splitlines()), 1), 1)
         diag.error("no optimizer declared (add e.g. `optimizer sgd(lr=0.05, momentum=0.9)`)", end)
         return OptimizerSpec("sgd", {})
     d = OPTIMIZERS.get(opt.name)
