@@ -163,10 +163,9 @@ def decode_source(data: bytes, filename: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        before = data[:exc.start]
-        line_start = before.rfind(b"\n") + 1
-        col = len(before[line_start:].decode("utf-8", "replace")) + 1
-        line = before.count(b"\n") + 1
+        # lines end with \n, \r\n or \r, as the parser counts them
+        before = data[:exc.start].decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        line, col = before.count("\n") + 1, len(before) - before.rfind("\n")
         span = Span(filename, line, col, line, col + 1)  # the caret marks that byte alone
         shown = data.decode("utf-8", "replace")  # the caret line shows U+FFFD there
         raise ParseError([Diagnostic(f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x})",

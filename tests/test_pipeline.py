@@ -208,3 +208,14 @@ def test_a_byte_that_is_not_utf8_gets_one_caret():
         "       input x: f32[4]  # caf\ufffd au lait",
         "                             ^",
     ]
+
+
+@pytest.mark.parametrize("sep", ["\n", "\r\n", "\r"])
+def test_a_byte_that_is_not_utf8_is_placed_however_lines_end(sep):
+    # with \r line ends every bad byte was on line 1, at a column counting the lines before
+    data = sep.join(["model M:", "    input x: f32[4]", "    # caf\xe9", ""]).encode("latin-1")
+    with pytest.raises(ParseError) as info:
+        decode_source(data, "l.fed")
+    (d,) = info.value.diagnostics
+    assert d.span is not None and (d.span.line, d.span.col) == (3, 10)
+    assert info.value.render().splitlines()[1:] == ["       # caf\ufffd", "            ^"]
