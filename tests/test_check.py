@@ -87,6 +87,20 @@ optimizer sgd(lr=0.1)
     assert tensor.notes and "x (f32[N,4]) defined here" in tensor.notes[0][0], tensor
 
 
+def test_a_layer_flag_written_as_a_string_is_an_error_saying_to_drop_the_quotes():
+    src = """model M:
+    input x: f32[4]
+    target y: class[3]
+    loss = softmax_cross_entropy(dense(x, 3, bias='false'), y)
+optimizer sgd(lr=0.1)
+"""
+    with pytest.raises(CheckError) as info:
+        check_source(src, "q.fed")
+    (diag,) = info.value.diagnostics
+    assert diag.message == ("dense expects true or false (without quotes) for 'bias' but got "
+                            "'false'") and diag.span.col == 51, diag
+
+
 def test_valid_example_checks(digits_mlp_source):
     model = check_source(digits_mlp_source, "digits_mlp.fed")
     assert model.task == "classification"

@@ -173,3 +173,16 @@ def test_arbitrary_text_only_raises_parse_errors(text: str) -> None:
 @given(st.text(max_size=60))
 def test_arbitrary_text_after_a_valid_model_only_raises_parse_errors(text: str) -> None:
     parses_or_raises_parse_error("model M:\n    input x: f32[4]\n    h = " + text)
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_program(digits_mlp_source):
+    """Windows editors start UTF-8 files with one; positions are those the editor shows."""
+    from fedc.diagnostics import FedcError
+    from fedc.pipeline import check_source, decode_source
+    bom = b"\xef\xbb\xbf"
+    assert check_source(decode_source(bom + digits_mlp_source.encode(), "b.fed"), "b.fed")
+    bad = digits_mlp_source.replace("model DigitsMLP", "model DigitsMLP ?")
+    with pytest.raises(FedcError) as info:
+        check_source(decode_source(bom + bad.encode(), "b.fed"), "b.fed")
+    (diag,) = info.value.diagnostics
+    assert (diag.span.line, diag.span.col) == (2, 17), diag  # line 1 is a comment

@@ -108,11 +108,12 @@ def _coerce(op: str, name: str, kind: str, value: Any, where: int | str) -> Any:
                                f"beyond ±{F32_MAX:.4g} nor rounding to 0) but got {shown(value)}",
                                where)
         return float(value)
-    if kind == BOOL:  # `in (True, False)` alone would take 1 and 0.0 (True == 1 in Python)
-        if not isinstance(value, bool) and value not in ("true", "false"):
-            raise SurfaceError(f"{op} expects true or false for {name!r} but got "
+    if kind == BOOL:  # `in (True, False)` would take 1 and 0.0 (True == 1 in Python)
+        if not isinstance(value, bool):
+            unquote = " (without quotes)" if value in ("true", "false") else ""
+            raise SurfaceError(f"{op} expects true or false{unquote} for {name!r} but got "
                                f"{shown(value)}", where)
-        return value in (True, "true")
+        return value
     raise AssertionError(kind)
 
 

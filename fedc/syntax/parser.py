@@ -23,6 +23,8 @@ DTYPES = ("f32", "i32", "class")
 
 def parse(text: str, filename: str = "<input>") -> ast.Program:
     """Parse a .fed program; every failure is a ParseError pointing at the offending token."""
+    if text.startswith("\ufeff"):  # a UTF-8 byte order mark (Windows editors write one)
+        text = text[1:]
     source = _prepare(text)
     try:
         _check_line_breaks(source, filename)
