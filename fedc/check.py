@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .diagnostics import Collector, Span, did_you_mean
-from .ir import BATCH, Graph, GraphBuilder, TensorType, Value, format_graph, verify
+from .ir import BATCH, Graph, GraphBuilder, Node, TensorType, Value, format_graph, verify
 from .ops import REGISTRY, ShapeError, surface_ops
 from .ops.surface import SurfaceCtx, SurfaceError, fits, shown
 from .optim import OptimizerSpec
@@ -255,6 +255,8 @@ def check(program: ast.Program) -> CheckedModel:
                          stmt.value.span)
         c.env[stmt.name] = _POISON  # later uses stay silent: the error is already reported
     loss_op, prediction, loss = _find_loss(c, m, loss_stmt)
+    if loss_stmt is not None and loss is not None and prediction is not None:
+        _check_target_use(c, [t.name for t in targets], loss_stmt, prediction, loss)
     federated = _check_federated(c, program.federated)
     optimizer = replace(check_optimizer(c.diag, program.optimizer, program),
                         proximal_mu=float(federated["proximal_mu"]))
@@ -284,6 +286,43 @@ def _find_loss(c: _Checker, m: ast.ModelDef,
                      f"model's output, but it is {loss.type}", stmt.value.span)
         return "", None, None
     return node.op, node.inputs[0], loss
+
+
+def _check_target_use(c: _Checker, targets: list[str], stmt: ast.Assign, prediction: Value,
+                      loss: Value) -> None:
+    """The targets feed the loss, never the prediction: a prediction computed from a label
+    would train on it and then predict from an empty target buffer (predict has none)."""
+    producer = {n.out.id: n for n in c.g.nodes}
+    ids = {c.env[t].id: t for t in targets if isinstance(c.env.get(t), Value)}
+
+    def uses(root: Value) -> dict[int, Node]:
+        """Each target id that `root` depends on → the first node (in program order) reading it."""
+        seen: set[int] = set()
+        stack: list[Value] = [root]
+        found: dict[int, Node] = {}
+        while stack:
+            v = stack.pop()
+            node = producer.get(v.id)
+            if node is None or v.id in seen:
+                continue
+            seen.add(v.id)
+            for x in node.inputs:
+                if x.id in ids and (x.id not in found or found[x.id].out.id > node.out.id):
+                    found[x.id] = node
+                stack.append(x)
+        return found
+
+    if prediction.id in ids:
+        c.diag.error(f"the loss's prediction is the target {ids[prediction.id]!r} itself: a "
+                     "model predicts from its inputs", stmt.value.span)
+    for tid, node in sorted(uses(prediction).items()):
+        c.diag.error(f"the prediction depends on the target {ids[tid]!r}: a model predicts from "
+                     "its inputs (predict() has no targets)", node.span,
+                     (("the loss's prediction", stmt.value.span),))
+    if ids and not uses(loss):
+        names = " or ".join(repr(t) for t in ids.values())
+        c.diag.error(f"the loss never uses the target {names}: it would train without labels",
+                     stmt.value.span)
 
 
 def _literal(e: ast.Expr) -> int | float | str | None:
