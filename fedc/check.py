@@ -5,8 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .diagnostics import Collector, Span, did_you_mean
-from .ir import BATCH, Graph, GraphBuilder, Node, TensorType, Value, format_graph, verify
+from .diagnostics import Collector, Diagnostic, Span, did_you_mean
+from .ir import (
+    BATCH,
+    Graph,
+    GraphBuilder,
+    Node,
+    TensorType,
+    Value,
+    format_graph,
+    live,
+    verify,
+)
 from .ops import REGISTRY, ShapeError, surface_ops
 from .ops.surface import SurfaceCtx, SurfaceError, fits, shown
 from .optim import OptimizerSpec
@@ -51,6 +61,7 @@ class CheckedModel:
     task: str  # classification | regression | a loss's own task (OpDef.task, e.g. binary)
     file: str
     source: str = field(repr=False, default="")
+    warnings: tuple[Diagnostic, ...] = ()  # e.g. a statement nothing uses (left out)
 
     def ir_text(self) -> str:
         return format_graph(self.graph, f"forward {self.name}")
@@ -238,6 +249,7 @@ def check(program: ast.Program) -> CheckedModel:
         c.diag.error(f"model {m.name} declares no target (add e.g. `target y: class[10]`)",
                      m.span)
     loss_stmt: ast.Assign | None = None
+    bound: list[tuple[ast.Assign, Value]] = []
     for stmt in m.body:
         if stmt.name in c.declared:
             c.diag.error(f"cannot assign to {stmt.name!r}: it is a declared input or target",
@@ -248,6 +260,7 @@ def check(program: ast.Program) -> CheckedModel:
             loss_stmt = stmt
         if isinstance(v, Value):
             c.bind_name(stmt.name, v, stmt.name_span)
+            bound.append((stmt, v))
             continue
         if v is not None:
             what = shown(v) if isinstance(v, bool) else f"the constant {v!r}"  # true, not True
@@ -262,12 +275,13 @@ def check(program: ast.Program) -> CheckedModel:
                         proximal_mu=float(federated["proximal_mu"]))
     c.diag.raise_if_any()
     assert loss is not None and prediction is not None
-    graph = c.g.build([("loss", loss), ("prediction", prediction)])
+    graph = _without_dead_code(c, c.g.build([("loss", loss), ("prediction", prediction)]),
+                               bound, m)
     verify(graph)
     task = REGISTRY[loss_op].task or (
         "classification" if targets[0].classes is not None else "regression")
     return CheckedModel(m.name, graph, tuple(inputs), tuple(targets), optimizer, federated,
-                        loss_op, task, program.file, program.source)
+                        loss_op, task, program.file, program.source, tuple(c.diag.warnings))
 
 
 def _find_loss(c: _Checker, m: ast.ModelDef,
@@ -286,6 +300,30 @@ def _find_loss(c: _Checker, m: ast.ModelDef,
                      f"model's output, but it is {loss.type}", stmt.value.span)
         return "", None, None
     return node.op, node.inputs[0], loss
+
+
+def _without_dead_code(c: _Checker, graph: Graph, bound: list[tuple[ast.Assign, Value]],
+                       m: ast.ModelDef) -> Graph:
+    """The graph without what neither the loss nor the prediction uses, with a warning for each
+    such statement (its layers' parameters would be trained for nothing and travel in every
+    update) and each unused input (the host still writes it)."""
+    kept = live(graph)
+    used = {v.id for n in kept.nodes for v in n.inputs} | {v.id for _, v in kept.outputs}
+    dropped = [p for p in graph.params if p not in kept.params]
+    for stmt, v in bound:
+        if v.id in used:
+            continue
+        params = sum(p.value.type.numel(1) for p in dropped
+                     if stmt.span.line <= p.span.line <= (stmt.span.end_line or stmt.span.line))
+        extra = f", with its {params} parameter values" if params else ""
+        c.diag.warning(f"{stmt.name!r} is used by neither the loss nor the prediction: it is "
+                       f"left out of the module{extra}", stmt.name_span)
+    for d in m.inputs:
+        value = c.env.get(d.name)
+        if isinstance(value, Value) and value.id not in used:
+            c.diag.warning(f"input {d.name!r} is never used (hosts still write it each batch)",
+                           d.name_span or d.span)
+    return kept
 
 
 def _check_target_use(c: _Checker, targets: list[str], stmt: ast.Assign, prediction: Value,

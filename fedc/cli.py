@@ -139,13 +139,24 @@ def _options(args: argparse.Namespace) -> Any:
     return Options(max_batch=args.max_batch, variant=args.features, variants=args.variants)
 
 
+def warn(args: argparse.Namespace, model: Any, into_json: bool = False) -> list[dict[str, Any]]:
+    """A checked model's warnings on stderr (`file:line:col: warning: …` with a caret), and
+    as JSON objects; with --json and `into_json` (check, compile) only in the JSON result."""
+    if not (args.json and into_json):
+        for w in model.warnings:
+            print(w.render({model.file: model.source}), file=sys.stderr)
+    return [w.to_json() for w in model.warnings]
+
+
 def cmd_check(args: argparse.Namespace) -> dict[str, Any]:
     from .pipeline import check_source
     model = check_source(_read(args.file), args.file)
+    warnings = warn(args, model, into_json=True)
     if not args.json:
         print(f"{args.file}: ok: model {model.name}, {len(model.graph.params)} parameter tensors, "
               f"loss {model.loss_op}, optimizer {model.optimizer.name}")
-    return {"model": model.name, "params": sum(p.value.type.numel(1) for p in model.graph.params)}
+    return {"model": model.name, "params": sum(p.value.type.numel(1) for p in model.graph.params),
+            "warnings": warnings}
 
 
 def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
@@ -164,13 +175,13 @@ def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     art = compile_source(_read(args.file), args.file, _options(args))
     seconds = time.perf_counter() - start
+    emitted: dict[str, Any] = {"warnings": warn(args, art.model, into_json=True)}
     if args.target == "native":
-        return _compile_native(args, art, seconds)
-    emitted: dict[str, Any] = {}  # with --json the form goes into the JSON object instead
-    if args.emit:
+        return {**_compile_native(args, art, seconds), **emitted}
+    if args.emit:  # with --json the form goes into the JSON object instead
         text = {"ir": art.ir_text, "llvm": art.llvm_ir, "llvm-opt": art.optimized_ir,
                 "manifest": json.dumps(art.manifest, indent=2)}[args.emit]
-        emitted = {"emit": args.emit, "text": text}
+        emitted.update(emit=args.emit, text=text)
         if not args.json:
             print(text)
     if args.target == "flower":
@@ -229,6 +240,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     art = compile_source(source, args.file, _options(args))
     compile_s = time.perf_counter() - start
+    warn(args, art.model)
     data = load_dataset(args.data, seed=args.seed, test_fraction=args.test_fraction,
                         task=art.model.task)
     check_fits(art.manifest, data)
@@ -400,6 +412,7 @@ def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
     # the simulated strategy decides the client kernel: FedProx's term is compiled in or left out
     art = compile_source(source, args.file,
                          replace(_options(args), proximal_mu=compile_mu(config)))
+    warn(args, art.model)
     data = load_dataset(args.data, seed=config.seed, test_fraction=config.test_fraction,
                         task=art.model.task)
     check_fits(art.manifest, data)

@@ -152,11 +152,16 @@ class Collector:
 
     def __init__(self, source: str | None = None, file: str = "<input>") -> None:
         self.items: list[Diagnostic] = []
+        self.warnings: list[Diagnostic] = []  # reported, but the stage goes on
         self.sources = {file: source} if source is not None else {}
 
     def error(self, message: str, span: Span | None,
               notes: tuple[tuple[str, Span | None], ...] = ()) -> None:
         self.items.append(Diagnostic(message, span, notes=notes))
+
+    def warning(self, message: str, span: Span | None,
+                notes: tuple[tuple[str, Span | None], ...] = ()) -> None:
+        self.warnings.append(Diagnostic(message, span, "warning", notes))
 
     def raise_if_any(self, cls: type[FedcError] = CheckError) -> None:
         if self.items:

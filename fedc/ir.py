@@ -156,6 +156,19 @@ class GraphBuilder:
         return Graph(tuple(self.inputs), tuple(self.params), tuple(self.nodes), tuple(outputs))
 
 
+def live(graph: Graph) -> Graph:
+    """The graph without the nodes and parameters its outputs do not depend on (the inputs,
+    the module's ABI, are all kept)."""
+    needed = {v.id for _, v in graph.outputs}
+    kept: list[Node] = []
+    for node in reversed(graph.nodes):
+        if node.out.id in needed:
+            kept.append(node)
+            needed.update(v.id for v in node.inputs)
+    params = tuple(p for p in graph.params if p.value.id in needed)
+    return Graph(graph.inputs, params, tuple(reversed(kept)), graph.outputs)
+
+
 def _fmt_attr(v: Any) -> str:
     return repr(v) if isinstance(v, str) else str(v)
 

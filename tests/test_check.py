@@ -101,6 +101,54 @@ optimizer sgd(lr=0.1)
                             "'false'") and diag.span.col == 51, diag
 
 
+DEAD = """model M:
+    input x: f32[4]
+    input z: f32[2]
+    target y: class[3]
+    a = dense(x, 50)
+    b = relu(a)
+    h = dense(x, 8)
+    h = relu(h)
+    loss = softmax_cross_entropy(dense(h, 3), y)
+optimizer sgd(lr=0.1)
+"""
+
+
+def test_statements_nothing_uses_are_left_out_with_a_warning_each():
+    """`a` and `b` feed neither the loss nor the prediction: their layer would be trained for
+    nothing and sent in every update. The first `h` is used by the second, so it stays."""
+    model = check_source(DEAD, "dead.fed")
+    assert [p.value.name for p in model.graph.params] == [
+        "dense_1.weight", "dense_1.bias", "dense_2.weight", "dense_2.bias"]
+    assert [n.op for n in model.graph.nodes].count("relu") == 1
+    shown = [(w.severity, w.span.line, w.span.col, w.message) for w in model.warnings]
+    assert shown == [
+        ("warning", 5, 5, "'a' is used by neither the loss nor the prediction: it is left out "
+                          "of the module, with its 250 parameter values"),
+        ("warning", 6, 5, "'b' is used by neither the loss nor the prediction: it is left out "
+                          "of the module"),
+        ("warning", 3, 11, "input 'z' is never used (hosts still write it each batch)")]
+    assert [d.name for d in model.inputs] == ["x", "z"]  # the ABI keeps every declared input
+
+
+def test_warnings_go_to_stderr_or_into_the_json_result(tmp_path):
+    import json
+    import subprocess
+    import sys
+    path = tmp_path / "dead.fed"
+    path.write_text(DEAD)
+    out = subprocess.run([sys.executable, "-m", "fedc", "check", str(path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith(f"{path}: ok")
+    assert f"{path}:5:5: warning: 'a' is used by neither" in out.stderr and "^" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "fedc", "compile", str(path), "-o",
+                          str(tmp_path / "out"), "--json"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr == ""
+    warnings = json.loads(out.stdout)["warnings"]
+    assert [(w["severity"], w["line"]) for w in warnings] == [("warning", 5), ("warning", 6),
+                                                              ("warning", 3)]
+
+
 def test_valid_example_checks(digits_mlp_source):
     model = check_source(digits_mlp_source, "digits_mlp.fed")
     assert model.task == "classification"

@@ -108,11 +108,12 @@ def _options(args: argparse.Namespace) -> Any:
 
 def make_bundle(args: argparse.Namespace, out: Path) -> tuple[bytes, dict[str, Any], list[Path]]:
     """Compile args.file and write its bundle to `out`."""
-    from ..cli import _read
+    from ..cli import _read, warn
     from ..harness.bundle import demo_partitions, write_bundle
     from ..pipeline import compile_source
 
     art = compile_source(_read(args.file), args.file, _options(args))
+    warn(args, art.model)
     demo = (demo_partitions(args.demo_data, args.demo_clients, 0, art.manifest)
             if getattr(args, "demo_data", None) else None)
     return art.wasm, art.manifest, write_bundle(art.wasm, art.manifest, out, demo)
