@@ -67,6 +67,7 @@ class CheckedModel:
         return format_graph(self.graph, f"forward {self.name}")
 
 
+BOOLEANS = ("true", "false")  # the literals: no input, target or assignment may take them
 _POISON = Value(-1, TensorType("f32", ()), "<error>")  # a name whose definition failed
 
 
@@ -85,6 +86,11 @@ class _Checker:
     def declare(self, decl: ast.InputDecl | ast.TargetDecl, is_target: bool) -> TensorDecl | None:
         t = decl.type
         what = "target" if is_target else "input"
+        if decl.name in BOOLEANS:
+            self.diag.error(f"{decl.name!r} is the boolean literal, not a name: call the "
+                            f"{what} something else",
+                            decl.name_span or decl.span)
+            return None
         if decl.name in self.declared:
             self.diag.error(f"{decl.name!r} is declared twice", decl.span,
                             (("first declared here", self.declared[decl.name]),))
@@ -163,7 +169,7 @@ class _Checker:
             if e.id in self.env:
                 v = self.env[e.id]
                 return None if v is _POISON else v
-            if e.id in ("true", "false"):
+            if e.id in BOOLEANS:
                 return e.id == "true"
             self.unknown(e.id, "name", list(self.env), e.span)
             return None
@@ -251,6 +257,10 @@ def check(program: ast.Program) -> CheckedModel:
     loss_stmt: ast.Assign | None = None
     bound: list[tuple[ast.Assign, Value]] = []
     for stmt in m.body:
+        if stmt.name in BOOLEANS:
+            c.diag.error(f"cannot assign to {stmt.name!r}: it is the boolean literal",
+                         stmt.name_span)
+            continue
         if stmt.name in c.declared:
             c.diag.error(f"cannot assign to {stmt.name!r}: it is a declared input or target",
                          stmt.name_span)
@@ -401,8 +411,8 @@ def _check_federated(c: _Checker, fed: ast.FederatedDef | None) -> dict[str, Any
             name = repr(s.value.id) if isinstance(s.value, ast.Name) else shown
             c.diag.error(f"unknown strategy {name}{hint} (expected one of "
                          f"{', '.join(STRATEGIES)})", s.value.span)
-        else:
-            out[s.name] = float(v) if kind == "nonneg" else v
+        else:  # `or 0.0`: -0.0 is 0 (the manifest would say -0.0)
+            out[s.name] = (float(v) or 0.0) if kind == "nonneg" else v
     given = {s.name for s in fed.settings} if fed else set()
     if out["strategy"] == "fedprox" and "proximal_mu" not in given:
         out["proximal_mu"] = FEDPROX_DEFAULT_MU

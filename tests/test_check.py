@@ -149,6 +149,12 @@ def test_warnings_go_to_stderr_or_into_the_json_result(tmp_path):
                                                               ("warning", 3)]
 
 
+def test_a_negative_zero_proximal_mu_is_zero(digits_mlp_source):
+    import math
+    model = check_source(digits_mlp_source + "    proximal_mu = -0.0\n", "m.fed")
+    assert math.copysign(1.0, model.federated["proximal_mu"]) == 1.0
+
+
 def test_valid_example_checks(digits_mlp_source):
     model = check_source(digits_mlp_source, "digits_mlp.fed")
     assert model.task == "classification"
