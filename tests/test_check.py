@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedc.diagnostics import CheckError, FedcError
+from fedc.diagnostics import CheckError, Diagnostic, FedcError
 from fedc.optim import OPTIMIZERS
 from fedc.optim.base import boolean
 from fedc.pipeline import check_source
@@ -94,9 +94,7 @@ def test_a_layer_flag_written_as_a_string_is_an_error_saying_to_drop_the_quotes(
     loss = softmax_cross_entropy(dense(x, 3, bias='false'), y)
 optimizer sgd(lr=0.1)
 """
-    with pytest.raises(CheckError) as info:
-        check_source(src, "q.fed")
-    (diag,) = info.value.diagnostics
+    diag = _only_error(src)
     assert diag.message == ("dense expects true or false (without quotes) for 'bias' but got "
                             "'false'") and diag.span.col == 51, diag
 
@@ -153,6 +151,14 @@ def test_a_negative_zero_proximal_mu_is_zero(digits_mlp_source):
     import math
     model = check_source(digits_mlp_source + "    proximal_mu = -0.0\n", "m.fed")
     assert math.copysign(1.0, model.federated["proximal_mu"]) == 1.0
+
+
+def _only_error(src: str) -> Diagnostic:
+    """The one diagnostic checking `src` raises."""
+    with pytest.raises(CheckError) as info:
+        check_source(src, "t.fed")
+    (d,) = info.value.diagnostics
+    return d
 
 
 def test_valid_example_checks(digits_mlp_source):
@@ -243,9 +249,7 @@ def _with_optimizer(opt: str, setting: str) -> str:
 def test_a_boolean_for_a_numeric_hyper_parameter_is_an_error_at_its_position(opt, hparam, value):
     # true and false used to count as 1 and 0, so sgd(lr=true) compiled with lr = 1
     src = _with_optimizer(opt, f"{hparam}={value}")
-    with pytest.raises(CheckError) as info:
-        check_source(src, "b.fed")
-    (d,) = info.value.diagnostics
+    d = _only_error(src)
     rule = OPTIMIZERS[opt].hparams[hparam].rule
     assert d.message == f"{opt}: {hparam} must be a number {rule} but got the boolean {value}"
     col = src.splitlines()[4].index(f"{hparam}={value}") + len(hparam) + 2
@@ -302,22 +306,22 @@ def test_a_constant_assigned_in_the_model_is_named_as_the_source_spells_it(value
     src = ("model M:\n    input x: f32[4]\n    target y: class[3]\n"
            f"    h = {value}\n    loss = softmax_cross_entropy(dense(x, 3), y)\n"
            "optimizer sgd(lr=0.1)\n")
-    with pytest.raises(CheckError) as info:
-        check_source(src, "c.fed")
-    (d,) = info.value.diagnostics
+    d = _only_error(src)
     assert d.message == f"'h' must be a tensor expression, not {what}"
     assert d.span is not None and (d.span.line, d.span.col) == (4, 9)
+
+
+def _with_scalar_input(statement: str) -> str:
+    """A model with a per-example scalar input `s` and `statement` on line 5."""
+    return ("model M:\n    input s: f32\n    input x: f32[4]\n    target y: class[3]\n"
+            f"    {statement}\n    loss = softmax_cross_entropy(dense(x, 3), y)\n"
+            "optimizer sgd(lr=0.1)\n")
 
 
 @pytest.mark.parametrize("op", ["conv1d(s, 4, 3)", "max_pool1d(s, 2)", "avg_pool2d(s, 2)"])
 def test_a_window_op_on_a_per_example_scalar_shows_its_type(op):
     # the type read f32[N,] (the empty per-example shape joined after "N,")
-    src = ("model M:\n    input s: f32\n    input x: f32[4]\n    target y: class[3]\n"
-           f"    g = {op}\n    loss = softmax_cross_entropy(dense(x, 3), y)\n"
-           "optimizer sgd(lr=0.1)\n")
-    with pytest.raises(CheckError) as info:
-        check_source(src, "s.fed")
-    (d,) = info.value.diagnostics
+    d = _only_error(_with_scalar_input(f"g = {op}"))
     assert d.message.endswith("of type f32[N, channels, length] but got f32[N]" if "1d" in op
                               else "of type f32[N, channels, height, width] but got f32[N]"), \
         d.message
@@ -327,12 +331,7 @@ def test_a_window_op_on_a_per_example_scalar_shows_its_type(op):
 @pytest.mark.parametrize("axis", ["", ", axis=1", ", axis=-1"])
 def test_concat_of_per_example_scalars_says_they_have_no_axis(axis):
     # the message listed the axes to choose from: "one of  (dim 0 is the batch)", none
-    src = ("model M:\n    input s: f32\n    input x: f32[4]\n    target y: class[3]\n"
-           f"    g = concat(s, s{axis})\n    loss = softmax_cross_entropy(dense(x, 3), y)\n"
-           "optimizer sgd(lr=0.1)\n")
-    with pytest.raises(CheckError) as info:
-        check_source(src, "c.fed")
-    (d,) = info.value.diagnostics
+    d = _only_error(_with_scalar_input(f"g = concat(s, s{axis})"))
     assert d.message == ("concat joins tensors along a non-batch axis, but f32[N] has none "
                          "(one value per example)")
     assert d.span is not None and (d.span.line, d.span.col) == (5, 16)
