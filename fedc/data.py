@@ -345,14 +345,20 @@ def data_file(spec: str) -> Path | None:
 
 
 def check_data_file(flag: str, spec: str | None) -> None:
-    """A dataset flag naming a .npz file that does not exist is a usage error (exit 2), found
-    before compiling; what a file that exists holds is load_dataset's to judge (DataError)."""
-    if spec is not None and not spec.strip():
-        raise UsageError.at(f"{flag}: no dataset given (expected one of {', '.join(BUILTINS)}, "
-                            "or a path to a .npz file)")
-    path = data_file(spec) if spec else None
+    """A dataset flag that names no built-in dataset and no existing file is a usage error
+    (exit 2), found before compiling; what a file that exists holds is load_dataset's to judge
+    (DataError)."""
+    if spec is None:
+        return
+    expected = f"expected one of {', '.join(BUILTINS)}, or a path to a .npz file"
+    if not spec.strip():
+        raise UsageError.at(f"{flag}: no dataset given ({expected})")
+    path = data_file(spec)
     if path is not None and not path.exists():
         raise UsageError.at(f"{flag}: no such data file: {path}")
+    if path is None and spec.strip() not in BUILTINS:
+        raise UsageError.at(f"{flag}: unknown dataset {spec!r}"
+                            f"{did_you_mean(spec.strip(), BUILTINS)} ({expected})")
 
 
 def _load(spec: str, seed: int, test_fraction: float, task: str | None) -> Dataset:

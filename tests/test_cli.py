@@ -83,6 +83,18 @@ def test_a_missing_data_file_is_a_usage_error_naming_the_flag(tmp_path, command,
     assert json.loads(out.stdout)["exit_code"] == 2
 
 
+@pytest.mark.parametrize("command, flag", [("train", "--data"), ("simulate", "--data"),
+                                           ("bundle", "--demo-data"), ("serve", "--eval-data")])
+def test_an_unknown_dataset_name_is_a_usage_error_with_a_hint(tmp_path, command, flag):
+    # a bad flag value like a missing file (exit 2); it was a DataError (exit 1)
+    extra = ["-o", str(tmp_path / "b")] if command == "bundle" else \
+        ["--state", str(tmp_path / "s.db")] if command == "serve" else []
+    out = fedc(command, EXAMPLE, flag, "digit", *extra, "--json")
+    assert out.returncode == 2, out.stderr
+    assert f"{flag}: unknown dataset 'digit'; did you mean 'digits'?" in out.stderr
+    assert json.loads(out.stdout)["exit_code"] == 2 and not (tmp_path / "s.db").exists()
+
+
 @pytest.mark.parametrize("command", ["train", "simulate"])
 def test_an_empty_data_flag_is_a_usage_error_not_the_current_directory(tmp_path, command):
     # Path("") is ".": "error: . is a directory, not a .npz data file" (exit 1)
