@@ -721,3 +721,56 @@ def test_a_state_path_in_a_missing_folder_creates_nothing(bundle, tmp_path):
     out = fedc("serve", str(bundle), "--state", str(tmp_path / "no" / "s.db"), "--port", "0")
     assert out.returncode == 1 and f"no such folder {tmp_path / 'no'}" in out.stderr
     assert not (tmp_path / "no").exists()
+
+
+# --- odd values and sequences from clients -------------------------------------------------------
+
+def _joined(bundle: Path, state: Path, n: int, *flags: str) -> tuple[Server, dict[str, str]]:
+    """A started server with n clients that have joined; {client id: token}."""
+    tokens = issue_tokens(bundle, state, n)
+    server = Server(bundle, state, *flags).start()
+    for t in tokens:
+        assert request(server.url + "/api/v1/join", "POST", b"", t)[0] == 200
+    return server, {t.split(".")[1]: t for t in tokens}
+
+
+def _send(server: Server, token: str, meta: dict, weights: np.ndarray) -> tuple[int, dict]:
+    code, body = request(server.url + "/api/v1/update", "POST", encode("update", meta, weights),
+                         token)
+    return code, json.loads(body)
+
+
+def test_huge_client_losses_do_not_break_status(bundle, tmp_path):
+    # Σ loss·n overflowed to Infinity (1e308 × 10⁹ examples): the round's train_loss was stored
+    # as Infinity and every GET /api/v1/status after it was a 500 (JSON has no Infinity)
+    server, by_id = _joined(bundle, tmp_path / "s.db", 2, "--rounds", "2", "--min-clients", "2",
+                            "--clients-per-round", "2")
+    try:
+        code, body = request(server.url + "/api/v1/task", token=next(iter(by_id.values())))
+        weights = decode(body).values
+        meta = {"round": 1, "model_version": 0, "num_examples": 10**9, "train_loss": 1e308,
+                "eval": {"loss": 1.7e308, "accuracy": 1.0}}
+        for token in by_id.values():
+            assert _send(server, token, meta, weights)[0] == 200
+        status = server.status()
+        assert status["round"] == 2
+        assert status["rounds_history"][0]["train_loss"] == pytest.approx(1e308)
+        out = fedc("status", server.url, "--json")
+        assert out.returncode == 0 and json.loads(out.stdout)["round"] == 2, out.stderr
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output()
+
+
+def test_a_global_model_whose_loss_is_not_finite_is_stored_without_it(digits_mlp, tmp_path):
+    from fedc.serve.rounds import Coordinator, ServeConfig
+    from fedc.serve.store import Store
+
+    config = ServeConfig(rounds=1, clients_per_round=1, min_clients=1, local_epochs=1,
+                         batch_size=8)
+    coord = Coordinator(Store(tmp_path / "s.db"), digits_mlp.manifest, config,
+                        lambda: np.zeros(9610, np.float32),
+                        lambda w: {"loss": float("inf"), "accuracy": 0.1})
+    status = coord.status()
+    assert status["latest"]["loss"] is None and status["latest"]["accuracy"] == 0.1
+    json.dumps(status, allow_nan=False)

@@ -77,7 +77,7 @@ class Coordinator:
 
     # --- start-up -------------------------------------------------------------------------
     def _initialise(self, weights: np.ndarray) -> None:
-        metrics = self.evaluate(weights) if self.evaluate else {}
+        metrics = self._score(weights)
         with self.store.transaction():
             s = self.store
             s.set_meta("format", "fedc-serve-state/1")
@@ -89,6 +89,12 @@ class Coordinator:
             s.add_model(0, 0, weights, weights_sha256(weights), self.clock(), metrics, None)
         log.info("new state %s: model %s, %d parameters", self.store.path,
                  self.manifest["model"], self.num_params)
+
+    def _score(self, weights: np.ndarray) -> dict[str, float]:
+        """--eval-data's loss and accuracy of a global model; a non-finite one (a model whose
+        logits overflow) is left out: status is JSON, which has no NaN or Infinity."""
+        metrics = self.evaluate(weights) if self.evaluate else {}
+        return {k: v for k, v in metrics.items() if math.isfinite(v)}
 
     def _resume(self) -> None:
         s = self.store
@@ -319,7 +325,7 @@ class Coordinator:
         if not np.all(np.isfinite(new)):
             restore_strategy(self.strategy, before)
             raise ServeError.at(f"round {r.round}: {self.strategy.name} produced NaN or Inf")
-        metrics = self.evaluate(new) if self.evaluate else {}
+        metrics = self._score(new)
         counts = np.array([u.num_examples for u in stored], np.float64)
         try:
             with self.store.transaction():
@@ -425,4 +431,7 @@ def _weighted(values: list[float | None], counts: np.ndarray) -> float | None:
     if not pairs:
         return None
     total = sum(n for _, n in pairs)
-    return float(sum(v * n for v, n in pairs) / total) if total else None
+    # each value times its share, not Σ v·n / Σ n: finite losses near 1e308 times 10⁹ examples
+    # overflowed to Infinity, which the status JSON cannot hold (it answered 500 from then on)
+    mean = float(sum(v * (n / total) for v, n in pairs)) if total else math.nan
+    return mean if math.isfinite(mean) else None
