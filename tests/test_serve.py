@@ -774,3 +774,50 @@ def test_a_global_model_whose_loss_is_not_finite_is_stored_without_it(digits_mlp
     status = coord.status()
     assert status["latest"]["loss"] is None and status["latest"]["accuracy"] == 0.1
     json.dumps(status, allow_nan=False)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _coordinator(digits_mlp, tmp_path: Path, n: int, **config):
+    """A Coordinator on a fresh state file with n issued tokens and a clock the test moves."""
+    from fedc.serve.rounds import Coordinator, ServeConfig
+    from fedc.serve.store import Store
+
+    store = Store(tmp_path / "s.db")
+    tokens = [issue(set()) for _ in range(n)]
+    store.add_clients(tokens, 0.0)
+    clock = _Clock()
+    settings = {"rounds": 3, "clients_per_round": n, "min_clients": n, "local_epochs": 1,
+                "batch_size": 8, **config}
+    coord = Coordinator(store, digits_mlp.manifest, ServeConfig(**settings),
+                        lambda: np.zeros(9610, np.float32), clock=clock)
+    return coord, clock, {t.client_id: f"Bearer {t.token}" for t in tokens}
+
+
+def test_a_resampled_round_still_needs_its_quorum_of_updates(digits_mlp, tmp_path):
+    # three sampled, one update by the deadline and the other two gone quiet: the resample
+    # shrank the sample to the one client that had sent, and the next deadline closed the round
+    # with 1 update though --min-clients 3 (the default --min-updates) asked for 3
+    coord, clock, auth = _coordinator(digits_mlp, tmp_path, 3, round_timeout=10,
+                                      client_timeout=5)
+    ids = [coord.authenticate(a) for a in auth.values()]
+    assert coord.open is not None and len(coord.open.sampled) == 3
+    meta = {"round": 1, "model_version": 0, "num_examples": 10}
+    coord.submit(ids[0], encode("update", meta, np.zeros(9610, np.float32)))
+    for _ in range(3):  # deadline after deadline with the two others silent
+        clock.now += 11
+        coord.authenticate(auth[ids[0]])
+        coord.tick()
+        assert coord.round == 1 and coord.open is not None
+        assert set(coord.open.sampled) == set(ids)
+    for cid in ids[1:]:  # the stragglers come back and finish the round
+        coord.authenticate(auth[cid])
+        coord.submit(cid, encode("update", {**meta, "num_examples": 5},
+                                 np.zeros(9610, np.float32)))
+    assert coord.round == 2 and coord.store.round_history()[0]["outcome"] == "aggregated"

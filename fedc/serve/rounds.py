@@ -271,10 +271,11 @@ class Coordinator:
             r = self.open
             if r is not None and self.clock() > r.deadline:
                 got = len(self.store.update_clients(r.round))
-                if got >= min(self.config.min_updates or self.config.min_clients, len(r.sampled)):
+                need = min(self.config.min_updates or self.config.min_clients, len(r.sampled))
+                if got >= need:
                     self._aggregate()
                 else:
-                    self._resample(r, got)
+                    self._resample(r, got, need)
 
     def _connected(self) -> list[str]:
         """Clients seen within the client timeout whose tokens are not revoked."""
@@ -299,21 +300,24 @@ class Coordinator:
         log.info("round %d open: %d client(s) sampled of %d connected", self.round, k,
                  len(connected))
 
-    def _resample(self, r: RoundRow, got: int) -> None:
-        """Too few updates by the deadline: keep them, sample again, set a new deadline."""
+    def _resample(self, r: RoundRow, got: int, need: int) -> None:
+        """Too few updates by the deadline: keep them, sample again, set a new deadline. The
+        sample never shrinks: stragglers that no connected client can replace stay in it, or
+        the next deadline's quorum, min(--min-updates, sampled), would fall with it."""
         have = set(self.store.update_clients(r.round))
         pool = [c for c in self._connected() if c not in have]
         rng = np.random.default_rng([self.config.seed, r.round, int(self.clock())])
         k = min(max(self.config.clients_per_round - len(have), 0), len(pool))
         extra = [pool[i] for i in sorted(rng.choice(len(pool), k, replace=False))] if k else []
-        sampled = tuple(sorted(have | set(extra))) or r.sampled
+        chosen = have | set(extra)
+        kept = sorted(set(r.sampled) - chosen)[:max(len(r.sampled) - len(chosen), 0)]
+        sampled = tuple(sorted(chosen | set(kept)))
         self.open = RoundRow(r.round, r.model_version, r.opened,
                              self.clock() + self.config.round_timeout, None, sampled)
         with self.store.transaction():
             self.store.put_round(self.open)
         log.warning("round %d: deadline passed with %d of %d update(s); %d client(s) sampled "
-                    "again", r.round, got, self.config.min_updates or self.config.min_clients,
-                    len(sampled))
+                    "again", r.round, got, need, len(sampled))
 
     def _aggregate(self) -> None:
         r = self.open
