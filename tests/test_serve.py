@@ -398,6 +398,26 @@ def test_a_krum_federation_that_no_round_can_aggregate_is_refused_before_serving
     assert not state.exists()
 
 
+@pytest.mark.parametrize("flags, note", [
+    (["--clients-per-round", "3", "--min-clients", "2"],
+     "(--min-clients 2: a round may close with that few updates)"),
+    (["--clients-per-round", "4", "--min-clients", "3", "--min-updates", "2"],
+     "(--min-clients 3 and --min-updates 2: a round may close with that few updates)"),
+])
+def test_a_krum_federation_whose_rounds_may_close_with_too_few_updates_is_refused(
+        tmp_path, digits_mlp_source, flags, note):
+    # Krum (f = 0) needs 3 updates: with 2 clients connected a round opened, both sent, and
+    # the aggregation failed inside the second one's request (a 500 for an accepted update),
+    # then again on every tick of the round clock, the round never closing
+    fed = tmp_path / "k.fed"
+    fed.write_text(digits_mlp_source.replace("strategy = fedavg", "strategy = krum"))
+    state = tmp_path / "s.db"
+    out = fedc("serve", str(fed), *flags, "--port", "0", "--state", str(state))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "krum with f=0 needs n > 2f + 2 = 2 client updates per round" in out.stderr
+    assert note in out.stderr and not state.exists()
+
+
 def test_strategy_options_reach_the_servers_strategy(tmp_path, digits_mlp_source):
     fed = tmp_path / "k.fed"
     fed.write_text(digits_mlp_source.replace("strategy = fedavg", "strategy = krum"))
@@ -411,7 +431,7 @@ def test_strategy_options_reach_the_servers_strategy(tmp_path, digits_mlp_source
                *flags)
     assert out.returncode == 2 and "--strategy-opt: with --flower-superlink" in out.stderr
     with Server(fed, tmp_path / "t.db", "--clients-per-round", "5", "--strategy-opt", "f=1",
-                "--min-clients", "2") as server:
+                "--min-clients", "5") as server:
         status = server.status()
     assert status["strategy"] == "krum" and status["strategy_options"]["f"] == 1
 

@@ -166,8 +166,15 @@ def _config(args: argparse.Namespace, manifest: dict[str, Any]) -> Any:
             raise UsageError.at("--strategy-opt: with --flower-superlink the Flower server "
                                 "aggregates (fedc's edge rounds are a plain FedAvg)")
     else:  # a bad option, or e.g. Krum's f that no round's updates can satisfy, fails here
-        make_strategy(fed["strategy"], **options).check_clients(per_round,
-                                                                "the clients sampled per round")
+        strategy = make_strategy(fed["strategy"], **options)
+        strategy.check_clients(per_round, "the clients sampled per round")
+        # a round opens with --min-clients sampled and may close at its deadline with
+        # --min-updates of them: the rule must aggregate that few too, or such a round failed
+        # inside the last client's request (a 500) and again on every tick of the round clock
+        fewest = min(args.min_updates or args.min_clients, args.min_clients)
+        flags = f"--min-clients {args.min_clients}" + (
+            f" and --min-updates {args.min_updates}" if args.min_updates else "")
+        strategy.check_clients(fewest, f"{flags}: a round may close with that few updates")
     return ServeConfig(rounds=args.rounds or int(fed["rounds"]), clients_per_round=per_round,
                        min_clients=args.min_clients, min_updates=args.min_updates,
                        local_epochs=args.local_epochs or int(fed["local_epochs"]),
