@@ -841,3 +841,42 @@ def test_a_resampled_round_still_needs_its_quorum_of_updates(digits_mlp, tmp_pat
         coord.submit(cid, encode("update", {**meta, "num_examples": 5},
                                  np.zeros(9610, np.float32)))
     assert coord.round == 2 and coord.store.round_history()[0]["outcome"] == "aggregated"
+
+
+def test_a_diverged_aggregate_stops_the_federation_and_keeps_the_last_finite_model(
+        tmp_path, digits_mlp_source):
+    # FedAvgM with server_lr 1e45 turns a 0.01 step into Inf weights: the aggregation raised
+    # inside the request of the update that closed the round (a 500 after storing it), then on
+    # every tick of the round clock, and the round stayed open for ever
+    fed = tmp_path / "m.fed"
+    fed.write_text(digits_mlp_source.replace("strategy = fedavg", "strategy = fedavgm"))
+    from fedc.harness.bundle import write_bundle
+    from fedc.pipeline import compile_source
+    art = compile_source(fed.read_text(), str(fed))
+    bundle = tmp_path / "b"
+    write_bundle(art.wasm, art.manifest, bundle)
+    state = tmp_path / "s.db"
+    server, by_id = _joined(bundle, state, 2, "--rounds", "3", "--min-clients", "2",
+                            "--strategy-opt", "server_lr=1e45")
+    try:
+        token = next(iter(by_id.values()))
+        model = request(server.url + "/api/v1/model", token=token)[1]
+        weights = decode(model).values
+        meta = {"round": 1, "model_version": 0, "num_examples": 10}
+        for t in by_id.values():
+            assert _send(server, t, meta, weights + 0.01)[0] == 200
+        server.kill()  # and the stop survives a restart
+        server.start()
+        status = server.status()
+        assert status["status"] == "diverged" and status["model_version"] == 0
+        assert status["rounds_history"][0]["outcome"] == "diverged"
+        code, body = request(server.url + "/api/v1/task", token=token)
+        assert decode(body).meta["status"] == "done"
+        code, reply = _send(server, token, {**meta, "round": 2}, weights)
+        assert (code, reply["error"]) == (409, "finished")
+        assert "stopped in round 1: its aggregate had NaN or Inf weights" in reply["reason"]
+        assert request(server.url + "/api/v1/model", token=token)[1] == model
+        assert "diverged, round 1/3" in fedc("status", server.url).stdout
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output()

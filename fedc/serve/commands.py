@@ -410,8 +410,10 @@ def _run(args: argparse.Namespace, bundle_dir: Path, wasm: bytes, manifest: dict
     status = coord.status()
     if coord.done:
         acc = status["latest"]["accuracy"]
-        print(f"fedc: the federation finished its {config.rounds} rounds (global model "
-              f"version {coord.version}{f', accuracy {acc:.4f}' if acc is not None else ''}); "
+        ended = f"finished its {config.rounds} rounds" if coord.diverged is None else \
+            f"diverged in round {coord.diverged} (its aggregate had NaN or Inf weights)"
+        print(f"fedc: the federation {ended} (global model version {coord.version}"
+              f"{f', accuracy {acc:.4f}' if acc is not None else ''}); "
               f"--export-model DIR writes it from {args.state}", file=sys.stderr)
     return status
 

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from ..fl.strategies import ClientUpdate, make_strategy
-from . import ServeError
 from .auth import parse_bearer, verify
 from .protocol import ProtocolError, decode, encode, meta_int
 from .state import restore_strategy, strategy_state
@@ -100,6 +99,7 @@ class Coordinator:
         s = self.store
         s.check_model(self.manifest)
         self.round, self.version = int(s.get_meta("round")), int(s.get_meta("version"))
+        self.diverged: int | None = s.get_meta("diverged")  # the round whose aggregate was NaN
         self.weights = s.model(self.version)
         restore_strategy(self.strategy, s.strategy_state(self.version))
         row = s.get_round(self.round)
@@ -115,7 +115,7 @@ class Coordinator:
 
     @property
     def done(self) -> bool:
-        return self.round > self.config.rounds
+        return self.round > self.config.rounds or self.diverged is not None
 
     # --- authentication -------------------------------------------------------------------
     def authenticate(self, header: str | None) -> str:
@@ -235,7 +235,9 @@ class Coordinator:
     def _check_round(self, client_id: str, rnd: int, version: int,
                      previous: str | None) -> RoundRow:
         if self.done:
-            raise ProtocolError(409, "finished", "the federation has finished its rounds")
+            raise ProtocolError(409, "finished", "the federation has finished its rounds"
+                                if self.diverged is None else f"the federation stopped in round "
+                                f"{self.diverged}: its aggregate had NaN or Inf weights")
         r = self.open
         if r is None or rnd != r.round:
             open_text = f"round {r.round} is open" if r else "no round is open"
@@ -326,19 +328,20 @@ class Coordinator:
         updates = [ClientUpdate(u.weights, u.num_examples, u.client_id) for u in stored]
         before = strategy_state(self.strategy)
         new = self.strategy.aggregate(self.weights, updates)
+        counts = np.array([u.num_examples for u in stored], np.float64)
+        train_loss = _weighted([u.train_loss for u in stored], counts)
+        accuracy = _weighted([u.metrics.get("accuracy") for u in stored], counts)
         if not np.all(np.isfinite(new)):
             restore_strategy(self.strategy, before)
-            raise ServeError.at(f"round {r.round}: {self.strategy.name} produced NaN or Inf")
+            self._diverge(r, train_loss, accuracy)
+            return
         metrics = self._score(new)
-        counts = np.array([u.num_examples for u in stored], np.float64)
         try:
             with self.store.transaction():
                 self.store.add_model(self.version + 1, r.round, new, weights_sha256(new),
                                      self.clock(), metrics, strategy_state(self.strategy))
-                self.store.finish_round(r.round, self.clock(), "aggregated",
-                                        _weighted([u.train_loss for u in stored], counts),
-                                        _weighted([u.metrics.get("accuracy") for u in stored],
-                                                  counts))
+                self.store.finish_round(r.round, self.clock(), "aggregated", train_loss,
+                                        accuracy)
                 self.store.set_meta("version", self.version + 1)
                 self.store.set_meta("round", r.round + 1)
         except BaseException:
@@ -351,6 +354,19 @@ class Coordinator:
                  if "accuracy" in metrics else "")
         self._maybe_open()
 
+    def _diverge(self, r: RoundRow, train_loss: float | None, accuracy: float | None) -> None:
+        """The aggregate has NaN or Inf weights, from which no client can train: the federation
+        stops there, as `fedc simulate` does, and the global model stays the last finite one.
+        (Raising instead answered 500 to the client whose update, already stored, closed the
+        round, and failed again on every tick of the round clock.)"""
+        with self.store.transaction():
+            self.store.finish_round(r.round, self.clock(), "diverged", train_loss, accuracy)
+            self.store.set_meta("diverged", r.round)
+        self.open, self.diverged = None, r.round
+        log.error("round %d: the %s aggregate has NaN or Inf weights: the federation stops "
+                  "(diverged), the global model stays version %d", r.round, self.strategy.name,
+                  self.version)
+
     # --- status ---------------------------------------------------------------------------
     def finished(self) -> bool:
         """The rounds are done and every connected client has been told so (clients that
@@ -359,6 +375,8 @@ class Coordinator:
             return self.done and set(self._connected()) <= self.told_done
 
     def _phase(self) -> str:
+        if self.diverged is not None:
+            return "diverged"
         return "done" if self.done else "open" if self.open is not None else "waiting"
 
     def _totals(self) -> dict[str, Any]:
