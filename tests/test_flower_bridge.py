@@ -118,3 +118,17 @@ def test_bridge_endpoints_need_the_bridge_token_and_carry_frames(bridge):
     assert res.status_code == 200 and frame.kind == "update"
     assert frame.meta["num_examples"] == 10 and frame.meta["clients"] == 2
     np.testing.assert_allclose(frame.values, 0.5, rtol=0, atol=1e-7)
+
+
+def test_huge_edge_losses_still_give_a_result_frame(bridge):
+    # Σ loss·n / Σ n overflowed to Infinity (finite losses near 1e308, 10⁹ examples): encoding
+    # the result frame's metadata raised ValueError (JSON has no Infinity), a 500 for Flower
+    coord, tokens, n = bridge
+    ids = [_join(coord, t) for t in tokens]
+    rnd = coord.start_upstream(np.zeros(n, np.float32), 1, 32)
+    for client in ids:
+        _submit(coord, client, rnd, coord.open.model_version, np.zeros(n, np.float32), 10**9,
+                1e308)
+    res = coord.wait_result(rnd, 0)
+    assert res is not None and res.train_loss == pytest.approx(1e308)
+    encode("update", {"train_loss": res.train_loss}, res.weights)

@@ -44,7 +44,7 @@ import numpy as np
 from ..diagnostics import UsageError
 from .auth import hash_secret
 from .protocol import ProtocolError, decode, encode, meta_int
-from .rounds import Coordinator, Evaluator, ServeConfig
+from .rounds import Coordinator, Evaluator, ServeConfig, weighted_metric
 from .state import strategy_state
 from .store import Store
 
@@ -124,9 +124,7 @@ class BridgeCoordinator(Coordinator):
         stored = self.store.updates(r.round)
         super()._aggregate()
         counts = [u.num_examples for u in stored]
-        losses = [(u.train_loss, n) for u, n in zip(stored, counts, strict=True)
-                  if u.train_loss is not None]
-        loss = (sum(v * n for v, n in losses) / sum(n for _, n in losses)) if losses else None
+        loss = weighted_metric([u.train_loss for u in stored], np.array(counts, np.float64))
         self.results[r.round] = EdgeResult(r.round, self.weights.copy(), int(sum(counts)),
                                            len(stored), loss)
         self.changed.notify_all()

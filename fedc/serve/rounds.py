@@ -329,8 +329,8 @@ class Coordinator:
         before = strategy_state(self.strategy)
         new = self.strategy.aggregate(self.weights, updates)
         counts = np.array([u.num_examples for u in stored], np.float64)
-        train_loss = _weighted([u.train_loss for u in stored], counts)
-        accuracy = _weighted([u.metrics.get("accuracy") for u in stored], counts)
+        train_loss = weighted_metric([u.train_loss for u in stored], counts)
+        accuracy = weighted_metric([u.metrics.get("accuracy") for u in stored], counts)
         if not np.all(np.isfinite(new)):
             restore_strategy(self.strategy, before)
             self._diverge(r, train_loss, accuracy)
@@ -448,7 +448,8 @@ def _metrics(meta: dict[str, Any]) -> dict[str, float]:
     return {k: v for k in ("loss", "accuracy") if (v := _number(ev, k)) is not None}
 
 
-def _weighted(values: list[float | None], counts: np.ndarray) -> float | None:
+def weighted_metric(values: list[float | None], counts: np.ndarray) -> float | None:
+    """The example-weighted mean of the clients' reported values (None: none, or not finite)."""
     pairs = [(v, n) for v, n in zip(values, counts, strict=True) if v is not None]
     if not pairs:
         return None
