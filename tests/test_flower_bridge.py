@@ -132,3 +132,19 @@ def test_huge_edge_losses_still_give_a_result_frame(bridge):
     res = coord.wait_result(rnd, 0)
     assert res is not None and res.train_loss == pytest.approx(1e308)
     encode("update", {"train_loss": res.train_loss}, res.weights)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # starlette's TestClient over httpx
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_a_result_request_with_a_wait_that_is_not_a_number_is_refused(bridge):
+    # ?wait=nan passed the clamp (max and min keep a NaN) and Condition.wait_for(timeout=nan)
+    # blocked its worker thread for ever
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    coord = bridge[0]
+    http = TestClient(Starlette(routes=bridge_routes(coord, "s3cret")))
+    auth = {"Authorization": "Bearer s3cret"}
+    for wait in ("nan", "NaN", "x"):
+        res = http.get(f"/api/v1/bridge/round/1?wait={wait}", headers=auth)
+        assert res.status_code == 400 and res.json()["error"] == "bad_request", wait

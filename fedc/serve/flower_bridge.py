@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -177,9 +178,12 @@ def bridge_routes(bridge: BridgeCoordinator, token: str) -> list[Any]:
             return _error(ProtocolError(401, "unauthorized", "a bridge token is required"))
         try:
             rnd = int(request.path_params["round"])
-            wait = min(max(float(request.query_params.get("wait", "0")), 0.0), MAX_WAIT)
+            wait = float(request.query_params.get("wait", "0"))
+            if math.isnan(wait):  # a NaN timeout made Condition.wait_for block for ever
+                raise ValueError(wait)
         except ValueError:
             return _error(ProtocolError(400, "bad_request", "round and wait must be numbers"))
+        wait = min(max(wait, 0.0), MAX_WAIT)
         res = await run_in_threadpool(bridge.wait_result, rnd, wait)
         if res is None:
             return JSONResponse({"status": "open", "round": rnd}, status_code=202)
