@@ -880,3 +880,19 @@ def test_a_diverged_aggregate_stops_the_federation_and_keeps_the_last_finite_mod
     finally:
         server.stop()
     assert "Traceback" not in server.output()
+
+
+@pytest.mark.parametrize("flags", [["--list-tokens"], ["--issue-tokens", "1"],
+                                   ["--export-model", "out"], ["--port", "0"]])
+def test_an_sqlite_file_that_is_not_a_fedc_state_is_left_untouched(bundle, tmp_path, flags):
+    # --list-tokens (a read) and the others created fedc's six tables in any SQLite database
+    # given as --state, and serve made it a federation's state
+    state = tmp_path / "app.db"
+    with sqlite3.connect(state) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+    out = fedc("serve", str(bundle), "--state", str(state), *flags)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"{state}: not a fedc state database (an SQLite file with other tables: users)" \
+        in out.stderr
+    with sqlite3.connect(state) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("users",)]

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, client_id TEXT, round INTEGER,
     status INTEGER NOT NULL, code TEXT NOT NULL, reason TEXT NOT NULL);
 """
+TABLES = {"meta", "clients", "models", "rounds", "updates", "rejections"}
 
 
 @contextmanager
@@ -105,6 +106,12 @@ class Store:
         self.path = Path(path)
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            tables = {r[0] for r in self.db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")} - {"sqlite_sequence"}
+            if tables and not tables & TABLES:  # someone else's database: leave it as it is
+                self.db.close()
+                raise ServeError.at(f"{self.path}: not a fedc state database (an SQLite file "
+                                    f"with other tables: {', '.join(sorted(tables))})")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
