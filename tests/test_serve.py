@@ -896,3 +896,16 @@ def test_an_sqlite_file_that_is_not_a_fedc_state_is_left_untouched(bundle, tmp_p
         in out.stderr
     with sqlite3.connect(state) as db:
         assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("users",)]
+
+
+@pytest.mark.parametrize("flags", [["--list-tokens"], ["--revoke-token", "c1"],
+                                   ["--export-model", "out"], ["--issue-tokens", "1"],
+                                   ["--port", "0"]])
+def test_a_state_path_that_is_a_folder_is_named_as_one(bundle, tmp_path, flags):
+    # the token and export commands said "no such state file" of a folder that exists, the
+    # others sqlite3's "unable to open database file"
+    state = tmp_path / "s.db"
+    state.mkdir()
+    out = fedc("serve", str(bundle), "--state", str(state), *flags)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"{state} is a folder, not a fedc state file" in out.stderr, out.stderr

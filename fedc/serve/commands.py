@@ -252,7 +252,7 @@ def _existing_store(args: argparse.Namespace) -> Any:
     """The --state file for a token command that reads it: it must exist (never created)."""
     from .store import Store
 
-    if not Path(args.state).is_file():
+    if not Path(args.state).exists():
         raise UsageError.at(f"--state {args.state}: no such state file (create it and its "
                             "clients with --issue-tokens N)")
     return Store(args.state)

@@ -104,6 +104,8 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if self.path.is_dir():  # sqlite3 says only "unable to open database file"
+            raise ServeError.at(f"{self.path} is a folder, not a fedc state file")
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             tables = {r[0] for r in self.db.execute(
