@@ -209,6 +209,7 @@ class Coordinator:
         rnd = meta_int(meta, "round", 1, 2**31)
         version = meta_int(meta, "model_version", 0, 2**31)
         examples = meta_int(meta, "num_examples", 1, self.config.max_examples)
+        train_loss, metrics = _number(meta, "train_loss"), _metrics(meta)
         sha = hashlib.sha256(body).hexdigest()
         previous = self.store.update_sha(rnd, client_id)
         if previous == sha:  # a retry of an acknowledged update: acknowledge it again
@@ -220,8 +221,7 @@ class Coordinator:
             raise ProtocolError(422, "norm_too_large", f"the update's L2 distance from the "
                                 f"global model is {norm:.4g}; the bound is "
                                 f"{self.config.max_update_norm:g}")
-        update = StoredUpdate(client_id, sha, examples, values, _number(meta, "train_loss"),
-                              _metrics(meta))
+        update = StoredUpdate(client_id, sha, examples, values, train_loss, metrics)
         with self.store.transaction():
             self.store.add_update(rnd, update, norm, self.clock())
         self.last_seen[client_id] = self.clock()
@@ -445,7 +445,11 @@ def _metrics(meta: dict[str, Any]) -> dict[str, float]:
     ev = meta.get("eval", {})
     if not isinstance(ev, dict):
         raise ProtocolError(400, "bad_meta", "metadata field 'eval' must be an object")
-    return {k: v for k in ("loss", "accuracy") if (v := _number(ev, k)) is not None}
+    metrics = {k: v for k in ("loss", "accuracy") if (v := _number(ev, k)) is not None}
+    if not 0 <= metrics.get("accuracy", 0) <= 1:  # it is averaged into the round's accuracy
+        raise ProtocolError(422, "bad_meta", f"metadata field 'eval.accuracy' must be in 0..1, "
+                                             f"got {metrics['accuracy']:g}")
+    return metrics
 
 
 def weighted_metric(values: list[float | None], counts: np.ndarray) -> float | None:
