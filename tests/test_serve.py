@@ -913,3 +913,18 @@ def test_a_state_path_that_is_a_folder_is_named_as_one(bundle, tmp_path, flags):
     out = fedc("serve", str(bundle), "--state", str(state), *flags)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"{state} is a folder, not a fedc state file" in out.stderr, out.stderr
+
+
+def test_sigterm_stops_the_server_with_its_final_status(bundle, tmp_path):
+    # uvicorn re-raises SIGTERM after its graceful shutdown: the process died with it (exit
+    # 143) before printing the final status, so `fedc serve --json` printed nothing
+    import signal
+    server = Server(bundle, tmp_path / "s.db", "--json")
+    server.start()
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    code = server.proc.wait(timeout=30)
+    server.stop()
+    assert code == 0, server.output()
+    final = json.loads(server.output().splitlines()[-1])
+    assert final["ok"] is True and final["status"] == "waiting"

@@ -406,7 +406,7 @@ def _run(args: argparse.Namespace, bundle_dir: Path, wasm: bytes, manifest: dict
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
                                            log_level="warning", access_log=False,
                                            **tls))  # type: ignore[arg-type]
-    server.run()
+    _run_until_stopped(server)
     status = coord.status()
     if coord.done:
         acc = status["latest"]["accuracy"]
@@ -416,6 +416,28 @@ def _run(args: argparse.Namespace, bundle_dir: Path, wasm: bytes, manifest: dict
               f"{f', accuracy {acc:.4f}' if acc is not None else ''}); "
               f"--export-model DIR writes it from {args.state}", file=sys.stderr)
     return status
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _run_until_stopped(server: Any) -> None:
+    """server.run(), returning after a SIGTERM too. uvicorn shuts down gracefully on SIGTERM
+    and then raises the signal again, whose default action ended the process (exit 143) before
+    the final status was printed, so `--json` printed nothing; here it raises _Terminated."""
+    import signal
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        server.run()
+    except _Terminated:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_bridge_flags(c: argparse.ArgumentParser) -> None:
