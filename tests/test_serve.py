@@ -928,3 +928,32 @@ def test_sigterm_stops_the_server_with_its_final_status(bundle, tmp_path):
     assert code == 0, server.output()
     final = json.loads(server.output().splitlines()[-1])
     assert final["ok"] is True and final["status"] == "waiting"
+
+
+def test_a_revoked_sampled_client_gives_its_place_to_a_connected_one(bundle, tmp_path,
+                                                                     client_mod):
+    """The lost device never asks again: its place in the open round goes to a connected
+    client outside it at the next tick, and the round closes without waiting for its
+    deadline."""
+    state = tmp_path / "s.db"
+    tokens = issue_tokens(bundle, state, 3)
+    with Server(bundle, state, "--rounds", "2", "--min-clients", "2", "--clients-per-round",
+                "2", "--round-timeout", "600", "--client-timeout", "600") as server:
+        model = client_mod.Model.load(bundle)
+        clients = [client_mod.Client(server.url, t, model, retry_for=5) for t in tokens]
+        for c in clients:
+            c.join()
+        sampled = server.status()["open_round"]["sampled"]
+        by_id = {c.client_id: c for c in clients}
+        (spare,) = set(by_id) - set(sampled)
+        lost = sampled[0]
+        assert _token_cmd(bundle, state, "--revoke-token", lost).returncode == 0
+        deadline = time.monotonic() + 10
+        while lost in server.status()["open_round"]["sampled"]:
+            assert time.monotonic() < deadline, server.status()["open_round"]
+            time.sleep(0.1)
+        assert sorted(server.status()["open_round"]["sampled"]) == sorted([sampled[1], spare])
+        for i, cid in enumerate((sampled[1], spare)):
+            assert by_id[cid].step(*_data(bundle, i))["event"] == "accepted"
+        status = server.status()
+        assert status["round"] == 2 and status["rounds_history"][0]["outcome"] == "aggregated"

@@ -271,6 +271,8 @@ class Coordinator:
         with self.lock:
             self._maybe_open()
             r = self.open
+            if r is not None:
+                r = self._replace_revoked(r)
             if r is not None and self.clock() > r.deadline:
                 got = len(self.store.update_clients(r.round))
                 need = min(self.config.min_updates or self.config.min_clients, len(r.sampled))
@@ -301,6 +303,30 @@ class Coordinator:
             self.store.put_round(self.open)
         log.info("round %d open: %d client(s) sampled of %d connected", self.round, k,
                  len(connected))
+
+    def _replace_revoked(self, r: RoundRow) -> RoundRow:
+        """Sampled clients whose tokens were revoked before they sent their update (by
+        `--revoke-token`, from another process) give their places to connected clients not in
+        the round, as many as there are; the deadline stays. A revoked client nobody can
+        replace stays in the sample, like any straggler (the quorum must not fall)."""
+        revoked = self.store.revoked_ids()
+        if not revoked.intersection(r.sampled):
+            return r
+        have = set(self.store.update_clients(r.round))
+        gone = sorted((set(r.sampled) - have) & revoked)
+        pool = [c for c in self._connected() if c not in r.sampled]
+        k = min(len(gone), len(pool))
+        if not k:
+            return r
+        rng = np.random.default_rng([self.config.seed, r.round, len(r.sampled), k])
+        extra = [pool[i] for i in sorted(rng.choice(len(pool), k, replace=False))]
+        sampled = tuple(sorted((set(r.sampled) - set(gone[:k])) | set(extra)))
+        self.open = RoundRow(r.round, r.model_version, r.opened, r.deadline, None, sampled)
+        with self.store.transaction():
+            self.store.put_round(self.open)
+        log.info("round %d: revoked %s replaced by %s", r.round, ", ".join(gone[:k]),
+                 ", ".join(extra))
+        return self.open
 
     def _resample(self, r: RoundRow, got: int, need: int) -> None:
         """Too few updates by the deadline: keep them, sample again, set a new deadline. The
