@@ -957,3 +957,28 @@ def test_a_revoked_sampled_client_gives_its_place_to_a_connected_one(bundle, tmp
             assert by_id[cid].step(*_data(bundle, i))["event"] == "accepted"
         status = server.status()
         assert status["round"] == 2 and status["rounds_history"][0]["outcome"] == "aggregated"
+
+
+def test_port_0_serves_on_the_free_port_the_banner_names(bundle, tmp_path):
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "fedc", "serve", str(bundle), "--state",
+                             str(tmp_path / "s.db"), "--port", "0"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        banner = next(line for line in proc.stderr if line.startswith("fedc: serving"))
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", banner)
+        assert found is not None and int(found[1]) != 0, banner
+        port = int(found[1])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                code, body = request(f"http://127.0.0.1:{port}/api/v1/status")
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert code == 200 and json.loads(body)["round"] == 1
+    finally:
+        proc.kill()
+        proc.wait()

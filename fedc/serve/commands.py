@@ -214,8 +214,10 @@ def _tls(args: argparse.Namespace) -> dict[str, str]:
     return {"ssl_certfile": args.certfile, "ssl_keyfile": args.keyfile} if args.certfile else {}
 
 
-def _check_port(host: str, port: int) -> None:
-    """Fail with a clear message (not uvicorn's log line) when the address is taken."""
+def _check_port(host: str, port: int) -> int:
+    """The port to listen on: a clear message (not uvicorn's log line) when the address is
+    taken, and for port 0 the free port the system picks (so the banner and a bridge's
+    supernode get a real address)."""
     if not 0 <= port <= 65535:
         raise UsageError.at(f"--port must be 0..65535, got {port}")
     try:
@@ -223,6 +225,7 @@ def _check_port(host: str, port: int) -> None:
         with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(infos[0][4])
+            return int(s.getsockname()[1])
     except OSError as exc:
         raise ServeError.at(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
@@ -366,7 +369,7 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
             from .flower_bridge import serve_bridge
             return serve_bridge(args)
         tls = _tls(args)
-        _check_port(args.host, args.port)
+        args.port = _check_port(args.host, args.port)
         with tempfile.TemporaryDirectory(prefix="fedc-bundle-") as scratch:
             bundle_dir, wasm, manifest = _load_bundle(args, Path(scratch))
             return _run(args, bundle_dir, wasm, manifest, tls)

@@ -251,7 +251,7 @@ def serve_bridge(args: argparse.Namespace) -> dict[str, Any]:
 
     _check_flags(args)
     tls = _tls(args)
-    _check_port(args.host, args.port)
+    args.port = _check_port(args.host, args.port)
     with tempfile.TemporaryDirectory(prefix="fedc-bridge-") as scratch:  # mode 0700
         bundle_dir, wasm, manifest = _load_bundle(args, Path(scratch))
         return _run_bridge(args, bundle_dir, wasm, manifest, tls, Path(scratch))
