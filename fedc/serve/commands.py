@@ -40,50 +40,56 @@ def add_commands(sub: Any, compile_flags: Callable[[argparse.ArgumentParser], No
 
     c = sub.add_parser("serve", help="run a federation server for a .fed file or a bundle")
     c.add_argument("file", help="a .fed file or a bundle folder")
-    c.add_argument("--host", default="127.0.0.1")
-    c.add_argument("--port", type=int, default=8080)
     c.add_argument("--state", default="fedc-state.db",
                    help="SQLite state file (resumed if present)")
-    admin = c.add_mutually_exclusive_group()  # act on the --state file and exit
+    c.add_argument("--json", action="store_true", help="one JSON object on stdout: the final "
+                   "status, or what a state-file command did")
+    net = c.add_argument_group("listening")
+    net.add_argument("--host", default="127.0.0.1")
+    net.add_argument("--port", type=int, default=8080, help="0: a free port (named at start)")
+    net.add_argument("--certfile", help="TLS certificate (PEM); with --keyfile serves HTTPS")
+    net.add_argument("--keyfile", help="TLS private key (PEM)")
+    state = c.add_argument_group("state-file commands (act on --state and exit; they may run "
+                                 "beside a running server)")
+    admin = state.add_mutually_exclusive_group()
     admin.add_argument("--issue-tokens", type=positive, metavar="N",
-                       help="create N client tokens in the state file, print them and exit")
+                       help="create N client tokens in the state file and print them")
     admin.add_argument("--list-tokens", action="store_true",
-                       help="list the state file's clients (id, counts, revoked) and exit")
+                       help="list the state file's clients (id, counts, revoked)")
     admin.add_argument("--revoke-token", action="append", metavar="CLIENT_ID",
-                       help="revoke a client's token (repeatable) and exit; a running server "
-                            "refuses it from the client's next request")
+                       help="revoke a client's token (repeatable); a running server refuses it "
+                            "from the client's next request")
     admin.add_argument("--export-model", metavar="DIR",
                        help="write the state file's latest global model to DIR (model.wasm, "
-                            "manifest.json, weights.npy, as `fedc train --save`) and exit")
-    c.add_argument("--model-version", type=nonneg, metavar="V",
-                   help="--export-model: global model version V (default: the latest)")
-    c.add_argument("--rounds", type=positive, help="default: the federated block's")
-    c.add_argument("--clients-per-round", type=positive, help="default: the federated block's")
-    c.add_argument("--local-epochs", type=positive, help="default: the federated block's")
-    c.add_argument("--strategy-opt", type=key_value, action="append", default=[],
-                   metavar="KEY=VALUE", help="an option of the federated block's strategy, e.g. "
-                   "f=1 (krum), beta=0.2; not with --flower-superlink, where Flower aggregates")
-    c.add_argument("--min-clients", type=positive, default=2,
-                   help="connected clients needed to open a round")
-    c.add_argument("--min-updates", type=positive,
-                   help="updates that let a round close at its deadline (default: --min-clients)")
-    c.add_argument("--round-timeout", type=seconds, default=120.0, help="seconds")
-    c.add_argument("--client-timeout", type=positive_float, default=30.0,
-                   help="seconds without a request after which a client is not sampled")
-    c.add_argument("--max-update-norm", type=positive_float, default=1e3,
-                   help="largest accepted L2 distance of an update from the global model")
-    c.add_argument("--eval-data", help="dataset whose test split scores each global model")
-    c.add_argument("--seed", type=seed, default=0,
-                   help="initial weights, sampling, task seeds, --eval-data's split")
-    c.add_argument("--exit-when-done", action="store_true",
-                   help="stop once the rounds are done and every connected client has been "
-                        "told (at most --client-timeout later); prints the final status")
-    c.add_argument("--certfile", help="TLS certificate (PEM); with --keyfile serves HTTPS")
-    c.add_argument("--keyfile", help="TLS private key (PEM)")
-    compile_flags(c)
-    c.add_argument("--json", action="store_true",
-                   help="--issue-tokens, --list-tokens, --revoke-token, --export-model: JSON "
-                        "on stdout")
+                            "manifest.json, weights.npy, as `fedc train --save`)")
+    state.add_argument("--model-version", type=nonneg, metavar="V",
+                       help="--export-model: global model version V (default: the latest)")
+    rounds = c.add_argument_group("rounds")
+    rounds.add_argument("--rounds", type=positive, help="default: the federated block's")
+    rounds.add_argument("--clients-per-round", type=positive,
+                        help="default: the federated block's")
+    rounds.add_argument("--local-epochs", type=positive, help="default: the federated block's")
+    rounds.add_argument("--strategy-opt", type=key_value, action="append", default=[],
+                        metavar="KEY=VALUE", help="an option of the federated block's strategy, "
+                        "e.g. f=1 (krum), beta=0.2; not with --flower-superlink, where Flower "
+                        "aggregates")
+    rounds.add_argument("--min-clients", type=positive, default=2,
+                        help="connected clients needed to open a round")
+    rounds.add_argument("--min-updates", type=positive,
+                        help="updates that let a round close at its deadline (default: "
+                             "--min-clients)")
+    rounds.add_argument("--round-timeout", type=seconds, default=120.0, help="seconds")
+    rounds.add_argument("--client-timeout", type=positive_float, default=30.0,
+                        help="seconds without a request after which a client is not sampled")
+    rounds.add_argument("--max-update-norm", type=positive_float, default=1e3,
+                        help="largest accepted L2 distance of an update from the global model")
+    rounds.add_argument("--eval-data", help="dataset whose test split scores each global model")
+    rounds.add_argument("--seed", type=seed, default=0,
+                        help="initial weights, sampling, task seeds, --eval-data's split")
+    rounds.add_argument("--exit-when-done", action="store_true",
+                        help="stop once the rounds are done and every connected client has "
+                             "been told (at most --client-timeout later)")
+    compile_flags(c.add_argument_group("building a .fed file"))
     add_bridge_flags(c)
     c.set_defaults(run=cmd_serve)
 
