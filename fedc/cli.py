@@ -163,8 +163,11 @@ def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
     from .pipeline import compile_source
     if args.target == "flower" and not args.out:
         raise UsageError.at("--target flower needs -o DIR (the Flower app's folder)")
-    if args.data and args.target != "flower":
+    if args.data is not None and args.target != "flower":
         raise UsageError.at("--data sets a Flower app's dataset: use it with --target flower")
+    if args.target == "flower":
+        from .data import check_data_file
+        check_data_file("--data", args.data)  # a missing file fails before compiling
     if args.target == "native" and args.emit not in ("ir", "llvm", "llvm-opt"):
         raise UsageError.at("a native build runs in-process (fedc train --target native, "
                             "fedc.native.NativeModel): use --emit ir, llvm or llvm-opt to see it")
@@ -217,8 +220,9 @@ def _compile_native(args: argparse.Namespace, art: Any, seconds: float) -> dict[
 
 def _compile_flower(args: argparse.Namespace, art: Any, seconds: float) -> dict[str, Any]:
     """`fedc compile --target flower -o DIR`: a Flower app (fedc/harness/flower.py)."""
-    from .harness.flower import write_flower_app
-    files = write_flower_app(art.wasm, art.manifest, args.out, args.data)
+    from .harness.flower import app_dataset, write_flower_app
+    dataset = app_dataset(args.data, art.manifest) if args.data is not None else None
+    files = write_flower_app(art.wasm, art.manifest, args.out, dataset)
     out = Path(args.out)
     if not args.json:
         print(f"wrote the {art.manifest['model']} Flower app to {out}/ ({len(files)} files); "

@@ -113,6 +113,33 @@ def test_compile_target_flower_needs_an_output_folder(capsys):
     assert "--target flower needs -o DIR" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("data,code,message", [
+    ("digit", 1, "did you mean 'digits'"),
+    ("iris", 1, "4 features per example but input 'x' is f32[64]"),
+    ("missing.npz", 2, "no such data file"),
+    ("", 2, "no dataset given"),
+])
+def test_compile_target_flower_refuses_a_dataset_the_app_could_not_load(data, code, message,
+                                                                        tmp_path, capsys):
+    """--data was written into the run config unread: the app failed on the SuperLink."""
+    out = tmp_path / "app"
+    assert main(["compile", str(ROOT / "examples/digits_mlp.fed"), "--target", "flower",
+                 "-o", str(out), "--data", data]) == code
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_compile_target_flower_writes_a_data_file_as_an_absolute_path(tmp_path, monkeypatch):
+    """The app's processes do not run in the user's folder: a relative path named nothing."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "site.npz", x=rng.normal(size=(30, 64)), y=np.arange(30) % 10)
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", str(ROOT / "examples/digits_mlp.fed"), "--target", "flower",
+                 "-o", "app", "--data", "site.npz", "--json"]) == 0
+    run = tomllib.loads((tmp_path / "app/pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert run["config"]["dataset"] == str(tmp_path / "site.npz")
+
+
 # --- the ClientApp, called directly ---------------------------------------------------------------
 
 def _import_glue(out: Path, manifest: dict):

@@ -46,6 +46,7 @@ TEMPLATES = (("pyproject.toml.j2", "pyproject.toml"), ("README.md.j2", "README.m
              ("client_app.py.j2", "{package}/client_app.py"),
              ("server_app.py.j2", "{package}/server_app.py"),
              ("model_wasm.py.j2", "{package}/model_wasm.py"))
+SEED, TEST_FRACTION = 0, 0.2  # the run config's defaults
 COPIED = (("python/fedc_runtime.py", "fedc_runtime.py"),
           ("python/fedc_flower.py", "fedc_flower.py"))
 
@@ -92,16 +93,29 @@ def run_config(manifest: dict[str, Any], dataset: str | None) -> list[tuple[str,
         ("local-epochs", int(fed["local_epochs"]), ""),
         ("batch-size", int(fed["batch_size"]), ""),
         *strategy_config(fed),
-        ("seed", 0, "initial weights, partitions and client shuffles (as fedc simulate)"),
+        ("seed", SEED, "initial weights, partitions and client shuffles (as fedc simulate)"),
         ("lr", 0.0, "> 0 overrides the optimizer's learning rate"),
         ("dataset", dataset or "", "for partition-id nodes and central evaluation (fedc's "
                                    "loaders: a built-in name or a .npz)"),
         ("partition", "iid", "iid | dirichlet:ALPHA | shards:K | quantity:ALPHA"),
-        ("test-fraction", 0.2, "held out for central evaluation"),
+        ("test-fraction", TEST_FRACTION, "held out for central evaluation"),
         ("central-eval", bool(dataset), "score each global model on the held-out split"),
         ("round-timeout", 600.0, "seconds a round waits for replies"),
         ("out-dir", "", "if set, the server writes weights.npy and history.json here"),
     ]
+
+
+def app_dataset(spec: str, manifest: dict[str, Any]) -> str:
+    """--data as the run config's dataset: loaded and fitted to the model as the app will load
+    it (the default seed and test-fraction), so a wrong name or a dataset the model cannot take
+    fails at compile time, not on the SuperLink; a .npz path is made absolute, since the app's
+    processes do not run in the folder it was given from."""
+    from ..data import data_file, load_dataset
+    from ..train import check_fits
+    check_fits(manifest, load_dataset(spec, seed=SEED, test_fraction=TEST_FRACTION,
+                                      task=manifest["task"]))
+    path = data_file(spec)
+    return str(path.resolve()) if path is not None else spec.strip()
 
 
 def _describe(decl: dict[str, Any]) -> str:
