@@ -256,3 +256,38 @@ def test_server_builds_flowers_strategy_with_the_run_configs_options(glue):
     with pytest.raises(glue.AppError, match="no option"):
         glue.make_strategy({**run, "strategy-momentum": 0.5})
     assert glue.STRATEGIES == {k: v[0] for k, v in FLOWER_STRATEGIES.items()}
+
+
+def _run_config(app) -> dict:
+    return tomllib.loads((app[0] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("local-epochs", 0, "local-epochs must be an integer ≥ 1, got 0"),  # trained nothing
+    ("num-server-rounds", -1, "num-server-rounds must be an integer ≥ 1"),
+    ("min-nodes", 0, "min-nodes must be an integer ≥ 1"),
+    ("fraction-train", 2.0, r"fraction-train must be a number in \(0, 1\]"),  # waited forever
+    ("fraction-evaluate", float("nan"), r"fraction-evaluate must be a number in \[0, 1\]"),
+    ("batch-size", 1000, r"batch-size must be an integer in 1\.\.256"),
+    ("seed", 1.5, "seed must be an integer in 0..4294967295, got 1.5"),  # was cut to 1
+    ("seed", -1, "seed must be an integer"),
+    ("lr", -0.1, "lr must be a finite number ≥ 0"),  # was ignored
+    ("lr", "0.1", "lr must be a finite number ≥ 0"),
+    ("central-eval", "false", "central-eval must be true or false"),  # a string is truthy
+    ("round-timeout", 0.0, "round-timeout must be a finite number of seconds > 0"),
+    ("test-fraction", 1.0, "test-fraction must be a number between 0 and 1"),
+    ("dataset", 3, "dataset must be a string"),
+])
+def test_server_refuses_a_run_config_value_before_the_first_round(glue, app, key, value,
+                                                                  message):
+    run = {**_run_config(app), key: value}
+    with pytest.raises(glue.AppError, match=message):
+        glue.run_server(None, _context({}, run))  # fails before it touches the grid
+
+
+def test_the_rendered_run_config_passes_the_servers_checks(glue, app):
+    run = _run_config(app)
+    glue.check_run_config(run)
+    assert set(glue.RUN_CONFIG) <= set(run)
+    with pytest.raises(glue.AppError, match="has no min-nodes"):
+        glue.check_run_config({k: v for k, v in run.items() if k != "min-nodes"})

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import inspect
 import json
+import math
 import struct
 import time
 import urllib.error
@@ -317,6 +318,52 @@ def train_bridge(msg: Message, context: Context) -> Message:
 
 # --- the ServerApp --------------------------------------------------------------------------------
 
+MAX_SEED = 2**32 - 1  # fedc's seeds (data splits, partitions, shuffles) are 32-bit
+
+
+def _integer(low: int, high: float = math.inf) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _number(ok: Callable[[float], bool]) -> Callable[[Any], bool]:
+    return lambda v: (isinstance(v, int | float) and not isinstance(v, bool)
+                      and math.isfinite(v) and ok(v))
+
+
+# run config key → (what it must be, its test); batch-size's bound is the module's max_batch
+RUN_CONFIG: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "num-server-rounds": ("an integer ≥ 1", _integer(1)),
+    "min-nodes": ("an integer ≥ 1", _integer(1)),
+    "fraction-train": ("a number in (0, 1]", _number(lambda v: 0 < v <= 1)),
+    "fraction-evaluate": ("a number in [0, 1]", _number(lambda v: 0 <= v <= 1)),
+    "local-epochs": ("an integer ≥ 1", _integer(1)),
+    "batch-size": ("an integer in 1..{max_batch} (the module's batch buffers)", _integer(1)),
+    "strategy": ("a string", lambda v: isinstance(v, str)),
+    "seed": (f"an integer in 0..{MAX_SEED}", _integer(0, MAX_SEED)),
+    "lr": ("a finite number ≥ 0 (0: the optimizer's own)", _number(lambda v: v >= 0)),
+    "dataset": ("a string", lambda v: isinstance(v, str)),
+    "partition": ("a string", lambda v: isinstance(v, str)),
+    "test-fraction": ("a number between 0 and 1", _number(lambda v: 0 < v < 1)),
+    "central-eval": ("true or false", lambda v: isinstance(v, bool)),
+    "round-timeout": ("a finite number of seconds > 0", _number(lambda v: v > 0)),
+    "out-dir": ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def check_run_config(run: Mapping[str, Any]) -> None:
+    """AppError naming the first run config value the app cannot work with, before any round:
+    Flower checks only the keys, so local-epochs=0 trained nothing (a NaN loss), fraction-train=2
+    waited forever for nodes, round-timeout=0 aggregated no replies, and seed=1.5 was cut to 1."""
+    max_batch = int(manifest()["max_batch"])
+    for key, (what, ok) in RUN_CONFIG.items():
+        if key not in run:
+            raise AppError(f"the run config has no {key} (pyproject.toml's [tool.flwr.app.config] "
+                           "lost it: compile the app again)")
+        value = run[key]
+        if not ok(value) or (key == "batch-size" and value > max_batch):
+            raise AppError(f"run config {key} must be {what.format(max_batch=max_batch)}, "
+                           f"got {value!r}")
+
 def make_strategy(run: Mapping[str, Any]) -> Any:
     """Flower's strategy object for the run config's fedc strategy name and options."""
     name = str(run["strategy"])
@@ -360,6 +407,7 @@ def save_run(out: Path, result: Any, seconds: float) -> None:
 
 def run_server(grid: Grid, context: Context) -> None:
     run = context.run_config
+    check_run_config(run)
     m = model()
     m.init_weights(int(run["seed"]))  # fedc simulate's initial global model for the same seed
     train_config = ConfigRecord({"seed": int(run["seed"]),
