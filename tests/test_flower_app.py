@@ -291,3 +291,14 @@ def test_the_rendered_run_config_passes_the_servers_checks(glue, app):
     assert set(glue.RUN_CONFIG) <= set(run)
     with pytest.raises(glue.AppError, match="has no min-nodes"):
         glue.check_run_config({k: v for k, v in run.items() if k != "min-nodes"})
+
+
+def test_a_node_whose_training_diverged_replies_an_error_not_nan_weights(glue, digits_mlp):
+    """Flower averaged the NaN weights into the global model; every later round then failed."""
+    ref = digits_mlp.manifest["params_region"]["count"]
+    weights = np.random.default_rng(0).normal(size=ref).astype(np.float32)
+    msg = _message(glue, "train", weights, {"server-round": 1, "seed": 0, "local-epochs": 1,
+                                            "batch-size": 32})
+    run = {**RUN, "lr": 1e30}
+    with pytest.raises(glue.AppError, match="training diverged on this node"):
+        glue.train_local(msg, _context({"partition-id": 0, "num-partitions": 2}, run))

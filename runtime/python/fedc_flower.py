@@ -209,8 +209,12 @@ def train_local(msg: Message, context: Context) -> Message:
     rng = np.random.default_rng([int(config["seed"]), TRAIN_STREAM, rnd, data.client])
     losses = [m.train_epoch(data.x, data.y, int(config["batch-size"]), rng)
               for _ in range(int(config["local-epochs"]))]
+    trained = m.get_weights()
+    if not np.isfinite(trained).all():  # an error reply: Flower leaves it out of the aggregate
+        raise AppError(f"training diverged on this node (round {rnd}): its weights hold NaN or "
+                       "Inf, which would poison the global model (lower lr or the module's)")
     metrics = MetricRecord({"num-examples": len(data.y), "train-loss": float(np.mean(losses))})
-    content = RecordDict({"arrays": to_record(m.get_weights()), "metrics": metrics})
+    content = RecordDict({"arrays": to_record(trained), "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 
