@@ -302,3 +302,23 @@ def test_a_node_whose_training_diverged_replies_an_error_not_nan_weights(glue, d
     run = {**RUN, "lr": 1e30}
     with pytest.raises(glue.AppError, match="training diverged on this node"):
         glue.train_local(msg, _context({"partition-id": 0, "num-partitions": 2}, run))
+
+
+def test_history_json_writes_a_non_finite_metric_as_null(glue, digits_mlp, tmp_path):
+    """json.dumps wrote NaN and Infinity, which are not JSON (strict readers refuse them)."""
+    import json
+    from types import SimpleNamespace
+
+    from flwr.app import MetricRecord
+    weights = np.zeros(digits_mlp.manifest["params_region"]["count"], np.float32)
+    result = SimpleNamespace(
+        arrays=glue.to_record(weights), evaluate_metrics_clientapp={},
+        train_metrics_clientapp={1: MetricRecord({"train-loss": float("nan")})},  # a bridge's
+        evaluate_metrics_serverapp={1: MetricRecord({"loss": float("inf"), "accuracy": 0.1})})
+    glue.save_run(tmp_path, result, 1.0)
+
+    def refuse(token):
+        raise AssertionError(f"{token} in history.json")
+    history = json.loads((tmp_path / "history.json").read_text(), parse_constant=refuse)
+    assert history["train"]["1"] == {"train-loss": None}
+    assert history["central"]["1"] == {"loss": None, "accuracy": 0.1}

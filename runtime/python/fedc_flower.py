@@ -405,8 +405,16 @@ def save_run(out: Path, result: Any, seconds: float) -> None:
     parts = {"train": result.train_metrics_clientapp,
              "evaluate": result.evaluate_metrics_clientapp,
              "central": result.evaluate_metrics_serverapp}
-    history = {k: {str(r): dict(m) for r, m in sorted(v.items())} for k, v in parts.items()}
-    (out / "history.json").write_text(json.dumps({**history, "seconds": seconds}, indent=2))
+    history = {k: {str(r): {name: _finite(value) for name, value in m.items()}
+                   for r, m in sorted(v.items())} for k, v in parts.items()}
+    (out / "history.json").write_text(json.dumps({**history, "seconds": seconds}, indent=2,
+                                                 allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or Inf (json.dumps wrote the tokens, which strict readers refuse): a
+    diverged model's loss, or a bridge round without losses, is null, as in fedc simulate."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def run_server(grid: Grid, context: Context) -> None:
