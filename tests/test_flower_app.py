@@ -322,3 +322,16 @@ def test_history_json_writes_a_non_finite_metric_as_null(glue, digits_mlp, tmp_p
     history = json.loads((tmp_path / "history.json").read_text(), parse_constant=refuse)
     assert history["train"]["1"] == {"train-loss": None}
     assert history["central"]["1"] == {"loss": None, "accuracy": 0.1}
+
+
+@pytest.mark.parametrize("where,message", [
+    ("results", "out-dir must be an absolute path, got 'results'"),  # the SuperLink's folder
+    ("{tmp}/taken/results", "cannot write the run's results to out-dir .*taken"),
+])
+def test_server_refuses_an_out_dir_it_cannot_write_before_the_first_round(glue, app, tmp_path,
+                                                                          where, message):
+    """A folder that could not be written failed after the last round, losing the run."""
+    (tmp_path / "taken").write_text("a file, not a folder")
+    run = {**_run_config(app), "out-dir": where.format(tmp=tmp_path)}
+    with pytest.raises(glue.AppError, match=message):
+        glue.run_server(None, _context({}, run))

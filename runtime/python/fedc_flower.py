@@ -398,9 +398,30 @@ def central_evaluator(run: Mapping[str, Any]) -> Callable[[int, ArrayRecord], Me
     return evaluate
 
 
+def out_dir(run: Mapping[str, Any]) -> Path | None:
+    """The run config's out-dir, made before the first round (a folder that cannot be written
+    failed after the last, losing the run); AppError unless it is an absolute path."""
+    given = str(run.get("out-dir", ""))
+    if not given:
+        return None
+    out = Path(given).expanduser()
+    if not out.is_absolute():  # it was taken from the SuperLink's working folder, not the user's
+        raise AppError(f"run config out-dir must be an absolute path, got {given!r} (the "
+                       "ServerApp does not run in the folder flwr run was started from)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".fedc-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        why = "it exists and is not a directory" if isinstance(exc, FileExistsError) else \
+            exc.strerror or str(exc)
+        raise AppError(f"cannot write the run's results to out-dir {out}: {why}") from None
+    return out
+
+
 def save_run(out: Path, result: Any, seconds: float) -> None:
     """weights.npy (flat float32, manifest order) and history.json (every round's metrics)."""
-    out.mkdir(parents=True, exist_ok=True)
     np.save(out / "weights.npy", from_record(result.arrays))
     parts = {"train": result.train_metrics_clientapp,
              "evaluate": result.evaluate_metrics_clientapp,
@@ -420,6 +441,7 @@ def _finite(value: Any) -> Any:
 def run_server(grid: Grid, context: Context) -> None:
     run = context.run_config
     check_run_config(run)
+    out = out_dir(run)
     m = model()
     m.init_weights(int(run["seed"]))  # fedc simulate's initial global model for the same seed
     train_config = ConfigRecord({"seed": int(run["seed"]),
@@ -431,8 +453,8 @@ def run_server(grid: Grid, context: Context) -> None:
         num_rounds=int(run["num-server-rounds"]), timeout=float(run["round-timeout"]),
         train_config=train_config,
         evaluate_fn=central_evaluator(run) if run.get("central-eval") else None)
-    if str(run.get("out-dir", "")):
-        save_run(Path(str(run["out-dir"])), result, time.perf_counter() - start)
+    if out is not None:
+        save_run(out, result, time.perf_counter() - start)
 
 
 def server_app() -> ServerApp:
