@@ -335,3 +335,25 @@ def test_server_refuses_an_out_dir_it_cannot_write_before_the_first_round(glue, 
     run = {**_run_config(app), "out-dir": where.format(tmp=tmp_path)}
     with pytest.raises(glue.AppError, match=message):
         glue.run_server(None, _context({}, run))
+
+
+_X = np.random.default_rng(1).normal(size=(20, 64))
+_Y = np.arange(20) % 10
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"x": _X, "y": _Y + 0.5}, "target 'y' must hold integers"),  # was cut to class 0..9
+    ({"x": _X, "y": _Y + 2**32}, "outside the int32 range"),  # wrapped to the same labels
+    ({"x": _X, "y": np.where(_Y == 3, np.nan, _Y)}, "got NaN or Inf"),  # label -2147483648
+    ({"x": np.full((20, 64), "a"), "y": _Y}, "'x' must hold numbers, not <U1"),  # ValueError
+    ({"x": _X + 1j, "y": _Y}, "'x' must hold numbers, not complex128"),  # lost its imaginary
+    ({"x": _X[:0], "y": _Y[:0]}, "have no rows"),  # replied num-examples 0
+    ({"x": _X, "y": _Y, "x_test": _X}, "has 'x_test' but not 'y_test'"),  # silently unused
+    ({"x": _X, "y": _Y, "x_test": _X[:5, :8], "y_test": _Y[:5]},
+     r"expects rows of shape \[64\] but got \[8\] \(arrays 'x_test', 'y_test'\)"),
+])
+def test_a_nodes_data_file_is_checked_as_the_runtime_checks_data(glue, tmp_path, arrays,
+                                                                 message):
+    np.savez(tmp_path / "node.npz", **arrays)
+    with pytest.raises(glue.AppError, match=r"data-path .*node\.npz: .*" + message):
+        glue.node_data(_context({"data-path": str(tmp_path / "node.npz")}, {"seed": 0}))

@@ -42,7 +42,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp import strategy as flower_strategies
 
 from . import model_wasm
-from .fedc_runtime import Model
+from .fedc_runtime import Model, RuntimeDataError, _conform
 
 HERE = Path(__file__).resolve().parent
 TRAIN_STREAM = 2  # fedc.fl.faults.TRAIN: the second word of every client's shuffle seed
@@ -126,13 +126,40 @@ def _from_file(path: str, client: int) -> NodeData:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, EOFError) as exc:
         raise AppError(f"data-path {path}: cannot read it as a .npz file ({exc})") from None
-    if "x" not in arrays or "y" not in arrays or len(arrays["x"]) != len(arrays["y"]):
-        raise AppError(f"data-path {path}: needs arrays 'x' and 'y' of equal length "
+    if "x" not in arrays or "y" not in arrays:
+        raise AppError(f"data-path {path}: needs arrays 'x' and 'y' "
                        f"(has {', '.join(sorted(arrays)) or 'none'})")
-    x, y = _cast(arrays["x"], arrays["y"])
-    xe, ye = (_cast(arrays["x_test"], arrays["y_test"]) if "x_test" in arrays and
-              "y_test" in arrays else (x, y))
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        given, lacking = ("x_test", "y_test") if "x_test" in arrays else ("y_test", "x_test")
+        raise AppError(f"data-path {path}: has {given!r} but not {lacking!r} (give both to "
+                       "evaluate on them, or neither to evaluate on 'x' and 'y')")
+    x, y = _checked(path, arrays, "x", "y")
+    xe, ye = _checked(path, arrays, "x_test", "y_test") if "x_test" in arrays else (x, y)
     return NodeData(client, x, y, xe, ye)
+
+
+def _checked(path: str, arrays: Mapping[str, np.ndarray], xk: str,
+             yk: str) -> tuple[np.ndarray, np.ndarray]:
+    """A node file's examples and labels through the runtime's own checks: a cast to the
+    module's dtypes cut 2.5 to class 2, wrapped 2**32 + 3 to 3 and read NaN as -2**31."""
+    x, y = arrays[xk], arrays[yk]
+    if len(manifest()["inputs"]) != 1:
+        raise AppError(f"data-path {path}: the model has {len(manifest()['inputs'])} inputs; a "
+                       "node's .npz file provides one ('x')")
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+        raise AppError(f"data-path {path}: {xk!r} has shape {list(x.shape)} but {yk!r} has "
+                       f"{list(y.shape)} (one label per example)")
+    if not len(x):
+        raise AppError(f"data-path {path}: {xk!r} and {yk!r} have no rows")
+    for name, arr in ((xk, x), (yk, y)):
+        if arr.dtype.kind not in "biuf":
+            raise AppError(f"data-path {path}: {name!r} must hold numbers, not {arr.dtype}")
+    try:
+        xs = _conform(x.astype(np.float32) if x.dtype.kind == "b" else x,
+                      manifest()["inputs"][0], "input")
+        return xs, model()._target(y, len(xs))  # also the class labels' range
+    except RuntimeDataError as exc:
+        raise AppError(f"data-path {path}: {exc} (arrays {xk!r}, {yk!r})") from None
 
 
 def _from_partition(run: Mapping[str, Any], pid: int, parts: int) -> NodeData:
