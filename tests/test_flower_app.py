@@ -357,3 +357,22 @@ def test_a_nodes_data_file_is_checked_as_the_runtime_checks_data(glue, tmp_path,
     np.savez(tmp_path / "node.npz", **arrays)
     with pytest.raises(glue.AppError, match=r"data-path .*node\.npz: .*" + message):
         glue.node_data(_context({"data-path": str(tmp_path / "node.npz")}, {"seed": 0}))
+
+
+def test_a_run_can_pick_another_strategy_than_the_compiled_one(digits_mlp_source, tmp_path):
+    """The compiled fedavgm's strategy-server-* keys stay in the run config (Flower refuses to
+    drop a key): -c 'strategy="fedavg"' was 'FedAvg has no option(s) server_learning_rate'."""
+    pytest.importorskip("flwr")
+    from fedc.pipeline import compile_source
+    source = digits_mlp_source.replace("model DigitsMLP:", "model DigitsAvgM:").replace(
+        "strategy = fedavg", "strategy = fedavgm")
+    art = compile_source(source, "digits_avgm.fed")
+    write_flower_app(art.wasm, art.manifest, tmp_path / "app")
+    glue = _import_glue(tmp_path / "app", art.manifest)
+    run = _run_config((tmp_path / "app", []))
+    assert run["strategy-server-momentum"] == 0.9
+    assert type(glue.make_strategy({**run, "strategy": "fedavg"})).__name__ == "FedAvg"
+    adam = glue.make_strategy({**run, "strategy": "fedadam"})
+    assert type(adam).__name__ == "FedAdam" and adam.eta == 0.1  # Flower's default
+    with pytest.raises(glue.AppError, match="FedAvgM has no option"):  # a key the class lacks
+        glue.make_strategy({**run, "strategy-momentum": 0.5})

@@ -404,6 +404,13 @@ def make_strategy(run: Mapping[str, Any]) -> Any:
     options = {k[len("strategy-"):].replace("-", "_"): v for k, v in run.items()
                if k.startswith("strategy-")}
     valid = set(inspect.signature(cls).parameters)
+    compiled = str(manifest()["federated"]["strategy"])
+    if name != compiled and compiled in STRATEGIES:
+        # Flower cannot drop a run config key, so the compiled strategy's options are still
+        # there (fedavgm's server-momentum made -c 'strategy="fedavg"' an error): leave out
+        # those the chosen class does not take
+        theirs = inspect.signature(getattr(flower_strategies, STRATEGIES[compiled])).parameters
+        options = {k: v for k, v in options.items() if k in valid or k not in theirs}
     unknown = sorted(k for k in options if k not in valid)
     if unknown:
         raise AppError(f"{cls.__name__} has no option(s) {', '.join(unknown)} "
