@@ -224,6 +224,12 @@ def test_fedprox_client_app_trains_with_the_strategys_mu_as_fedc_simulate_does(
     plain, _ = Trainer(ref.clone(), data.x_train, data.y_train, parts,
                        ClientSettings(1, 32, 0)).train(start, 1, 0)
     assert not np.array_equal(plain, expected)  # μ = 2 (not the compiled 0.5) made a difference
+    # another strategy (-c 'strategy="fedavg"') sends no mu: no proximal term, as fedc's clients
+    no_mu = _message(glue, "train", start, {"server-round": 1, "seed": 0, "local-epochs": 1,
+                                            "batch-size": 32})
+    reply = glue.train_local(no_mu, _context({"partition-id": 0, "num-partitions": 2},
+                                             {**run, "strategy": "fedavg"}))
+    assert np.array_equal(glue.from_record(reply.content["arrays"]), plain)
 
 
 def test_client_app_reads_a_data_file_and_evaluates_on_its_test_arrays(glue, digits_mlp,

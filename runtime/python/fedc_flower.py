@@ -226,7 +226,9 @@ def train_local(msg: Message, context: Context) -> Message:
     # run-time hyper-parameters: this round's values, else the module's (the instance is reused)
     opt = m.manifest["optimizer"]
     lr = float(run.get("lr", 0.0))  # 0: the module's own
-    given = {"lr": lr if lr > 0 else None, "proximal_mu": config.get("proximal-mu")}  # FedProx
+    # FedProx sends its mu each round; under any other strategy the term is off, as in fedc
+    # simulate's clients (the compiled mu applied: -c 'strategy="fedavg"' still trained FedProx)
+    given = {"lr": lr if lr > 0 else None, "proximal_mu": config.get("proximal-mu", 0.0)}
     for name, value in given.items():
         if name in opt["hparams_order"]:
             m.set_hparam(name, float(opt["hparams"][name] if value is None else value))
