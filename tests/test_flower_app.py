@@ -382,3 +382,20 @@ def test_a_run_can_pick_another_strategy_than_the_compiled_one(digits_mlp_source
     assert type(adam).__name__ == "FedAdam" and adam.eta == 0.1  # Flower's default
     with pytest.raises(glue.AppError, match="FedAvgM has no option"):  # a key the class lacks
         glue.make_strategy({**run, "strategy-momentum": 0.5})
+
+
+@pytest.mark.parametrize("strategy,key,value,message", [
+    ("fedadam", "beta-1", 1.0, r"strategy-beta-1 must be a number in \[0, 1\) \(FedAdam\)"),
+    ("fedavgm", "server-momentum", float("nan"), "strategy-server-momentum must be"),
+    ("fedprox", "proximal-mu", -1.0, "strategy-proximal-mu must be a finite number ≥ 0"),
+    ("fedprox", "proximal-mu", "0.1", "strategy-proximal-mu must be"),  # a ValueError on nodes
+    ("multikrum", "num-nodes-to-select", 0, "strategy-num-nodes-to-select must be an integer"),
+    ("krum", "num-malicious-nodes", 1.5, "strategy-num-malicious-nodes must be an integer ≥ 0"),
+    ("trimmed_mean", "beta", 0.5, r"strategy-beta must be a number in \[0, 0.5\)"),
+])
+def test_server_refuses_a_strategy_option_out_of_its_range(glue, strategy, key, value, message):
+    """Flower took them: FedAdam's beta-1 = 1 made the global model NaN in round 1."""
+    run = {"strategy": strategy, f"strategy-{key}": value, "min-nodes": 3,
+           "fraction-train": 1.0, "fraction-evaluate": 0.0}
+    with pytest.raises(glue.AppError, match=message):
+        glue.make_strategy(run)

@@ -383,6 +383,24 @@ RUN_CONFIG: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
+# Flower keyword → (what it must be, its test): fedc's strategies' ranges. Flower checks only
+# FedTrimmedAvg's beta: FedAdam's beta-1 = 1 made the global model NaN, MultiKrum's
+# num-nodes-to-select = 0 failed in the first aggregation, a negative mu pushed nodes away
+STRATEGY_OPTIONS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "proximal_mu": ("a finite number ≥ 0", _number(lambda v: v >= 0)),
+    "server_learning_rate": ("a finite number > 0", _number(lambda v: v > 0)),
+    "server_momentum": ("a number in [0, 1)", _number(lambda v: 0 <= v < 1)),
+    "eta": ("a finite number > 0", _number(lambda v: v > 0)),
+    "eta_l": ("a finite number > 0", _number(lambda v: v > 0)),
+    "beta_1": ("a number in [0, 1)", _number(lambda v: 0 <= v < 1)),
+    "beta_2": ("a number in [0, 1)", _number(lambda v: 0 <= v < 1)),
+    "tau": ("a finite number > 0", _number(lambda v: v > 0)),
+    "beta": ("a number in [0, 0.5)", _number(lambda v: 0 <= v < 0.5)),
+    "num_malicious_nodes": ("an integer ≥ 0", _integer(0)),
+    "num_nodes_to_select": ("an integer ≥ 1", _integer(1)),
+}
+
+
 def check_run_config(run: Mapping[str, Any]) -> None:
     """AppError naming the first run config value the app cannot work with, before any round:
     Flower checks only the keys, so local-epochs=0 trained nothing (a NaN loss), fraction-train=2
@@ -417,6 +435,11 @@ def make_strategy(run: Mapping[str, Any]) -> Any:
     if unknown:
         raise AppError(f"{cls.__name__} has no option(s) {', '.join(unknown)} "
                        f"(run config strategy-<option>)")
+    for option, value in options.items():
+        what, ok = STRATEGY_OPTIONS.get(option, ("", lambda v: True))
+        if not ok(value):
+            raise AppError(f"run config strategy-{option.replace('_', '-')} must be {what} "
+                           f"({cls.__name__}), got {value!r}")
     nodes = int(run["min-nodes"])
     return cls(fraction_train=float(run["fraction-train"]),
                fraction_evaluate=float(run["fraction-evaluate"]), min_train_nodes=nodes,
