@@ -165,6 +165,11 @@ def cmd_compile(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError.at("--target flower needs -o DIR (the Flower app's folder)")
     if args.data is not None and args.target != "flower":
         raise UsageError.at("--data sets a Flower app's dataset: use it with --target flower")
+    if args.target == "flower" and (args.bundle or args.variants):
+        # the app ships one module: the flags were dropped, and a variant stayed in its manifest
+        raise UsageError.at(f"--target flower writes a Flower app with one module: "
+                            f"{'--bundle' if args.bundle else '--variants'} does not apply "
+                            "(fedc bundle makes client bundles)")
     if args.target == "flower":
         from .data import check_data_file
         check_data_file("--data", args.data)  # a missing file fails before compiling

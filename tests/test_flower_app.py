@@ -140,6 +140,16 @@ def test_compile_target_flower_writes_a_data_file_as_an_absolute_path(tmp_path, 
     assert run["config"]["dataset"] == str(tmp_path / "site.npz")
 
 
+@pytest.mark.parametrize("flags,name", [(["--bundle"], "--bundle"),
+                                         (["--variants", "relaxed-simd"], "--variants")])
+def test_compile_target_flower_refuses_flags_it_would_drop(flags, name, tmp_path, capsys):
+    """Both were ignored; a relaxed-simd variant was listed in a manifest whose app lacks it."""
+    assert main(["compile", str(ROOT / "examples/digits_mlp.fed"), "--target", "flower",
+                 "-o", str(tmp_path / "app"), *flags]) == 2
+    assert f"{name} does not apply" in capsys.readouterr().err
+    assert not (tmp_path / "app").exists()
+
+
 # --- the ClientApp, called directly ---------------------------------------------------------------
 
 def _import_glue(out: Path, manifest: dict):
