@@ -409,3 +409,36 @@ def test_server_refuses_a_strategy_option_out_of_its_range(glue, strategy, key, 
            "fraction-train": 1.0, "fraction-evaluate": 0.0}
     with pytest.raises(glue.AppError, match=message):
         glue.make_strategy(run)
+
+
+@pytest.mark.parametrize("edit,message", [
+    ("manifest-json", "the app's manifest.json cannot be read"),  # a JSONDecodeError
+    ("manifest-list", "the app's manifest.json is not a fedc manifest"),  # an AttributeError
+    ("manifest-sha", "model_wasm.py and manifest.json do not fit together .*sha256 differs"),
+    ("base64", "model_wasm.py does not hold the module in base64"),  # a binascii.Error
+])
+def test_an_edited_app_says_which_file_is_wrong_and_to_compile_again(digits_mlp_source,
+                                                                     tmp_path, edit, message):
+    pytest.importorskip("flwr")
+    import json
+
+    from fedc.pipeline import compile_source
+    name = "DigitsEdited" + edit.title().replace("-", "")
+    art = compile_source(digits_mlp_source.replace("model DigitsMLP:", f"model {name}:"),
+                         "digits.fed")
+    write_flower_app(art.wasm, art.manifest, tmp_path / "app")
+    pkg = tmp_path / "app" / package_name(name)
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    if edit == "manifest-json":
+        (pkg / "manifest.json").write_text("{not json")
+    elif edit == "manifest-list":
+        (pkg / "manifest.json").write_text("[]")
+    elif edit == "manifest-sha":
+        manifest["wasm"]["sha256"] = "0" * 64
+        (pkg / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        text = (pkg / "model_wasm.py").read_text()
+        (pkg / "model_wasm.py").write_text(text.replace('    "', '    "!', 1))
+    glue = _import_glue(tmp_path / "app", art.manifest)
+    with pytest.raises(glue.AppError, match=message + ".*compile the app again"):
+        glue.model()

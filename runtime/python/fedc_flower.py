@@ -63,17 +63,36 @@ class AppError(Exception):
 _CACHE: dict[Any, Any] = {}
 
 
+_RECOMPILE = "compile the app again (fedc compile --target flower)"
+
+
 def manifest() -> dict[str, Any]:
     if "manifest" not in _CACHE:
-        _CACHE["manifest"] = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
+        path = HERE / "manifest.json"
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # a JSONDecodeError or UnicodeDecodeError too
+            raise AppError(f"the app's {path.name} cannot be read ({exc}): {_RECOMPILE}") \
+                from None
+        if not isinstance(found, dict):
+            raise AppError(f"the app's {path.name} is not a fedc manifest: {_RECOMPILE}")
+        _CACHE["manifest"] = found
     return _CACHE["manifest"]  # type: ignore[no-any-return]
 
 
 def model() -> Model:
     """This process's Wasm instance (compiled once; ClientApp calls reuse it)."""
     if "model" not in _CACHE:
-        wasm = base64.b64decode(model_wasm.WASM_BASE64)
-        _CACHE["model"] = Model(wasm, manifest())
+        try:
+            wasm = base64.b64decode(model_wasm.WASM_BASE64, validate=True)
+        except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
+            raise AppError(f"the app's model_wasm.py does not hold the module in base64 ({exc}): "
+                           f"{_RECOMPILE}") from None
+        try:
+            _CACHE["model"] = Model(wasm, manifest())
+        except RuntimeDataError as exc:  # e.g. a manifest.json from another model
+            raise AppError(f"the app's model_wasm.py and manifest.json do not fit together "
+                           f"({exc}): {_RECOMPILE}") from None
     return _CACHE["model"]  # type: ignore[no-any-return]
 
 
