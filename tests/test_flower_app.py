@@ -442,3 +442,15 @@ def test_an_edited_app_says_which_file_is_wrong_and_to_compile_again(digits_mlp_
     glue = _import_glue(tmp_path / "app", art.manifest)
     with pytest.raises(glue.AppError, match=message + ".*compile the app again"):
         glue.model()
+
+
+@pytest.mark.parametrize("node,message", [
+    ({"partition-id": 1.7, "num-partitions": 4}, "partition-id must be an integer, got 1.7"),
+    ({"partition-id": 0, "num-partitions": 2.5}, "num-partitions must be an integer, got 2.5"),
+    ({"partition-id": "a", "num-partitions": 4}, "partition-id must be an integer, got 'a'"),
+    ({"partition-id": 0}, "has partition-id but not num-partitions"),
+])
+def test_a_nodes_partition_settings_are_whole_numbers(glue, node, message):
+    """1.7 was cut to partition 1 and 2.5 partitions to 2 (silently another cut of the data)."""
+    with pytest.raises(glue.AppError, match=message):
+        glue.node_data(_context(node, RUN))

@@ -218,16 +218,29 @@ def load_dataset(run: Mapping[str, Any]) -> Any:
     return _CACHE[key]
 
 
+def _node_integer(node: Mapping[str, Any], key: str) -> int:
+    """A node config count: 1.7 was cut to partition 1 and "a" was a ValueError."""
+    value = node[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AppError(f"node config {key} must be an integer, got {value!r}")
+    return value
+
+
 def node_data(context: Context) -> NodeData:
     node, run = context.node_config, context.run_config
     key = ("node", tuple(sorted(node.items())), tuple(sorted(run.items())))
     if key not in _CACHE:
-        client = int(node.get("partition-id", node.get("client-id", context.node_id % 2**31)))
+        if ("partition-id" in node) != ("num-partitions" in node) and "data-path" not in node:
+            given, lacking = (("partition-id", "num-partitions") if "partition-id" in node
+                              else ("num-partitions", "partition-id"))
+            raise AppError(f"this node's config has {given} but not {lacking} (start it with "
+                           "--node-config 'partition-id=K num-partitions=N')")
+        client = _node_integer(node, "partition-id") if "partition-id" in node else \
+            _node_integer(node, "client-id") if "client-id" in node else context.node_id % 2**31
         if "data-path" in node:
             _CACHE[key] = _from_file(str(node["data-path"]), client)
-        elif "partition-id" in node and "num-partitions" in node:
-            _CACHE[key] = _from_partition(run, int(node["partition-id"]),
-                                          int(node["num-partitions"]))
+        elif "partition-id" in node:
+            _CACHE[key] = _from_partition(run, client, _node_integer(node, "num-partitions"))
         else:
             raise AppError("this node has no data source: start it with --node-config "
                            "'data-path=\"FILE.npz\"' or 'partition-id=K num-partitions=N' "
