@@ -331,7 +331,7 @@ def test_history_json_writes_a_non_finite_metric_as_null(glue, digits_mlp, tmp_p
         arrays=glue.to_record(weights), evaluate_metrics_clientapp={},
         train_metrics_clientapp={1: MetricRecord({"train-loss": float("nan")})},  # a bridge's
         evaluate_metrics_serverapp={1: MetricRecord({"loss": float("inf"), "accuracy": 0.1})})
-    glue.save_run(tmp_path, result, 1.0)
+    glue.save_run(tmp_path, result, 1.0, result.arrays)
 
     def refuse(token):
         raise AssertionError(f"{token} in history.json")
@@ -454,3 +454,19 @@ def test_a_nodes_partition_settings_are_whole_numbers(glue, node, message):
     """1.7 was cut to partition 1 and 2.5 partitions to 2 (silently another cut of the data)."""
     with pytest.raises(glue.AppError, match=message):
         glue.node_data(_context(node, RUN))
+
+
+def test_a_run_in_which_no_round_was_aggregated_saves_the_initial_model(glue, digits_mlp,
+                                                                        tmp_path):
+    """Every node failed (e.g. diverged): Flower's result had no arrays and saving raised
+    'the model's arrays lack parameter', after the run, writing neither file."""
+    from types import SimpleNamespace
+
+    from flwr.app import ArrayRecord, MetricRecord
+    start = np.arange(digits_mlp.manifest["params_region"]["count"], dtype=np.float32)
+    result = SimpleNamespace(arrays=ArrayRecord(), train_metrics_clientapp={},
+                             evaluate_metrics_clientapp={},
+                             evaluate_metrics_serverapp={0: MetricRecord({"loss": 2.3})})
+    glue.save_run(tmp_path, result, 1.0, glue.to_record(start))
+    assert np.array_equal(np.load(tmp_path / "weights.npy"), start)
+    assert (tmp_path / "history.json").exists()

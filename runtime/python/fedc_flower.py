@@ -511,9 +511,11 @@ def out_dir(run: Mapping[str, Any]) -> Path | None:
     return out
 
 
-def save_run(out: Path, result: Any, seconds: float) -> None:
-    """weights.npy (flat float32, manifest order) and history.json (every round's metrics)."""
-    np.save(out / "weights.npy", from_record(result.arrays))
+def save_run(out: Path, result: Any, seconds: float, initial: ArrayRecord) -> None:
+    """weights.npy (flat float32, manifest order) and history.json (every round's metrics).
+    The global model is `initial` when no round was aggregated (every node failed): Flower's
+    result then has no arrays, and saving raised after the run, writing neither file."""
+    np.save(out / "weights.npy", from_record(result.arrays if len(result.arrays) else initial))
     parts = {"train": result.train_metrics_clientapp,
              "evaluate": result.evaluate_metrics_clientapp,
              "central": result.evaluate_metrics_serverapp}
@@ -538,14 +540,15 @@ def run_server(grid: Grid, context: Context) -> None:
     train_config = ConfigRecord({"seed": int(run["seed"]),
                                  "local-epochs": int(run["local-epochs"]),
                                  "batch-size": int(run["batch-size"])})
+    initial = to_record(m.get_weights())
     start = time.perf_counter()
     result = make_strategy(run).start(
-        grid=grid, initial_arrays=to_record(m.get_weights()),
+        grid=grid, initial_arrays=initial,
         num_rounds=int(run["num-server-rounds"]), timeout=float(run["round-timeout"]),
         train_config=train_config,
         evaluate_fn=central_evaluator(run) if run.get("central-eval") else None)
     if out is not None:
-        save_run(out, result, time.perf_counter() - start)
+        save_run(out, result, time.perf_counter() - start, initial)
 
 
 def server_app() -> ServerApp:
