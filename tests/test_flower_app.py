@@ -114,7 +114,7 @@ def test_compile_target_flower_needs_an_output_folder(capsys):
 
 
 @pytest.mark.parametrize("data,code,message", [
-    ("digit", 1, "did you mean 'digits'"),
+    ("digit", 2, "did you mean 'digits'"),
     ("iris", 1, "4 features per example but input 'x' is f32[64]"),
     ("missing.npz", 2, "no such data file"),
     ("", 2, "no dataset given"),
