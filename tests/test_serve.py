@@ -982,3 +982,10 @@ def test_port_0_serves_on_the_free_port_the_banner_names(bundle, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_server_that_fails_to_start_leaves_no_lock_or_state_file(bundle, tmp_path):
+    state = tmp_path / "s.db"
+    out = fedc("serve", str(bundle), "--state", str(state), "--certfile", "x.pem")
+    assert out.returncode == 2 and "give both --certfile and --keyfile" in out.stderr
+    assert list(tmp_path.iterdir()) == []

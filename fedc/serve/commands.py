@@ -369,16 +369,14 @@ def cmd_serve(args: argparse.Namespace) -> dict[str, Any]:
     if args.flower_superlink and args.exit_when_done:
         raise UsageError.at("--exit-when-done: with --flower-superlink the Flower federation "
                             "decides when it ends (stop the bridge with SIGTERM)")
-    from .store import serving
-    with serving(args.state):  # one running server per state file
-        if args.flower_superlink:  # one node of a Flower federation (flower_bridge.py)
-            from .flower_bridge import serve_bridge
-            return serve_bridge(args)
-        tls = _tls(args)
-        args.port = _check_port(args.host, args.port)
-        with tempfile.TemporaryDirectory(prefix="fedc-bundle-") as scratch:
-            bundle_dir, wasm, manifest = _load_bundle(args, Path(scratch))
-            return _run(args, bundle_dir, wasm, manifest, tls)
+    if args.flower_superlink:  # one node of a Flower federation (flower_bridge.py)
+        from .flower_bridge import serve_bridge
+        return serve_bridge(args)
+    tls = _tls(args)
+    args.port = _check_port(args.host, args.port)
+    with tempfile.TemporaryDirectory(prefix="fedc-bundle-") as scratch:
+        bundle_dir, wasm, manifest = _load_bundle(args, Path(scratch))
+        return _run(args, bundle_dir, wasm, manifest, tls)
 
 
 def _run(args: argparse.Namespace, bundle_dir: Path, wasm: bytes, manifest: dict[str, Any],
@@ -399,7 +397,8 @@ def _run(args: argparse.Namespace, bundle_dir: Path, wasm: bytes, manifest: dict
         return model.get_weights()  # type: ignore[no-any-return]
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    coord = Coordinator(Store(args.state), manifest, config, initial, evaluate)
+    # one running server per state file: Store.for_server holds its lock
+    coord = Coordinator(Store.for_server(args.state), manifest, config, initial, evaluate)
     scheme = "https" if tls else "http"
     print(f"fedc: serving {manifest['model']} ({coord.num_params} parameters, "
           f"{4 * coord.num_params}-byte updates) on {scheme}://{args.host}:{args.port}/ — "

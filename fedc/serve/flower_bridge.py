@@ -269,8 +269,8 @@ def _coordinator(args: argparse.Namespace, wasm: bytes,
         model.init_weights(args.seed)
         return model.get_weights()  # type: ignore[no-any-return]
 
-    return BridgeCoordinator(Store(args.state), manifest, _config(args, manifest), initial,
-                             evaluate)
+    config = _config(args, manifest)
+    return BridgeCoordinator(Store.for_server(args.state), manifest, config, initial, evaluate)
 
 
 def _run_bridge(args: argparse.Namespace, bundle_dir: Path, wasm: bytes,

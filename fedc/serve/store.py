@@ -49,11 +49,10 @@ CREATE TABLE IF NOT EXISTS rejections (
 TABLES = {"meta", "clients", "models", "rounds", "updates", "rejections"}
 
 
-@contextmanager
-def serving(path: str | Path) -> Iterator[None]:
-    """Hold the state file for one running server: a second `fedc serve` on the same file (two
-    coordinators would both open, close and number rounds) is refused while this one runs. The
-    lock is `<state>.lock` (an OS file lock, released when the process ends however it ends);
+def _server_lock(path: str | Path) -> Any:
+    """The lock of one running server on its state file: a second `fedc serve` on the same
+    file (two coordinators would both open, close and number rounds) is refused while this one
+    runs. It is `<state>.lock`, an OS file lock released when the process ends however it ends;
     the token and export commands do not take it, they are meant to run beside a server."""
     from filelock import FileLock, Timeout
 
@@ -68,10 +67,7 @@ def serving(path: str | Path) -> Iterator[None]:
             from None
     except OSError as exc:
         raise ServeError.at(f"cannot lock {path}.lock: {exc.strerror or exc}") from None
-    try:
-        yield
-    finally:
-        lock.release()
+    return lock
 
 
 def weights_sha256(weights: np.ndarray) -> str:
@@ -104,6 +100,7 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock: Any = None  # a running server's (for_server)
         if self.path.is_dir():  # sqlite3 says only "unable to open database file"
             raise ServeError.at(f"{self.path} is a folder, not a fedc state file")
         try:
@@ -126,8 +123,24 @@ class Store:
         if fmt is not None and fmt != FORMAT:
             raise ServeError.at(f"{self.path}: state format {fmt!r}, expected {FORMAT!r}")
 
+    @classmethod
+    def for_server(cls, path: str | Path) -> Store:
+        """The state file opened by a running server, which holds its lock until it closes it
+        or exits (see _server_lock)."""
+        lock = _server_lock(path)
+        try:
+            store = cls(path)
+        except BaseException:
+            lock.release()
+            raise
+        store._lock = lock
+        return store
+
     def close(self) -> None:
         self.db.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def check_model(self, manifest: dict[str, Any]) -> None:
         """ServeError unless the state belongs to this module (or is new)."""
