@@ -137,11 +137,34 @@ function jsonObject(bytes) {
   }
 }
 
+/** The server's URL without a trailing slash; a typo in it is an error, not a retry (as
+ * fedc_client._base_url): fetch fails alike for 'localhost:8080' and for a server that is down,
+ * so the page retried it for two minutes and then said it could not reach it. */
+function baseUrl(server) {
+  let url = null;
+  try { url = new URL(server); } catch (err) { /* not a URL at all */ }
+  if (!url || !['http:', 'https:'].includes(url.protocol) || !url.hostname) {
+    throw new ClientError(`the server URL ${JSON.stringify(server)} is not an http:// or https:// URL`);
+  }
+  return server.replace(/\/+$/, '');
+}
+
+/** A token fits in an HTTP header: fetch refuses a non-Latin-1 character (a pasted '…') or a
+ * line break before sending, with the TypeError a dead server gives, so it too was retried. */
+function checkToken(token) {
+  const bad = /[^\x21-\x7e]/.exec(token);
+  if (bad) {
+    throw new ClientError(`the token contains ${JSON.stringify(bad[0])}, which no fedc token has `
+      + '(a token is fedc1.<id>.<secret>, as fedc serve --issue-tokens printed it)');
+  }
+  return token;
+}
+
 export class FedcClient {
   /** server: base URL; token: fedc1.<id>.<secret>; model: a Model; onEvent(event) for progress. */
   constructor({ server, token, model, onEvent = () => {}, retryFor = 120 }) {
-    this.server = server.replace(/\/+$/, '');
-    this.token = token;
+    this.server = baseUrl(server);
+    this.token = checkToken(token);
     this.model = model;
     this.onEvent = onEvent;
     this.retryFor = retryFor; // seconds to keep retrying while the server is unreachable
