@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from .cdp import Chromium, Page, chromium_path
@@ -102,3 +103,41 @@ def test_a_token_or_server_url_that_cannot_be_sent_is_an_error_at_once(
         assert server.status()["connected"] == []
     finally:
         server.stop()
+
+
+def _digits(bundle: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(bundle / "data" / "client-0.npz") as npz:
+        return npz["x"], npz["y"]
+
+
+def _with(a: np.ndarray, index: tuple[int, ...], value: float) -> np.ndarray:
+    a = a.astype(np.float32 if np.isnan(value) else a.dtype)
+    a[index] = value
+    return a
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    (lambda x, y: {"x": x[:0], "y": y[:0]}, "'x' and 'y' have no rows"),
+    (lambda x, y: {"x": x, "y": _with(y, (7,), 10)}, "class label 10 is outside 0..9"),
+    (lambda x, y: {"x": _with(x, (5, 3), np.nan), "y": y}, "input x contains NaN or Inf"),
+    (lambda x, y: {"x": x[:, :63], "y": y}, "'x' expects rows of shape [64] but got [63]"),
+    (lambda x, y: {"x": x, "y": np.eye(10, dtype=np.int32)[y]},
+     "'y' expects rows of shape [] but got [10]"),
+    (lambda x, y: {"x": np.float32(1), "y": y}, "'x' has shape [] but 'y' has [719]"),
+])
+def test_data_that_does_not_fit_the_model_is_refused_before_joining(
+        bundle, tmp_path, page, arrays, message):
+    # the page joined, was sampled, and found out when training (an empty file was trained,
+    # sent, and refused by the server: "num_examples must be in 1..1000000000, got 0")
+    x, y = _digits(bundle)
+    name = f"bad-{tmp_path.name}.npz"
+    np.savez(bundle / name, **arrays(x, y))
+    server, tokens = _serve(bundle, tmp_path / "s.db", "--rounds", "100")
+    try:
+        state = _run(page, _url(server, token=tokens[0], data=name))
+        status = server.status()
+    finally:
+        server.stop()
+    assert state["error"] == message, state
+    assert "joined" not in state["log"] and not state["button"] and state["errors"] == []
+    assert status["connected"] == [] and status["round"] == 1

@@ -1,7 +1,7 @@
 // fedc's JavaScript edge client: the server protocol (docs/protocol.md) over fetch, local training
 // with fedc-runtime.js, and a command line for Node. Runs unchanged in browsers and Node ≥ 20.
 // `fedc bundle` inlines this file after fedc-runtime.js into one module, fedc-client.js.
-import { Model, RuntimeDataError, Shuffle, asBytes, asDtype, readNpz } from './fedc-runtime.js';
+import { Model, RuntimeDataError, Shuffle, asBytes, asDtype, checkData, readNpz } from './fedc-runtime.js';
 
 export class ClientError extends Error {
   constructor(message, status = 0, code = '') {
@@ -96,16 +96,36 @@ export function checkTask(meta, values, numParams) {
 
 // --- data and local training ------------------------------------------------------------------
 
-/** A .npz file's arrays x and y as the model's typed arrays: {x, y, rows}. */
+const shapeText = (shape) => `[${shape.join(', ')}]`;
+
+/** An array's rows against the declared per-example shape (reshaped losslessly, as Python's
+ * _conform: x of shape (n, 8, 8) feeds f32[64]). */
+function checkRows(array, decl, name) {
+  const [, ...row] = array.shape;
+  if (row.reduce((a, b) => a * b, 1) !== decl.shape.reduce((a, b) => a * b, 1)) {
+    throw new RuntimeDataError(`'${name}' expects rows of shape ${shapeText(decl.shape)} but got ${shapeText(row)}`);
+  }
+}
+
+/** A .npz file's arrays x and y as the model's typed arrays: {x, y, rows}, checked against the
+ * model as fedc_client.load_data does, so a client refuses data that does not fit before it
+ * joins (it found out when sampled, holding a place in the round; an empty file was sent and
+ * refused by the server as "num_examples … got 0"). */
 export async function loadData(bytes, manifest) {
   const arrays = await readNpz(bytes);
   if (!arrays.x || !arrays.y) {
     throw new RuntimeDataError(`a data file needs arrays 'x' and 'y'; it has: ${Object.keys(arrays).join(', ') || 'none'}`);
   }
+  if (!arrays.x.shape.length || !arrays.y.shape.length || arrays.y.shape[0] !== arrays.x.shape[0]) {
+    throw new RuntimeDataError(`'x' has shape ${shapeText(arrays.x.shape)} but 'y' has ${shapeText(arrays.y.shape)}`);
+  }
   const rows = arrays.x.shape[0];
-  if (arrays.y.shape[0] !== rows) throw new RuntimeDataError(`'x' has ${rows} rows but 'y' has ${arrays.y.shape[0]}`);
+  if (rows === 0) throw new RuntimeDataError("'x' and 'y' have no rows");
+  checkRows(arrays.x, manifest.inputs[0], 'x');
+  checkRows(arrays.y, manifest.targets[0], 'y');
   const x = asDtype(arrays.x, manifest.inputs[0].dtype, 'x');
   const y = asDtype(arrays.y, manifest.targets[0].dtype, 'y');
+  checkData(manifest, x, y); // NaN, labels outside the classes, token ids outside the vocabulary
   return { x, y, rows };
 }
 

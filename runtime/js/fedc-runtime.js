@@ -315,6 +315,69 @@ function checkNotBigInt(a, what, dtype) {
   }
 }
 
+/** x as {name: array}: a typed or plain array is the one input (an Int32Array of token ids
+ * as much as a Float32Array of features), an object names every input. */
+function namedInputs(manifest, x) {
+  const decls = manifest.inputs;
+  if (ArrayBuffer.isView(x) || Array.isArray(x)) {
+    if (decls.length !== 1) throw new RuntimeDataError(`the model has ${decls.length} inputs: pass an object by name`);
+    return { [decls[0].name]: x };
+  }
+  if (x === null || typeof x !== 'object') throw new RuntimeDataError(`inputs must be an array or an object of arrays by name, got ${x}`);
+  return x;
+}
+
+/** The rows of every input, checked against the manifest (shape, NaN, token ids). */
+function checkInputs(manifest, xs, rows) {
+  for (const d of manifest.inputs) {
+    const a = xs[d.name];
+    if (!a) throw new RuntimeDataError(`missing input ${d.name}`);
+    checkNotBigInt(a, `input ${d.name}`, d.dtype);
+    if (a.length !== rows * rowSize(d.shape)) {
+      throw new RuntimeDataError(`input ${d.name}: ${a.length} values is not ${rows} rows of ${rowSize(d.shape)}`);
+    }
+    if (d.dtype === 'f32') {
+      if (!allFinite(a)) throw new RuntimeDataError(`input ${d.name} contains NaN or Inf`);
+    } else if (d.vocab !== undefined) { // token ids feeding an embedding
+      for (let i = 0; i < a.length; i++) {
+        if (!(Number.isInteger(a[i]) && a[i] >= 0 && a[i] < d.vocab)) {
+          throw new RuntimeDataError(`input ${d.name} holds token id ${a[i]}, outside the embedding's vocabulary 0..${d.vocab - 1}`);
+        }
+      }
+    } else { // the Int32Array copy would truncate 2.5 and wrap 2**32 + 3
+      for (let i = 0; i < a.length; i++) {
+        if (!(Number.isInteger(a[i]) && a[i] >= -2147483648 && a[i] <= 2147483647)) {
+          throw new RuntimeDataError(`input ${d.name} must hold int32 integers, found ${shown(a[i])}`);
+        }
+      }
+    }
+  }
+}
+
+/** x: one input's typed array of rows·features (or {name: typed array} for several inputs);
+ * y: targets. {xs, rows} once every value fits the manifest's model (as Model's calls check). */
+export function checkData(manifest, x, y) {
+  const xs = namedInputs(manifest, x);
+  const t = manifest.targets[0];
+  if (!(ArrayBuffer.isView(y) || Array.isArray(y))) throw new RuntimeDataError(`target ${t.name} must be an array, got ${y}`);
+  checkNotBigInt(y, `target ${t.name}`, t.dtype);
+  const rows = y.length / rowSize(t.shape);
+  if (!Number.isInteger(rows)) throw new RuntimeDataError(`target ${t.name}: length ${y.length} is not a whole number of rows`);
+  checkInputs(manifest, xs, rows);
+  if (t.dtype === 'f32') { // regression and binary targets: NaN made every weight NaN
+    if (!allFinite(y)) throw new RuntimeDataError(`target ${t.name} contains NaN or Inf`);
+  } else if (t.classes !== undefined) {
+    for (let i = 0; i < y.length; i++) {
+      // a fraction or a string would be truncated or coerced by the Int32Array copy
+      if (!(Number.isInteger(y[i]) && y[i] >= 0 && y[i] < t.classes)) {
+        throw new RuntimeDataError(`class label ${y[i]} is outside 0..${t.classes - 1}`);
+      }
+    }
+  }
+  return { xs, rows };
+}
+
+
 export class Model {
   /** Compile and instantiate model.wasm (bytes) described by manifest (a parsed object). */
   static async create(wasmBytes, manifest) {
@@ -465,67 +528,11 @@ export class Model {
     this.hparams[i] = value;
   }
 
-  /** x as {name: array}: a typed or plain array is the one input (an Int32Array of token ids
-   * as much as a Float32Array of features), an object names every input. */
-  _named(x) {
-    const decls = this.manifest.inputs;
-    if (ArrayBuffer.isView(x) || Array.isArray(x)) {
-      if (decls.length !== 1) throw new RuntimeDataError(`the model has ${decls.length} inputs: pass an object by name`);
-      return { [decls[0].name]: x };
-    }
-    if (x === null || typeof x !== 'object') throw new RuntimeDataError(`inputs must be an array or an object of arrays by name, got ${x}`);
-    return x;
-  }
+  _named(x) { return namedInputs(this.manifest, x); }
 
-  /** The rows of every input, checked against the manifest (shape, NaN, token ids). */
-  _checkInputs(xs, rows) {
-    for (const d of this.manifest.inputs) {
-      const a = xs[d.name];
-      if (!a) throw new RuntimeDataError(`missing input ${d.name}`);
-      checkNotBigInt(a, `input ${d.name}`, d.dtype);
-      if (a.length !== rows * rowSize(d.shape)) {
-        throw new RuntimeDataError(`input ${d.name}: ${a.length} values is not ${rows} rows of ${rowSize(d.shape)}`);
-      }
-      if (d.dtype === 'f32') {
-        if (!allFinite(a)) throw new RuntimeDataError(`input ${d.name} contains NaN or Inf`);
-      } else if (d.vocab !== undefined) { // token ids feeding an embedding
-        for (let i = 0; i < a.length; i++) {
-          if (!(Number.isInteger(a[i]) && a[i] >= 0 && a[i] < d.vocab)) {
-            throw new RuntimeDataError(`input ${d.name} holds token id ${a[i]}, outside the embedding's vocabulary 0..${d.vocab - 1}`);
-          }
-        }
-      } else { // the Int32Array copy would truncate 2.5 and wrap 2**32 + 3
-        for (let i = 0; i < a.length; i++) {
-          if (!(Number.isInteger(a[i]) && a[i] >= -2147483648 && a[i] <= 2147483647)) {
-            throw new RuntimeDataError(`input ${d.name} must hold int32 integers, found ${shown(a[i])}`);
-          }
-        }
-      }
-    }
-  }
+  _checkInputs(xs, rows) { checkInputs(this.manifest, xs, rows); }
 
-  // x: one input's typed array of rows·features (or {name: typed array} for several inputs);
-  // y: targets
-  _data(x, y) {
-    const xs = this._named(x);
-    const t = this.manifest.targets[0];
-    if (!(ArrayBuffer.isView(y) || Array.isArray(y))) throw new RuntimeDataError(`target ${t.name} must be an array, got ${y}`);
-    checkNotBigInt(y, `target ${t.name}`, t.dtype);
-    const rows = y.length / rowSize(t.shape);
-    if (!Number.isInteger(rows)) throw new RuntimeDataError(`target ${t.name}: length ${y.length} is not a whole number of rows`);
-    this._checkInputs(xs, rows);
-    if (t.dtype === 'f32') { // regression and binary targets: NaN made every weight NaN
-      if (!allFinite(y)) throw new RuntimeDataError(`target ${t.name} contains NaN or Inf`);
-    } else if (t.classes !== undefined) {
-      for (let i = 0; i < y.length; i++) {
-        // a fraction or a string would be truncated or coerced by the Int32Array copy
-        if (!(Number.isInteger(y[i]) && y[i] >= 0 && y[i] < t.classes)) {
-          throw new RuntimeDataError(`class label ${y[i]} is outside 0..${t.classes - 1}`);
-        }
-      }
-    }
-    return { xs, rows };
-  }
+  _data(x, y) { return checkData(this.manifest, x, y); }
 
   _write(xs, y, order, start, n) {
     for (const d of this.manifest.inputs) copyRows(xs[d.name], this.inputs[d.name], rowSize(d.shape), order, start, n);
