@@ -141,3 +141,25 @@ def test_data_that_does_not_fit_the_model_is_refused_before_joining(
     assert state["error"] == message, state
     assert "joined" not in state["log"] and not state["button"] and state["errors"] == []
     assert status["connected"] == [] and status["round"] == 1
+
+
+def test_a_diverged_federation_is_not_shown_as_done(tmp_path, page, digits_mlp_source):
+    # FedAvgM with server_lr 1e45 makes round 1's aggregate Inf: the tasks then say "done", as
+    # after the last round, and the page said "done" as if the federation had finished
+    from fedc.harness.bundle import demo_partitions, write_bundle
+    from fedc.pipeline import compile_source
+
+    art = compile_source(digits_mlp_source.replace("strategy = fedavg", "strategy = fedavgm"),
+                         "m.fed")
+    bundle = tmp_path / "bundle"
+    write_bundle(art.wasm, art.manifest, bundle, demo_partitions("digits", 1, 0, art.manifest))
+    server, tokens = _serve(bundle, tmp_path / "s.db", "--rounds", "5",
+                            "--strategy-opt", "server_lr=1e45")
+    try:
+        state = _run(page, _url(server, token=tokens[0], data="data/client-0.npz"),
+                     until=lambda s: "diverged" in s["shown"] or bool(s["error"]))
+        assert server.status()["status"] == "diverged"
+    finally:
+        server.stop()
+    assert state["shown"].startswith("stopped: the federation diverged in round 1 "), state
+    assert state["accepted"] == 1 and state["error"] is None and state["errors"] == []

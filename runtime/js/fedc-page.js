@@ -23,11 +23,22 @@ function log(line) {
   el.scrollTop = el.scrollHeight;
 }
 
+/** The server's status (null if it cannot be had), its latest model's accuracy shown. */
 async function refreshGlobal(server) {
   try {
     const status = await (await fetch(`${server}/api/v1/status`)).json();
     state.globalAccuracy = status.latest.accuracy;
+    return status;
   } catch (err) { /* the status is informative only */ }
+  return null;
+}
+
+/** A diverged federation's tasks say "done" as a finished one's do: only the status tells. */
+function diverged(status) {
+  if (!status || status.status !== 'diverged') return null;
+  const last = (status.rounds_history || []).filter((r) => r.outcome === 'diverged').pop();
+  return `stopped: the federation diverged${last ? ` in round ${last.round}` : ''} (its aggregate had `
+    + 'NaN or Inf weights); the global model is the last finite one';
 }
 
 function onEvent(server, e) {
@@ -42,7 +53,13 @@ function onEvent(server, e) {
     refreshGlobal(server).then(show);
   }
   if (e.event === 'skipped') state.skipped += 1;
-  if (e.event === 'done') { state.phase = 'done'; refreshGlobal(server).then(show); }
+  if (e.event === 'done') {
+    state.phase = 'done';
+    refreshGlobal(server).then((status) => {
+      state.phase = diverged(status) || state.phase;
+      show();
+    });
+  }
   log(`${e.event}${e.round !== undefined ? ` round ${e.round}` : ''}${e.reason ? `: ${e.reason}` : ''}`);
   show();
 }
