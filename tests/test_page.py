@@ -163,3 +163,28 @@ def test_a_diverged_federation_is_not_shown_as_done(tmp_path, page, digits_mlp_s
         server.stop()
     assert state["shown"].startswith("stopped: the federation diverged in round 1 "), state
     assert state["accepted"] == 1 and state["error"] is None and state["errors"] == []
+
+
+def test_a_finished_federation_says_done_in_a_live_region_and_no_request_carries_the_data(
+        bundle, tmp_path, page):
+    # the state is announced to screen readers (it had no aria-live: a blind user heard
+    # nothing of joining, errors or the end); only update frames leave the page
+    page.send("Network.enable")
+    server, tokens = _serve(bundle, tmp_path / "s.db", "--rounds", "2")
+    try:
+        state = _run(page, _url(server, token=tokens[0], data="data/client-0.npz"),
+                     until=lambda s: s["phase"] == "done" or bool(s["error"]))
+    finally:
+        server.stop()
+    assert state["phase"] == "done" and state["accepted"] == 2 and state["errors"] == [], state
+    live = page.evaluate("(() => { const e = document.getElementById('state');"
+                         " return [e.getAttribute('role'), e.getAttribute('aria-live')]; })()")
+    assert live == ["status", "polite"]
+    sent = [e["params"] for e in page.events if e.get("method") == "Network.requestWillBeSent"]
+    origin = server.url + "/"
+    assert all(s["request"]["url"].startswith(origin) for s in sent), sent  # no CDN either
+    posts = [s["request"] for s in sent if s["request"]["method"] == "POST"]
+    assert [p["url"][len(origin):] for p in posts] == ["api/v1/join"] + ["api/v1/update"] * 2
+    assert not posts[0].get("hasPostData")
+    updates = posts[1:]
+    assert all(p["headers"].get("Content-Type") == "application/x-fedc-frame" for p in updates)
