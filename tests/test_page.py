@@ -188,3 +188,22 @@ def test_a_finished_federation_says_done_in_a_live_region_and_no_request_carries
     assert not posts[0].get("hasPostData")
     updates = posts[1:]
     assert all(p["headers"].get("Content-Type") == "application/x-fedc-frame" for p in updates)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ("http://[bad", 'the data URL "http://[bad" is not a valid URL'),
+    ("http://127.0.0.1:9/x.npz", "cannot fetch http://127.0.0.1:9/x.npz: "),
+    ("data/missing.npz", "cannot fetch data/missing.npz: HTTP 404"),
+    ("index.html", "not a .npz file (expected arrays saved with numpy.savez)"),
+])
+def test_an_autostart_data_url_that_gives_no_npz_is_an_error_naming_it(
+        bundle, tmp_path, page, data, message):
+    # the first two said only "TypeError: Failed to construct 'URL': Invalid URL" and
+    # "TypeError: Failed to fetch"
+    server, tokens = _serve(bundle, tmp_path / "s.db")
+    try:
+        state = _run(page, _url(server, token=tokens[0], data=data))
+    finally:
+        server.stop()
+    assert state["error"].startswith(message), state
+    assert "joined" not in state["log"] and not state["button"] and state["errors"] == []

@@ -69,7 +69,13 @@ async function dataBytes() {
   if (file) return new Uint8Array(await file.arrayBuffer());
   const url = $('demo').value || new URLSearchParams(location.search).get('data');
   if (!url) throw new ClientError('choose a data file (or a demo partition) first');
-  const res = await fetch(new URL(url, location.href));
+  // a bad URL or an unreachable host showed only 'TypeError: Failed to fetch', naming no file
+  let where;
+  try { where = new URL(url, location.href); } catch (err) {
+    throw new ClientError(`the data URL ${JSON.stringify(url)} is not a valid URL`);
+  }
+  let res;
+  try { res = await fetch(where); } catch (err) { throw new ClientError(`cannot fetch ${url}: ${err.message}`); }
   if (!res.ok) throw new ClientError(`cannot fetch ${url}: HTTP ${res.status}`);
   return new Uint8Array(await res.arrayBuffer());
 }
