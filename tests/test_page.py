@@ -188,6 +188,11 @@ def test_a_finished_federation_says_done_in_a_live_region_and_no_request_carries
     assert not posts[0].get("hasPostData")
     updates = posts[1:]
     assert all(p["headers"].get("Content-Type") == "application/x-fedc-frame" for p in updates)
+    # the token left the address bar (and the history) once read; the data URL stayed
+    shown = urllib.parse.parse_qs(urllib.parse.urlparse(page.evaluate("location.href")).query)
+    assert "token" not in shown and shown["data"] == ["data/client-0.npz"], shown
+    assert page.evaluate("document.getElementById('token').value") == tokens[0]
+    assert all(tokens[0] not in s["request"]["headers"].get("Referer", "") for s in sent)
 
 
 @pytest.mark.parametrize(("data", "message"), [

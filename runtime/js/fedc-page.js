@@ -103,7 +103,13 @@ async function start() {
 
 const params = new URLSearchParams(location.search);
 if (params.get('server')) $('server').value = params.get('server');
-if (params.get('token')) $('token').value = params.get('token');
+if (params.get('token')) {
+  $('token').value = params.get('token');
+  // out of the address bar and the history (bookmarks, shared screens, Referer headers)
+  const clean = new URL(location.href);
+  clean.searchParams.delete('token');
+  history.replaceState(null, '', clean);
+}
 $('join').addEventListener('click', start);
 show();
 if (params.get('autostart') === '1') start();
