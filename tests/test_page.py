@@ -212,3 +212,38 @@ def test_an_autostart_data_url_that_gives_no_npz_is_an_error_naming_it(
         server.stop()
     assert state["error"].startswith(message), state
     assert "joined" not in state["log"] and not state["button"] and state["errors"] == []
+
+
+def test_a_round_the_server_closed_before_the_update_says_skipped(bundle, tmp_path, page):
+    """Another client's update closes round 1 at its deadline while the page still trains,
+    and round 2 cannot open (both clients were silent past the client timeout): the page's
+    update is refused (409), and the page said "training" until a next round came."""
+    from .serve_util import load_client_module
+    server, tokens = _serve(bundle, tmp_path / "s.db", "--rounds", "2", "--min-clients", "2",
+                            "--clients-per-round", "2", "--min-updates", "1",
+                            "--round-timeout", "2", "--client-timeout", "1.5",
+                            "--local-epochs", "3000")
+    try:
+        client_mod = load_client_module(bundle)
+        fast = client_mod.Client(server.url, tokens[1], client_mod.Model.load(bundle),
+                                 retry_for=5)
+        fast.join()
+        page.send("Page.navigate", {"url": _url(server, token=tokens[0],
+                                                data="data/client-0.npz")})
+        deadline = time.monotonic() + 20
+        while server.status().get("open_round") is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        task, weights = fast.task()
+        assert task["status"] == "train" and task["round"] == 1
+        fast.send(task, weights, 10, 0.0, {})
+        state: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            state = json.loads(page.evaluate(STATE))
+            if state["phase"].startswith("skipped") or state["error"]:
+                break
+            time.sleep(0.2)
+    finally:
+        server.stop()
+    assert state["phase"].startswith("skipped round 1 (") and state["error"] is None, state
+    assert state["phase"].endswith("); waiting for the next round"), state

@@ -52,7 +52,10 @@ function onEvent(server, e) {
     state.localAccuracy = e.local_accuracy;
     refreshGlobal(server).then(show);
   }
-  if (e.event === 'skipped') state.skipped += 1;
+  if (e.event === 'skipped') { // e.g. too late for the round's deadline: the next round may take it
+    state.skipped += 1;
+    state.phase = `skipped round ${e.round} (${e.reason}); waiting for the next round`;
+  }
   if (e.event === 'done') {
     state.phase = 'done';
     refreshGlobal(server).then((status) => {
