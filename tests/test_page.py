@@ -237,13 +237,40 @@ def test_a_round_the_server_closed_before_the_update_says_skipped(bundle, tmp_pa
         task, weights = fast.task()
         assert task["status"] == "train" and task["round"] == 1
         fast.send(task, weights, 10, 0.0, {})
-        state: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            state = json.loads(page.evaluate(STATE))
-            if state["phase"].startswith("skipped") or state["error"]:
-                break
-            time.sleep(0.2)
+        state = _poll(page, lambda s: s["phase"].startswith("skipped") or bool(s["error"]))
     finally:
         server.stop()
     assert state["phase"].startswith("skipped round 1 (") and state["error"] is None, state
     assert state["phase"].endswith("); waiting for the next round"), state
+
+
+def test_an_unreachable_server_shows_until_it_answers_again(bundle, tmp_path, page):
+    """The page said "joined as …" while it retried a server that was down (the retries only
+    in its log); now it says so, and goes back to what it showed once the server answers."""
+    server, tokens = _serve(bundle, tmp_path / "s.db", "--min-clients", "2",
+                            "--clients-per-round", "2")  # no round opens: the page waits
+    try:
+        joined = _run(page, _url(server, token=tokens[0], data="data/client-0.npz"),
+                      until=lambda s: s["phase"].startswith("joined as"))
+        assert joined["phase"].startswith("joined as"), joined
+        server.kill()
+        down = _poll(page, lambda s: s["phase"].startswith("cannot reach the server ("))
+        assert down["phase"].endswith("); retrying") and down["error"] is None, down
+        server.start()
+        back = _poll(page, lambda s: not s["phase"].startswith("cannot reach"))
+        assert back["phase"] == joined["phase"] and back["error"] is None, back
+        assert "reconnected" in back["log"] and page.errors() == []
+    finally:
+        server.stop()
+
+
+def _poll(page: Page, until: Callable[[dict[str, Any]], bool],
+          timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        state = json.loads(page.evaluate(STATE))
+        if until(state):
+            break
+        time.sleep(0.2)
+    return state

@@ -5,6 +5,7 @@ import { ClientError, FedcClient, Model, RuntimeDataError, loadData } from './fe
 
 const $ = (id) => document.getElementById(id);
 const state = { phase: 'idle', round: null, accepted: 0, skipped: 0, events: [], error: null,
+  unreachable: null, // the phase to go back to once the server answers again
   trainLoss: null, localAccuracy: null, globalAccuracy: null };
 window.fedcPage = state;
 
@@ -43,6 +44,14 @@ function diverged(status) {
 
 function onEvent(server, e) {
   state.events.push(e);
+  if (e.event === 'retry' && state.unreachable === null) { // shown until the server answers
+    state.unreachable = state.phase;
+    state.phase = `cannot reach the server (${e.reason}); retrying`;
+  }
+  if (e.event === 'reconnected' && state.unreachable !== null) {
+    state.phase = state.unreachable;
+    state.unreachable = null;
+  }
   if (e.event === 'joined') { state.phase = `joined as ${e.client_id}`; state.round = e.round; }
   if (e.event === 'training') { state.phase = 'training'; state.round = e.round; }
   if (e.event === 'accepted') {

@@ -195,12 +195,15 @@ export class FedcClient {
    * mid-body (fetch's "terminated") is retried like a refused connection, not thrown. */
   async _fetch(path, init = {}) {
     const started = Date.now();
-    for (let wait = 250; ; wait = Math.min(wait * 2, 4000)) {
+    for (let wait = 250, retried = false; ; wait = Math.min(wait * 2, 4000)) {
       try {
         const headers = { Authorization: `Bearer ${this.token}`, ...(init.headers || {}) };
         const res = await fetch(`${this.server}${path}`, { ...init, headers });
-        return { ok: res.ok, status: res.status, bytes: new Uint8Array(await res.arrayBuffer()) };
+        const answer = { ok: res.ok, status: res.status, bytes: new Uint8Array(await res.arrayBuffer()) };
+        if (retried) this.onEvent({ event: 'reconnected' });
+        return answer;
       } catch (err) { // unreachable (e.g. the server restarting): retry, then give up clearly
+        retried = true;
         if (Date.now() - started > this.retryFor * 1000) {
           throw new ClientError(`cannot reach ${this.server}: ${err.cause ? err.cause.message || err.cause.code : err.message}`);
         }

@@ -164,13 +164,18 @@ class Client:
         headers = {"Authorization": f"Bearer {self.token}"}
         if body is not None:
             headers["Content-Type"] = FRAME_TYPE
-        started, wait = time.monotonic(), 0.25
+        started, wait, retried = time.monotonic(), 0.25, False
         while True:
             req = urllib.request.Request(self.server + path, body, headers, method=method)
             try:
                 with urllib.request.urlopen(req, timeout=60, context=self.context) as res:
-                    return bytes(res.read())
+                    answer = bytes(res.read())
+                if retried:  # the server answers again (the JS client says the same)
+                    self.on_event({"event": "reconnected"})
+                return answer
             except urllib.error.HTTPError as err:
+                if retried:
+                    self.on_event({"event": "reconnected"})
                 raise _refusal(err) from None
             except (urllib.error.URLError, ConnectionError, TimeoutError,
                     http.client.HTTPException) as exc:  # HTTPException: e.g. a cut-off reply
@@ -179,6 +184,7 @@ class Client:
                 if time.monotonic() - started > self.retry_for:
                     raise ClientError(f"cannot reach {self.server}: {reason}") from None
                 self.on_event({"event": "retry", "reason": str(reason)})
+                retried = True
                 time.sleep(wait)
                 wait = min(wait * 2, 4.0)
 
