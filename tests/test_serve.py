@@ -458,6 +458,11 @@ def test_python_client_refuses_bad_server_urls_ca_files_and_non_http_ports(clien
     with not_http_server() as url, pytest.raises(client_mod.ClientError,
                                                  match="not an HTTP answer"):
         client_mod.Client(url, "t", model, retry_for=0).join()
+    # a character no HTTP header takes: urllib's UnicodeEncodeError read as 'not a fedc server'
+    for token, shown in (("fedc1.…", "…"), ("fedc1.a b.c", " ")):
+        with pytest.raises(client_mod.ClientError, match=f'the token contains "{shown}", which '
+                                                         "no fedc token has"):
+            client_mod.Client("http://127.0.0.1:9", token, model)
 
 
 @pytest.mark.parametrize("value", ["nan", "-1", "abc"])

@@ -151,7 +151,7 @@ class Client:
     def __init__(self, server: str, token: str, model: Model, *, retry_for: float = 120.0,
                  cafile: str | None = None, on_event: Event | None = None) -> None:
         self.server = _base_url(server)
-        self.token, self.model, self.retry_for = token, model, retry_for
+        self.token, self.model, self.retry_for = _check_token(token), model, retry_for
         try:
             self.context = ssl.create_default_context(cafile=cafile) if cafile else None
         except OSError as exc:  # ssl.SSLError too: a file that is not a PEM certificate
@@ -254,6 +254,18 @@ class Client:
             summary["rounds"] += 1
             summary["accepted" if event["event"] == "accepted" else "skipped"] += 1
             self.on_event(event)
+
+
+def _check_token(token: str) -> str:
+    """A token holds printable ASCII only, as fedc-client.js's checkToken requires: another
+    character cannot go into an HTTP header (a pasted "…" made urllib raise UnicodeEncodeError,
+    which the join reported as 'not a fedc server')."""
+    bad = next((c for c in token if not "\x21" <= c <= "\x7e"), None)
+    if bad is not None:
+        raise ClientError(f"the token contains {json.dumps(bad, ensure_ascii=False)}, which no "
+                          "fedc token has (a token is fedc1.<id>.<secret>, as fedc serve "
+                          "--issue-tokens printed it)")
+    return token
 
 
 def _base_url(server: str) -> str:
