@@ -267,11 +267,12 @@ def _existing_store(args: argparse.Namespace) -> Any:
     return Store(args.state)
 
 
-def _utc(when: float | None) -> str:
-    return "-" if when is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when))
-
-
 def _list_tokens(args: argparse.Namespace) -> dict[str, Any]:
+    from .store import utc_text
+
+    def _utc(when: float | None) -> str:
+        return "-" if when is None else utc_text(when)
+
     store = _existing_store(args)
     clients = store.clients()
     store.close()

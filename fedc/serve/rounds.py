@@ -25,7 +25,7 @@ from ..fl.strategies import ClientUpdate, make_strategy
 from .auth import parse_bearer, verify
 from .protocol import ProtocolError, decode, encode, meta_int
 from .state import restore_strategy, strategy_state
-from .store import RoundRow, Store, StoredUpdate, weights_sha256
+from .store import RoundRow, Store, StoredUpdate, utc_text, weights_sha256
 
 log = logging.getLogger("fedc.serve")
 
@@ -137,7 +137,7 @@ class Coordinator:
                 self.last_seen.pop(client_id, None)
                 raise self._reject(None, ProtocolError(
                     401, "unauthorized", f"the token of client {client_id} was revoked at "
-                    f"{_utc(stored[1])}"))
+                    f"{utc_text(stored[1])} UTC"))
             self.last_seen[client_id] = self.clock()
             self._maybe_open()
             return client_id
@@ -438,10 +438,6 @@ class Coordinator:
             if with_log:
                 out["accepted_log"] = s.accepted_log()
             return out
-
-
-def _utc(when: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
 
 
 def _task_seed(seed: int, rnd: int, client_id: str) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,6 +69,11 @@ def _server_lock(path: str | Path) -> Any:
     except OSError as exc:
         raise ServeError.at(f"cannot lock {path}.lock: {exc.strerror or exc}") from None
     return lock
+
+
+def utc_text(when: float) -> str:
+    """A stored time (seconds since the epoch) as the token commands and refusals show it."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when))
 
 
 def weights_sha256(weights: np.ndarray) -> str:
