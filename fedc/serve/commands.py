@@ -289,14 +289,15 @@ def _list_tokens(args: argparse.Namespace) -> dict[str, Any]:
 
 def _revoke_tokens(args: argparse.Namespace) -> dict[str, Any]:
     store = _existing_store(args)
-    known = [c["client_id"] for c in store.clients()]
-    for cid in args.revoke_token:  # all named clients must exist before any is revoked
-        if cid not in known:
-            store.close()
-            raise UsageError.at(f"--revoke-token {cid!r}: no such client in {args.state}"
-                                f"{did_you_mean(cid, known)} (--list-tokens lists them)")
-    revoked = store.revoke(args.revoke_token, time.time())
-    store.close()
+    try:
+        known = [c["client_id"] for c in store.clients()]
+        for cid in args.revoke_token:  # all named clients must exist before any is revoked
+            if cid not in known:
+                raise UsageError.at(f"--revoke-token {cid!r}: no such client in {args.state}"
+                                    f"{did_you_mean(cid, known)} (--list-tokens lists them)")
+        revoked = store.revoke(args.revoke_token, time.time())
+    finally:
+        store.close()
     already = sorted(set(args.revoke_token) - set(revoked))
     if not args.json:
         if revoked:
