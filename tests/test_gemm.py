@@ -17,8 +17,9 @@ from fedc.lower import gemm
 M_MAX = 33
 M_VALUES = (0, 1, 2, 3, 5, 32, 33)
 # 34: splat A panels (n ≥ SPLAT_MIN_COLS) with a padded remainder; narrower remainders are
-# columns groups (gemm._groups)
-N_VALUES = (1, 3, 4, 7, 8, 10, 12, 13, 34, 128)
+# columns groups (gemm._groups); 5 … 12 are columns groups only (`wide`): one (5), two (7, 10,
+# 12), of unequal widths (11: 6 + 5)
+N_VALUES = (1, 3, 4, 5, 7, 8, 10, 11, 12, 13, 34, 128)
 # 261: packed where shorter depths read in place; at n = 128 (rows 512 bytes apart, 8 of L1's
 # sets) 64 is the deepest read in place and 65 is packed
 K_VALUES = (1, 3, 8, 64, 65, 261)
@@ -321,6 +322,25 @@ def test_remainder_columns_are_columns_groups_unless_a_is_splat() -> None:
     assert layout(3, True) == [(0, 3, 3, True)]
     assert layout(10, False) == [(0, 8, 8, False), (8, 4, 2, False)]
     assert layout(13, False) == [(0, 8, 8, False), (8, 8, 5, False)]
+
+
+def test_narrow_c_is_columns_groups_only_under_mul_add() -> None:
+    """`wide` (simd128's mul + add): 5…12 columns of C as columns groups of nearly equal widths
+    up to WIDE_COLUMNS; 4 or fewer, 13 or more, and relaxed-simd keep the layout above."""
+    def widths(n: int) -> list[tuple[int, int, bool]]:
+        return [(g.first, g.width, g.columns)
+                for g in gemm._groups(n, gemm.NR, True, columns=True, wide=True)]
+
+    assert widths(10) == [(0, 5, True), (5, 5, True)]
+    assert widths(11) == [(0, 6, True), (6, 5, True)]
+    assert widths(5) == [(0, 5, True)]
+    assert widths(12) == [(0, 6, True), (6, 6, True)]
+    assert widths(4) == [(0, 4, False)]
+    assert widths(13) == [(0, 8, False), (8, 4, False), (12, 1, True)]
+    assert gemm._groups(10, gemm.NR, True, columns=False, wide=True) == gemm._groups(
+        10, gemm.NR, True)  # splat A: never columns
+    # scratch fits the wide layout (10 broadcasts a unit of depth) as well as relaxed-simd's
+    assert gemm.scratch_bytes("nn", 33, 10, 7) >= 4 * (10 * gemm.SPLAT * 7 + gemm.MR * 7)
     assert gemm._panel_floats(10, gemm.NR, True, columns=True) == 8 + 2 * gemm.SPLAT
     # scratch holds the larger layout: simd128's splat A with a padded B remainder, or
     # relaxed-simd's plain A with a columns group (here the former)

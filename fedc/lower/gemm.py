@@ -43,6 +43,12 @@ NR = 8
 # relaxed_madd, whose FMAs leave the shuffles a port of their own (_splat_a).
 SPLAT = LANES
 SPLAT_MIN_COLS = 32
+# A narrow C (5…WIDE_COLUMNS_MAX columns: a 10-class output) is computed by columns tiles only,
+# at most WIDE_COLUMNS wide, under mul + add (`wide` in _groups): one A vector times a loaded
+# broadcast per column issues no shuffles, where the 4×8 tile of an 8 + 2 split spends four a
+# step. Not under relaxed_madd: a columns tile's five FMA chains cannot fill two FMA ports.
+WIDE_COLUMNS = 6
+WIDE_COLUMNS_MAX = 12
 
 
 def _c(x: int) -> ir.Constant:
@@ -117,7 +123,8 @@ class Group:
     """`count` consecutive panels of `width` lanes starting at lane `first`; `last_valid` lanes
     of the final panel are real (the rest is padding).
 
-    A `columns` group (B only) is the last 1–3 columns of C, each stored as a <4 x float>
+    A `columns` group (B only) is the last 1–3 columns of C (or, `wide` in _groups, up to
+    WIDE_COLUMNS of a narrow C), each stored as a <4 x float>
     broadcast per unit of depth; its tile holds them as columns of four rows (_column_product).
     """
 
@@ -138,11 +145,23 @@ class Group:
         return self.last_valid == self.width and not self.columns
 
 
-def _groups(lanes: int, width: int, narrow_edge: bool, columns: bool = False) -> list[Group]:
+def _groups(lanes: int, width: int, narrow_edge: bool, columns: bool = False,
+            wide: bool = False) -> list[Group]:
     """Full `width`-lane panels, then the remainder: one panel 4 lanes wide if that is enough
     and narrow_edge (a 4×4 tile beats a 4×8 one that is mostly padding), else padded; with
     `columns`, a full 4-lane panel if the remainder has one, then its last 1–3 lanes as a
-    columns group (a 4×2 edge tile computes 2 columns, not 4 of which 2 are padding)."""
+    columns group (a 4×2 edge tile computes 2 columns, not 4 of which 2 are padding).
+
+    With `columns` and `wide` (mul + add), 5…WIDE_COLUMNS_MAX lanes are columns groups only,
+    of nearly equal widths up to WIDE_COLUMNS: 10 as 5 + 5. Digits' 128 → 10 layer, wasmtime
+    simd128, min of interleaved runs: forward 3.65 → 3.48 µs, weight gradient 3.25 → 2.90
+    (V8: 3.47 → 3.33, 3.10 → 2.69); 5, 6, 7, 9, 11 and 12 classes gained 2–25 %, 9's forward
+    tied. Under relaxed_madd the same split lost (forward 3.3 → 4.0 µs): five FMA chains of
+    latency 4 issue 1.25 FMAs a cycle where the 4×8 tile's eight issue two."""
+    if columns and wide and 4 < lanes <= WIDE_COLUMNS_MAX:
+        count = -(-lanes // WIDE_COLUMNS)
+        widths = [lanes // count + (i < lanes % count) for i in range(count)]
+        return [Group(sum(widths[:i]), 1, w, w, columns=True) for i, w in enumerate(widths)]
     groups = [Group(0, lanes // width, width, width)] if lanes // width else []
     rest = lanes % width
     if columns:
@@ -156,9 +175,10 @@ def _groups(lanes: int, width: int, narrow_edge: bool, columns: bool = False) ->
     return groups
 
 
-def _panel_floats(lanes: int, width: int, narrow_edge: bool, columns: bool = False) -> int:
+def _panel_floats(lanes: int, width: int, narrow_edge: bool, columns: bool = False,
+                  wide: bool = False) -> int:
     """Floats per unit of depth of all panels of _groups(…), padding included."""
-    return sum(g.floats for g in _groups(lanes, width, narrow_edge, columns))
+    return sum(g.floats for g in _groups(lanes, width, narrow_edge, columns, wide))
 
 
 def _st_splat(b: ir.IRBuilder, v: ir.Value, dst: ir.Value, o: ir.Value, lane0: int,
@@ -310,7 +330,7 @@ def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Pane
 
 def _column_product(b: ir.IRBuilder, pa: Panels, pa_i: ir.Value, pb: Panels, pb_j: ir.Value,
                     depth: ir.Value | int, madd: bool = False) -> list[ir.Value]:
-    """acc[j] = Σ_d pa_i[d·lda + 0…3] · pb_j[d·ldb + SPLAT·j] for the w = 1–3 columns of a
+    """acc[j] = Σ_d pa_i[d·lda + 0…3] · pb_j[d·ldb + SPLAT·j] for the w columns of a
     columns group: column j of a 4×w block of C as one vector over its four rows.
 
     Per step one A vector, w broadcasts of B (loaded: the panel stores them splat) and w
@@ -597,12 +617,13 @@ def tn_b_in_place_rows(n: int) -> int:
     return min(IN_PLACE_DEPTH, l1_rows(n) // 2)
 
 
-def _packed_b_floats(kind: Kind, m_max: int, n: int, k: int, columns: bool) -> int:
-    """Floats of B's packed panels (`columns` as the body's groups are made)."""
+def _packed_b_floats(kind: Kind, m_max: int, n: int, k: int, columns: bool,
+                     wide: bool = False) -> int:
+    """Floats of B's packed panels (`columns` and `wide` as the body's groups are made)."""
     if kind == "nt":
         return _panel_floats(k, NR, True, columns) * n
     depth = k if kind == "nn" else m_max
-    groups = _groups(n, NR, True, columns)
+    groups = _groups(n, NR, True, columns, wide)
     in_place = _in_place_b(kind, n, k)  # then only panels with padding or columns are packed
     jit = _jit_b(kind, n, k, columns)  # then the full panels take one panel's room
     return sum(g.floats // g.count if jit and g.count > 1 else g.floats
@@ -610,15 +631,15 @@ def _packed_b_floats(kind: Kind, m_max: int, n: int, k: int, columns: bool) -> i
 
 
 def scratch_bytes(kind: Kind, m_max: int, n: int, k: int, a_packed: bool = False) -> int:
-    """Bytes of scratch emit_matmul needs for a batch of at most m_max rows: the larger of the
-    simd128 layout (splat A where _splat_a, B's columns group where not) and relaxed-simd's
-    (no splat A, a columns group)."""
+    """Bytes of scratch emit_matmul needs for a batch of at most m_max rows: the largest of the
+    simd128 layout (splat A where _splat_a, B's columns groups where not, `wide` ones for a
+    narrow C) and relaxed-simd's (no splat A, a columns group for the last 1–3 columns)."""
     if kind not in _BODIES:
         raise ValueError(f"unknown matmul kind {kind!r}")
     splat = _splat_a(kind, n, k) and not a_packed
-    return 4 * max(_packed_b_floats(kind, m_max, n, k, not s)
+    return 4 * max(_packed_b_floats(kind, m_max, n, k, not s, wide)
                    + (0 if a_packed else _packed_a_floats(kind, m_max, n, k, s))
-                   for s in {splat, False})
+                   for s in {splat, False} for wide in (False, True))
 
 
 def _splat_a(kind: Kind, n: int, k: int, madd: bool = False) -> bool:
@@ -658,14 +679,15 @@ def _packed_a_floats(kind: Kind, m_max: int, n: int, k: int, splat: bool) -> int
 def _b_panels(b: ir.IRBuilder, src: ir.Value, n: int, depth: ir.Value | int,
               scratch: ir.Value, in_place: bool | ir.Value, columns: bool,
               row_sum: ir.Value | None = None, accumulate: bool = False,
-              jit: bool = False) -> list[Panels]:
+              jit: bool = False, wide: bool = False) -> list[Panels]:
     """B[depth, n] as panels: those without padding lanes in place (if in_place; an i1 value
     decides at run time), the others packed at scratch[0…]; with `columns` (A's panels are not
-    splat) the last 1–3 columns as a columns group. With row_sum, also row_sum[j] (+)=
+    splat) the last 1–3 columns as a columns group, or (`wide`) a narrow B all as columns
+    groups (_groups). With row_sum, also row_sum[j] (+)=
     Σ_d B[d, j] (tn's bias gradient). With `jit` (_jit_b), a group of several full panels is
     packed one panel at a time, as _tiles reaches it."""
     panels, packed = [], 0  # floats per unit of depth packed so far
-    for g in _groups(n, NR, narrow_edge=True, columns=columns):
+    for g in _groups(n, NR, narrow_edge=True, columns=columns, wide=wide):
         if in_place is True and g.in_place:
             assert row_sum is None, "row sums are fused into the packing copy"
             panels.append(_in_place(b, src, g, n))
@@ -720,13 +742,14 @@ def emit_pack_a(b: ir.IRBuilder, *, m: int, k: int, a: ir.Value, dst: ir.Value) 
 def _body_nn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: Flavor) -> None:
     m, a, bm, c, bias, scratch = args
     splat = _splat_a("nn", n, k, flavor.madd) and not flavor.a_packed
+    wide = not flavor.madd
     pb = _b_panels(b, bm, n, k, scratch, _in_place_b("nn", n, k), not splat,
-                   jit=_jit_b("nn", n, k, not splat))
+                   jit=_jit_b("nn", n, k, not splat), wide=wide)
     count = ceil_div(b, m, MR)
     if flavor.a_packed:
         pa = _packed(Group(0, 0, MR, MR), a, k, b, count)
     else:
-        dst = _at(b, scratch, _packed_b_floats("nn", 0, n, k, not splat))
+        dst = _at(b, scratch, _packed_b_floats("nn", 0, n, k, not splat, wide))
         pa = _a_panels(b, a, k, m, count, dst, splat, just_in_time=not any(p.pack for p in pb))
     _tiles(b, [pa], pb, k, m, n, c, flavor, bias=bias if flavor.fused else None)
 
@@ -769,8 +792,10 @@ def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
         b_here = (b.icmp_unsigned("<=", m, _c(tn_b_in_place_rows(n))) if flavor.b_in_place
                   else False)
         pb = _b_panels(b, g_mat, n, m, scratch, b_here, not splat,
-                       row_sum if flavor.fused else None, flavor.accumulate)
-    rest = _at(b, scratch, b.mul(m, _c(_packed_b_floats("tn", 1, n, k, not splat))))
+                       row_sum if flavor.fused else None, flavor.accumulate,
+                       wide=not flavor.madd)
+    rest = _at(b, scratch, b.mul(m, _c(_packed_b_floats("tn", 1, n, k, not splat,
+                                                         not flavor.madd))))
     pa = []
     packed = 0  # floats per row of B (unit of depth) packed so far
     for g in _groups(k, MR, narrow_edge=False):
