@@ -100,3 +100,43 @@ def test_gradient_writes_only_its_batch_rows(c):
         want = REGISTRY["softmax_cross_entropy_grad"].ref(
             [np.float64(arrays[0]), arrays[1].astype(np.float64), arrays[2]], {})
         np.testing.assert_allclose(out[:batch], want, rtol=2e-5, atol=2e-6)
+
+
+TINY = np.finfo(np.float32).tiny
+
+
+@pytest.mark.parametrize("c", [3, 10, GROUP_MAX + 1, UNROLL_MAX + 6])  # grouped, row, loop
+def test_confident_rows_give_no_denormal_gradients(c):
+    """A model that has learned its classes puts the others' logits ~100 below the right one;
+    e^(z − max) there is a denormal, which Intel cores compute in microcode (a digits step
+    49.8 → 237 µs). The kernels take e^(z − max) < e^FLUSH_BELOW as 0, as the reference does."""
+    kernel = WasmKernel("softmax_cross_entropy_grad", max_batch=5,
+                        types=(f32(), f32(BATCH, c), i32(BATCH)), attrs={})
+    rng = np.random.default_rng(c)
+    y = rng.integers(0, c, size=5).astype(np.int32)
+    logits = rng.uniform(-110.0, -30.0, size=(5, c)).astype(np.float32)
+    logits[np.arange(5), y] = 0.0
+    got = kernel([np.float32(1.0), logits, y], 5)
+    assert not np.any((got != 0) & (np.abs(got) < TINY)), "a denormal gradient"
+    flushed = logits < softmax.FLUSH_BELOW
+    kept = ~flushed
+    kept[np.arange(5), y] = False  # p_y − 1 rounds to 0 here
+    assert np.all(got[flushed] == 0) and np.all(got[kept] != 0)
+    want = REGISTRY["softmax_cross_entropy_grad"].ref([1.0, logits.astype(np.float64), y], {})
+    others = np.ones_like(kept)
+    others[np.arange(5), y] = False
+    np.testing.assert_allclose(got[others], want[others], rtol=2e-5, atol=1e-30)
+    np.testing.assert_allclose(got[~others], want[~others], atol=1e-7)  # p_y − 1 in float32
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax_grad"])
+def test_softmax_op_flushes_terms_below_the_threshold(op):
+    types = (f32(BATCH, 10),) if op == "softmax" else (f32(BATCH, 10), f32(BATCH, 10))
+    kernel = WasmKernel(op, max_batch=2, types=types, attrs={})
+    x = np.array([[0.0, -43.0, -45.0, -90.0, -100.0, -3.0, -120.0, -50.0, -1.0, -200.0]] * 2,
+                 np.float32)
+    arrays = [x] if op == "softmax" else [np.ones_like(x), x]
+    got = kernel(arrays, 2)
+    assert not np.any((got != 0) & (np.abs(got) < TINY))
+    want = REGISTRY[op].ref([a.astype(np.float64) for a in arrays], {})
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-30)

@@ -10,7 +10,7 @@ import numpy as np
 from llvmlite import ir
 
 from ..ir import BATCH, Node, TensorType, Value, f32
-from ..lower import mathfn
+from ..lower import mathfn, softmax
 from ..lower.context import LowerCtx
 from ..lower.kernels import bcast_w, const_like, emit_map, load_w, loop, store_w
 from ..lower.rows import hmax, hsum, like, row_ptr, rows
@@ -146,8 +146,15 @@ register("gelu_grad", sample=_BINARY, shape=_same_f32("gelu_grad"), ref=_gelu_gr
 
 def _softmax_ref(xs: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     z = xs[0] - xs[0].max(axis=-1, keepdims=True)
-    e = np.exp(z)
+    e = flushed_exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def flushed_exp(z: np.ndarray) -> np.ndarray:
+    """e^z, 0 where z < softmax.FLUSH_BELOW: the softmax kernels' flush of terms that would
+    run into denormals (fedc.lower.softmax)."""
+    with np.errstate(under="ignore"):
+        return np.where(z < softmax.FLUSH_BELOW, np.zeros_like(z), np.exp(z))
 
 
 def _log_softmax_ref(xs: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
@@ -173,7 +180,7 @@ def _softmax_lower(ctx: LowerCtx, node: Node) -> None:
         mx = hmax(b, x, c)
 
         def exp_store(j: ir.Value, vec: bool) -> ir.Value:  # stores e^(x − max), returns it
-            e = mathfn.exp(b, b.fsub(load_w(b, x, j, vec), bcast_w(b, mx, vec)))
+            e = softmax.shifted_exp(b, b.fsub(load_w(b, x, j, vec), bcast_w(b, mx, vec)))
             store_w(b, e, out, j, vec)
             return e
 
@@ -218,7 +225,7 @@ def _log_softmax_grad_lower(ctx: LowerCtx, node: Node) -> None:
     def row(ins: list[ir.Value], out: ir.Value, c: int) -> None:
         dy, y = ins
         total = hsum(b, c, lambda j, vec: load_w(b, dy, j, vec))
-        emit_map(b, c, lambda bb, v: bb.fsub(v[0], bb.fmul(mathfn.exp(bb, v[1]),
+        emit_map(b, c, lambda bb, v: bb.fsub(v[0], bb.fmul(softmax.shifted_exp(bb, v[1]),
                                                             like(bb, total, v[0]))),
                  [dy, y], out)
 
@@ -243,6 +250,6 @@ register("log_softmax", sample=_ROWS, shape=_same_f32("log_softmax"), ref=_log_s
          doc="log_softmax(x): x − max − log Σ e^(x − max) over the last dimension")
 
 register("log_softmax_grad", sample=_ROWS2, shape=_same_f32("log_softmax_grad"),
-         ref=lambda xs, _: xs[0] - np.exp(xs[1]) * xs[0].sum(axis=-1, keepdims=True),
+         ref=lambda xs, _: xs[0] - flushed_exp(xs[1]) * xs[0].sum(axis=-1, keepdims=True),
          lower=_log_softmax_grad_lower,
          doc="dy − e^y · Σ dy over the last dim, y = log_softmax(x)")

@@ -165,7 +165,11 @@ def _xent_grad_shape(ins: tuple[TensorType, ...], attrs: dict[str, Any]) -> Tens
 def _xent_grad_ref(xs: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     g, logits, y = xs
     eps = attrs.get("label_smoothing", 0.0)
-    p = np.exp(_log_softmax(logits)) - eps / logits.shape[1]
+    # 0 where e^(z − max) is flushed (fedc.lower.softmax.FLUSH_BELOW), as the kernels do
+    flushed = logits - logits.max(axis=1, keepdims=True) < softmax.FLUSH_BELOW
+    with np.errstate(under="ignore"):
+        p = np.where(flushed, 0.0, np.exp(_log_softmax(logits))).astype(logits.dtype)
+    p -= eps / logits.shape[1]
     p[np.arange(len(y)), y] -= 1 - eps
     return p * (g / len(y))
 
