@@ -905,6 +905,7 @@ def test_an_sqlite_file_that_is_not_a_fedc_state_is_left_untouched(bundle, tmp_p
         in out.stderr
     with sqlite3.connect(state) as db:
         assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("users",)]
+    assert not (tmp_path / "app.db.lock").exists()  # serve's lock went with the refusal
 
 
 @pytest.mark.parametrize("flags", [["--list-tokens"], ["--revoke-token", "c1"],

@@ -132,12 +132,16 @@ class Store:
     @classmethod
     def for_server(cls, path: str | Path) -> Store:
         """The state file opened by a running server, which holds its lock until it closes it
-        or exits (see _server_lock)."""
+        or exits (see _server_lock). A state file it refuses leaves no lock file behind."""
+        lock_file = Path(f"{path}.lock")
+        existed = lock_file.exists()
         lock = _server_lock(path)
         try:
             store = cls(path)
         except BaseException:
             lock.release()
+            if not existed:
+                lock_file.unlink(missing_ok=True)
             raise
         store._lock = lock
         return store
