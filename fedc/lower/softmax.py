@@ -42,11 +42,15 @@ FLUSH_BELOW = -44.0
 
 
 def shifted_exp(b: ir.IRBuilder, d: ir.Value) -> ir.Value:
-    """e^d for d = z − max ≤ 0, exactly 0 where d < FLUSH_BELOW (NaN stays NaN)."""
-    tiny = b.fcmp_ordered("<", d, _const4(FLUSH_BELOW) if isinstance(d.type, ir.VectorType)
-                          else ir.Constant(F32, FLUSH_BELOW))
-    zero = _const4(0.0) if isinstance(d.type, ir.VectorType) else ir.Constant(F32, 0.0)
-    return b.select(tiny, zero, mathfn.exp(b, d))
+    """e^d for d = z − max ≤ 0, exactly 0 where d < FLUSH_BELOW (NaN stays NaN). The exp is
+    computed at max(d, FLUSH_BELOW): e^d's own last multiply would otherwise round to a denormal
+    below d ≈ −87 and take the microcode assist even though its result is dropped (a memorised
+    digits MLP's step: 60 µs with the select alone, 49 with the clamp too)."""
+    vec = isinstance(d.type, ir.VectorType)
+    lo = _const4(FLUSH_BELOW) if vec else ir.Constant(F32, FLUSH_BELOW)
+    tiny = b.fcmp_ordered("<", d, lo)
+    zero = _const4(0.0) if vec else ir.Constant(F32, 0.0)
+    return b.select(tiny, zero, mathfn.exp(b, b.select(tiny, lo, d)))
 
 
 def _const4(x: float) -> ir.Constant:
