@@ -175,10 +175,9 @@ def _groups(lanes: int, width: int, narrow_edge: bool, columns: bool = False,
     return groups
 
 
-def _panel_floats(lanes: int, width: int, narrow_edge: bool, columns: bool = False,
-                  wide: bool = False) -> int:
+def _panel_floats(lanes: int, width: int, narrow_edge: bool, columns: bool = False) -> int:
     """Floats per unit of depth of all panels of _groups(…), padding included."""
-    return sum(g.floats for g in _groups(lanes, width, narrow_edge, columns, wide))
+    return sum(g.floats for g in _groups(lanes, width, narrow_edge, columns))
 
 
 def _st_splat(b: ir.IRBuilder, v: ir.Value, dst: ir.Value, o: ir.Value, lane0: int,
