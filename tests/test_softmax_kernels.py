@@ -140,3 +140,19 @@ def test_softmax_op_flushes_terms_below_the_threshold(op):
     assert not np.any((got != 0) & (np.abs(got) < TINY))
     want = REGISTRY[op].ref([a.astype(np.float64) for a in arrays], {})
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-30)
+
+
+def test_bce_of_confident_logits_gives_no_denormals():
+    """bce_with_logits' e^−|z| is flushed the same way: |z| > 87 made it a denormal."""
+    types = (f32(), f32(BATCH, 8), f32(BATCH, 8))
+    kernel = WasmKernel("bce_with_logits_grad", max_batch=2, types=types, attrs={})
+    z = np.array([[-120.0, -90.0, -45.0, -43.0, 43.0, 45.0, 90.0, 120.0]] * 2, np.float32)
+    y = (z > 0).astype(np.float32)
+    got = kernel([np.float32(1.0), z, y], 2)
+    assert not np.any((got != 0) & (np.abs(got) < TINY)), "a denormal gradient"
+    assert np.all(got[z < softmax.FLUSH_BELOW] == 0) and np.all(got[z == -43] != 0)
+    want = REGISTRY["bce_with_logits_grad"].ref([1.0, z.astype(np.float64), y], {})
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-30)
+    loss = WasmKernel("bce_with_logits", max_batch=2, types=types[1:], attrs={})
+    np.testing.assert_allclose(loss([z, y], 2), REGISTRY["bce_with_logits"].ref(
+        [z.astype(np.float64), y], {}), rtol=1e-6, atol=1e-12)

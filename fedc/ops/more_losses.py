@@ -11,7 +11,7 @@ import numpy as np
 from llvmlite import ir
 
 from ..ir import BATCH, Node, TensorType, Value, f32
-from ..lower import mathfn
+from ..lower import mathfn, softmax
 from ..lower.context import LowerCtx
 from ..lower.kernels import F32, const_like, emit_map, load, load_w, store
 from ..lower.rows import hsum, like
@@ -120,19 +120,40 @@ def _where(b: ir.IRBuilder, cond: ir.Value, a: ir.Value, c: ir.Value) -> ir.Valu
 
 # --- bce_with_logits: max(z, 0) − z·y + log(1 + e^−|z|)  (torch's stable form) -------------
 
+# e^−|z| is flushed below e^FLUSH_BELOW, as in the softmax kernels (fedc.lower.softmax): a
+# confident logit (|z| > 87) made it a denormal, computed in microcode on Intel cores. The loss
+# does not change (1 + e^−44 rounds to 1); the gradient of such a logit is 0 instead of < 1e-19.
+
 def _bce_ir(b: ir.IRBuilder, z: ir.Value, y: ir.Value, a: Attrs) -> ir.Value:
     zero = const_like(z, 0.0)
     relu = _where(b, b.fcmp_ordered(">", z, zero), z, zero)
-    soft = mathfn.log(b, b.fadd(const_like(z, 1.0), mathfn.exp(b, b.fneg(mathfn.fabs(b, z)))))
+    soft = mathfn.log(b, b.fadd(const_like(z, 1.0), _e_neg_abs(b, z)))
     return b.fadd(b.fsub(relu, b.fmul(z, y)), soft)
+
+
+def _e_neg_abs(b: ir.IRBuilder, z: ir.Value) -> ir.Value:
+    return softmax.shifted_exp(b, b.fneg(mathfn.fabs(b, z)))
+
+
+def _bce_sigmoid(b: ir.IRBuilder, z: ir.Value) -> ir.Value:
+    """mathfn.sigmoid's form (e^−|z| over 1 + e^−|z| for z < 0) with e^−|z| flushed."""
+    e = _e_neg_abs(b, z)
+    num = _where(b, b.fcmp_ordered("<", z, const_like(z, 0.0)), e, const_like(z, 1.0))
+    return b.fdiv(num, b.fadd(e, const_like(z, 1.0)))
+
+
+def _bce_df(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    with np.errstate(under="ignore", over="ignore"):
+        s = np.where(z < softmax.FLUSH_BELOW, 0.0, 1 / (1 + np.exp(-z)))
+    return s - y
 
 
 register_pointwise(Pointwise(
     name="bce_with_logits",
     f=lambda z, y, a: np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))),
-    df=lambda z, y, a: 1 / (1 + np.exp(-z)) - y,
+    df=lambda z, y, a: _bce_df(z, y),
     f_ir=_bce_ir,
-    df_ir=lambda b, z, y, a: b.fsub(mathfn.sigmoid(b, z), y),
+    df_ir=lambda b, z, y, a: b.fsub(_bce_sigmoid(b, z), y),
     task="binary",
     doc="bce_with_logits(logits, y): mean binary cross-entropy of sigmoid(logits) against "
         "y ∈ [0, 1] (PyTorch F.binary_cross_entropy_with_logits)",
