@@ -116,7 +116,11 @@ def tanh(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
 
 def sigmoid(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     """1/(1 + e^-x), as e^-|x| over 1 + e^-|x| for x < 0 so neither sign overflows; NaN → NaN."""
-    e = exp(b, b.fneg(fabs(b, x)))
+    return sigmoid_of(b, x, exp(b, b.fneg(fabs(b, x))))
+
+
+def sigmoid_of(b: ir.IRBuilder, x: ir.Value, e: ir.Value) -> ir.Value:
+    """sigmoid(x) from e = e^-|x| (computed by the caller: bce_with_logits flushes it)."""
     num = b.select(b.fcmp_ordered("<", x, _f(x, 0.0)), e, _f(x, 1.0))
     return b.fdiv(num, b.fadd(e, _f(x, 1.0)))
 

@@ -135,13 +135,6 @@ def _e_neg_abs(b: ir.IRBuilder, z: ir.Value) -> ir.Value:
     return softmax.shifted_exp(b, b.fneg(mathfn.fabs(b, z)))
 
 
-def _bce_sigmoid(b: ir.IRBuilder, z: ir.Value) -> ir.Value:
-    """mathfn.sigmoid's form (e^−|z| over 1 + e^−|z| for z < 0) with e^−|z| flushed."""
-    e = _e_neg_abs(b, z)
-    num = _where(b, b.fcmp_ordered("<", z, const_like(z, 0.0)), e, const_like(z, 1.0))
-    return b.fdiv(num, b.fadd(e, const_like(z, 1.0)))
-
-
 def _bce_df(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     with np.errstate(under="ignore", over="ignore"):
         s = np.where(z < softmax.FLUSH_BELOW, 0.0, 1 / (1 + np.exp(-z)))
@@ -153,7 +146,7 @@ register_pointwise(Pointwise(
     f=lambda z, y, a: np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))),
     df=lambda z, y, a: _bce_df(z, y),
     f_ir=_bce_ir,
-    df_ir=lambda b, z, y, a: b.fsub(_bce_sigmoid(b, z), y),
+    df_ir=lambda b, z, y, a: b.fsub(mathfn.sigmoid_of(b, z, _e_neg_abs(b, z)), y),
     task="binary",
     doc="bce_with_logits(logits, y): mean binary cross-entropy of sigmoid(logits) against "
         "y ∈ [0, 1] (PyTorch F.binary_cross_entropy_with_logits)",
