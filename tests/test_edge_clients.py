@@ -437,7 +437,11 @@ attempt(() => m.trainStep(x, new BigInt64Array(4)));
 attempt(() => m.trainStep(new BigInt64Array(120), y));
 msgs.push(m.getWeights().every(Number.isFinite) ? 'finite' : 'NaN weights');
 attempt(() => m.trainStep(Float64Array.from(x), Array.from(y)));
+attempt(() => m.trainStep(x, [1, -1, 1, -1]));  // ±1 labels trained silently before
+attempt(() => m.evaluate(x, new Float32Array([0, 1, 2, 0.5])));
+attempt(() => m.trainStep(x, [0, 0.25, 1, 0.75]));  // soft labels are probabilities
 console.log(JSON.stringify(msgs));""", tmp_path)
+    soft = ("outside 0..1 (a binary model's targets are 0, 1 or a probability between)")
     assert json.loads(out) == [
         "target y contains NaN or Inf", "target y contains NaN or Inf",
         "target y contains NaN or Inf", "input x contains NaN or Inf",
@@ -445,7 +449,8 @@ console.log(JSON.stringify(msgs));""", tmp_path)
         "target y must hold Numbers, got a BigInt64Array of 4 (convert it: "
         "Float32Array.from(a, Number))",
         "input x must hold Numbers, got a BigInt64Array of 120 (convert it: "
-        "Float32Array.from(a, Number))", "finite", "ok"]
+        "Float32Array.from(a, Number))", "finite", "ok",
+        f"target y holds -1, {soft}", f"target y holds 2, {soft}", "ok"]
 
 
 def test_js_bad_arguments_are_runtime_data_errors_naming_the_argument(tmp_path, digits_mlp):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,6 +123,24 @@ def test_runtime_rejects_labels_beyond_int32_instead_of_wrapping_them(digits_mlp
     model = Model(digits_mlp.wasm, digits_mlp.manifest)
     with pytest.raises(RuntimeDataError, match="target 'y' holds .* outside the int32 range"):
         model.train_step(np.zeros((4, 64), np.float32), labels)
+
+
+def test_binary_targets_outside_0_1_are_refused_and_soft_labels_train():
+    """Labels in {-1, 1} trained a bce_with_logits model silently (toward a loss with no
+    minimum); a probability in between is a soft label and stays allowed."""
+    root = Path(__file__).resolve().parent.parent
+    art = compile_source((root / "examples" / "breast_cancer_logreg.fed").read_text(), "b.fed")
+    model = Model(art.wasm, art.manifest)
+    model.init_weights(0)
+    before = model.get_weights()
+    x = np.full((4, 30), 0.5, np.float32)
+    for bad, calls in ((-1, ("train_step", "train_epoch", "evaluate")), (2, ("train_step",))):
+        y = np.array([1, bad, 1, 0], np.float32)
+        for call in calls:
+            with pytest.raises(RuntimeDataError, match=f"target 'y' holds {bad}, outside 0..1"):
+                getattr(model, call)(x, y)
+    assert np.array_equal(model.get_weights(), before)  # nothing was trained on them
+    assert np.isfinite(model.train_step(x, np.array([0, 0.25, 1, 0.75], np.float32)))
 
 
 def test_runtime_rejects_complex_inputs(digits_mlp):

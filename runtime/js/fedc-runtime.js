@@ -366,6 +366,14 @@ export function checkData(manifest, x, y) {
   checkInputs(manifest, xs, rows);
   if (t.dtype === 'f32') { // regression and binary targets: NaN made every weight NaN
     if (!allFinite(y)) throw new RuntimeDataError(`target ${t.name} contains NaN or Inf`);
+    if (manifest.task === 'binary') { // labels in {-1, 1} (or 1, 2) trained silently
+      for (let i = 0; i < y.length; i++) {
+        const v = Number(y[i]);
+        if (!(v >= 0 && v <= 1)) {
+          throw new RuntimeDataError(`target ${t.name} holds ${y[i]}, outside 0..1 (a binary model's targets are 0, 1 or a probability between)`);
+        }
+      }
+    }
   } else if (t.classes !== undefined) {
     for (let i = 0; i < y.length; i++) {
       // a fraction or a string would be truncated or coerced by the Int32Array copy

@@ -372,6 +372,11 @@ class Model:
         if classes is not None and len(arr) and (arr.min() < 0 or arr.max() >= classes):
             bad = arr[(arr < 0) | (arr >= classes)][0]
             raise RuntimeDataError(f"class label {bad} is outside 0..{classes - 1}")
+        if self.manifest.get("task") == "binary" and len(arr) and (arr.min() < 0 or arr.max() > 1):
+            # labels in {-1, 1} (or 1, 2) trained silently: bce_with_logits wants 0..1
+            bad = arr[(arr < 0) | (arr > 1)][0]
+            raise RuntimeDataError(f"target {d['name']!r} holds {bad:g}, outside 0..1 (a binary "
+                                   "model's targets are 0, 1 or a probability between)")
         return arr
 
     def _write(self, xs: dict[str, np.ndarray], y: np.ndarray | None, rows: slice,
