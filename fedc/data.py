@@ -314,7 +314,7 @@ def _load_npz(path: Path, seed: int, test_fraction: float, task: str | None) -> 
     if task == "classification":
         classes = int(max(y_train.max(), y_test.max())) + 1
     return Dataset(x_train.astype(np.float32), y_train, x_test.astype(np.float32), y_test,
-                   path.stem, classes, task, feature_shape)
+                   path.name, classes, task, feature_shape)
 
 
 # --- public API ----------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def test_npz_with_x_and_y_is_split_and_kept_unscaled(tmp_path):
     x = np.arange(40 * 6, dtype=np.float64).reshape(40, 2, 3)
     y = np.repeat([0, 1, 2, 3], 10)
     d = load_dataset(write(tmp_path, x=x, y=y), seed=3)
-    assert d.name == "d" and d.task == "classification" and d.num_classes == 4
+    assert d.name == "d.npz" and d.task == "classification" and d.num_classes == 4
     assert d.feature_shape == (2, 3) and d.x_train.shape == (32, 6)
     assert sorted(np.concatenate([d.x_train, d.x_test])[:, 0].tolist()) == \
         x.reshape(40, 6)[:, 0].tolist()

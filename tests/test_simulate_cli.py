@@ -197,7 +197,7 @@ def test_npz_that_does_not_fit_the_model_exits_1(tmp_path, capsys):
     code, out, err = cli(capsys, "simulate", EXAMPLE, "--data", str(tmp_path / "d.npz"),
                          "--json")
     assert code == 1
-    assert "has 30 features per example but input 'x' is f32[64]" in err
+    assert "dataset 'd.npz' has 30 features per example but input 'x' is f32[64]" in err
     assert json.loads(out)["ok"] is False
 
 
