@@ -441,7 +441,7 @@ attempt(() => m.trainStep(x, [1, -1, 1, -1]));  // ±1 labels trained silently b
 attempt(() => m.evaluate(x, new Float32Array([0, 1, 2, 0.5])));
 attempt(() => m.trainStep(x, [0, 0.25, 1, 0.75]));  // soft labels are probabilities
 console.log(JSON.stringify(msgs));""", tmp_path)
-    soft = ("outside 0..1 (a binary model's targets are 0, 1 or a probability between)")
+    soft = "outside 0..1 (a binary model's targets are 0, 1 or a probability between)"
     assert json.loads(out) == [
         "target y contains NaN or Inf", "target y contains NaN or Inf",
         "target y contains NaN or Inf", "input x contains NaN or Inf",

@@ -367,9 +367,8 @@ export function checkData(manifest, x, y) {
   if (t.dtype === 'f32') { // regression and binary targets: NaN made every weight NaN
     if (!allFinite(y)) throw new RuntimeDataError(`target ${t.name} contains NaN or Inf`);
     if (manifest.task === 'binary') { // labels in {-1, 1} (or 1, 2) trained silently
-      for (let i = 0; i < y.length; i++) {
-        const v = Number(y[i]);
-        if (!(v >= 0 && v <= 1)) {
+      for (let i = 0; i < y.length; i++) { // Numbers only: allFinite checked them
+        if (!(y[i] >= 0 && y[i] <= 1)) {
           throw new RuntimeDataError(`target ${t.name} holds ${y[i]}, outside 0..1 (a binary model's targets are 0, 1 or a probability between)`);
         }
       }
