@@ -145,6 +145,7 @@ class InternalError(Exception):
             "this is a bug in fedc; please report it with the .fed file that triggered it"
         )
         self.span = span
+        self.detail = message
 
 
 class Collector:

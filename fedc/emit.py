@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import functools
+import os
+import pickle
+import signal
+import sys
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
@@ -56,6 +62,81 @@ def emit(llvm_ir: str, variant: str = "simd128") -> Emitted:
     tm = target_machine(variant)
     mod = optimize(llvm_ir, tm)
     return Emitted(tm.emit_object(mod), str(mod))
+
+
+def emit_units(units: Sequence[str], variant: str = "simd128") -> list[Emitted]:
+    """`emit` each codegen unit (lower/units.py), units after the first in forked worker
+    processes when this machine has the cores for it; the objects are the same either way.
+    FEDC_JOBS=1 compiles them one after another in this process."""
+    target_machine(variant)  # before forking: the workers inherit the initialised LLVM
+    if not _can_fork(len(units)):
+        return [emit(text, variant) for text in units]
+    workers = [_fork(text, variant) for text in units[1:]]
+    try:
+        first = emit(units[0], variant)
+    except BaseException:
+        for pid, read in workers:  # no orphans: stop them, then reap them
+            os.kill(pid, signal.SIGKILL)
+            os.close(read)
+            os.waitpid(pid, 0)
+        raise
+    rest = [_collect(*worker) for worker in workers]  # every worker reaped before raising
+    done = [first]
+    for result in rest:
+        if isinstance(result, InternalError):
+            raise result
+        done.append(result)
+    return done
+
+
+def _can_fork(units: int) -> bool:
+    """Fork only where it is cheap and safe: Linux (no fork on Windows; macOS's system
+    libraries object to it), a single-threaded process (a thread holding a lock at the fork
+    would hold it forever in the child), and a core to spare."""
+    if units < 2 or sys.platform != "linux" or threading.active_count() != 1:
+        return False
+    return len(os.sched_getaffinity(0)) >= 2 and os.environ.get("FEDC_JOBS") != "1"
+
+
+def _fork(text: str, variant: str) -> tuple[int, int]:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: compile, send the result, exit without Python's clean-up
+        status = 0
+        try:
+            os.close(read)
+            try:
+                answer: tuple[str, object] = ("ok", emit(text, variant))
+            except BaseException as exc:  # noqa: BLE001 (the parent raises it)
+                detail = exc.detail if isinstance(exc, InternalError) else repr(exc)
+                answer, status = ("error", detail), 1
+            with os.fdopen(write, "wb") as out:
+                pickle.dump(answer, out)
+        finally:
+            os._exit(status)
+    os.close(write)
+    return pid, read
+
+
+def _collect(pid: int, read: int) -> Emitted | InternalError:
+    """A worker's object, or the error it met (or why it gave neither)."""
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    try:
+        kind, result = pickle.loads(data)
+    except Exception:  # the worker died before it could answer (killed, out of memory)
+        return InternalError(f"a codegen worker process ended ({_status(status)}) without "
+                             f"its object")
+    if kind == "ok" and isinstance(result, Emitted):
+        return result
+    return InternalError(f"in a codegen worker: {result}")
+
+
+def _status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
 def optimize(llvm_ir: str, tm: llvm.TargetMachine) -> llvm.ModuleRef:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from .diagnostics import Diagnostic, ToolchainError
@@ -32,8 +33,9 @@ def wasm_ld_command() -> list[str]:
     return [sys.executable, "-m", "ziglang", "wasm-ld"]
 
 
-def link(obj: bytes, arena_end: int, exports: list[str]) -> bytes:
-    """Link one object into a module that imports nothing and exports its memory.
+def link(obj: bytes | Sequence[bytes], arena_end: int, exports: list[str]) -> bytes:
+    """Link one object (or the codegen units' objects, in order) into a module that imports
+    nothing and exports its memory.
 
     The arena (every buffer of the static memory plan) spans [ARENA_BASE, arena_end); the
     linker is told to put its own data after it, so the two can never overlap.
@@ -52,10 +54,12 @@ def link(obj: bytes, arena_end: int, exports: list[str]) -> bytes:
         *(f"--export={name}" for name in exports),
     ]
     with tempfile.TemporaryDirectory(prefix="fedc-link-") as tmp:
-        obj_path = Path(tmp) / "model.o"
         out_path = Path(tmp) / "model.wasm"
-        obj_path.write_bytes(obj)
-        cmd = [*wasm_ld_command(), *args, str(obj_path), "-o", str(out_path)]
+        objects = [obj] if isinstance(obj, bytes) else list(obj)
+        paths = [Path(tmp) / f"unit{i}.o" for i in range(len(objects))]
+        for path, code in zip(paths, objects, strict=True):
+            path.write_bytes(code)
+        cmd = [*wasm_ld_command(), *args, *map(str, paths), "-o", str(out_path)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         except OSError as exc:

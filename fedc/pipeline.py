@@ -12,11 +12,12 @@ from . import __version__
 from .autodiff import grad
 from .check import CheckedModel, check
 from .diagnostics import CheckError, Diagnostic, ParseError, Span, UsageError
-from .emit import FEATURES, Emitted, emit
+from .emit import FEATURES, emit_units
 from .fuse import fuse
 from .ir import Graph, Value, format_graph, verify
 from .link import ARENA_BASE, link, memory_size
 from .lower.module import EXPORTS, lower_module
+from .lower.units import split_units
 from .ops.dropout import DROPOUT_KEY
 from .ops.embedding import token_vocab
 from .optim import OptimizerSpec
@@ -102,8 +103,8 @@ def compile_source(text: str, filename: str = "<input>",
     mplan = plan(train, max_batch=max_batch, state_slots=len(opt.slots()),
                  n_hparams=len(opt.runtime_hparams()), anchor=opt.proximal)
     _check_memory(model, train, mplan)
-    llvm_ir, emitted, wasm = _build(train, mplan, opt, opts.variant)
-    art = Artifacts(model, train, mplan, llvm_ir, emitted.optimized_ir, wasm)
+    llvm_ir, optimized_ir, wasm = _build(train, mplan, opt, opts.variant)
+    art = Artifacts(model, train, mplan, llvm_ir, optimized_ir, wasm)
     art.variants = {v: _build(train, mplan, opt, v)[2]
                     for v in dict.fromkeys(opts.variants) if v != opts.variant}
     art.manifest = manifest(art, opts.variant)
@@ -137,11 +138,13 @@ def _gib(n: int) -> str:
 
 
 def _build(train: Graph, mplan: MemoryPlan, opt: OptimizerSpec,
-           variant: str) -> tuple[str, Emitted, bytes]:
-    """Lower, emit and link one variant of the module (all variants share the memory plan)."""
-    llvm_ir = str(lower_module(train, mplan, opt, frozenset({variant})))
-    emitted = emit(llvm_ir, variant)
-    return llvm_ir, emitted, link(emitted.object_code, mplan.end, list(EXPORTS))
+           variant: str) -> tuple[str, str, bytes]:
+    """Lower, emit and link one variant of the module (all variants share the memory plan):
+    the LLVM IR as lowered, as optimised (unit after unit) and the linked module."""
+    units = split_units(lower_module(train, mplan, opt, frozenset({variant})), EXPORTS)
+    emitted = emit_units(units.texts, variant)
+    wasm = link([e.object_code for e in emitted], mplan.end, list(EXPORTS))
+    return units.whole, "\n".join(e.optimized_ir for e in emitted), wasm
 
 
 def variant_file(variant: str) -> str:
