@@ -144,7 +144,11 @@ def _build(train: Graph, mplan: MemoryPlan, opt: OptimizerSpec,
     units = split_units(lower_module(train, mplan, opt, frozenset({variant})), EXPORTS)
     emitted = emit_units(units.texts, variant)
     wasm = link([e.object_code for e in emitted], mplan.end, list(EXPORTS))
-    return units.whole, "\n".join(e.optimized_ir for e in emitted), wasm
+    optimized = [e.optimized_ir for e in emitted]
+    if len(optimized) > 1:  # one module after another: say where each begins
+        optimized = [f"; codegen unit {i + 1} of {len(optimized)} (fedc/lower/units.py)\n{text}"
+                     for i, text in enumerate(optimized)]
+    return units.whole, "\n".join(optimized), wasm
 
 
 def variant_file(variant: str) -> str:

@@ -72,6 +72,8 @@ def test_the_split_build_trains_bit_for_bit_like_one_module(monkeypatch):
     monkeypatch.setattr(units_mod, "SPLIT_BYTES", 10**12)
     whole = compile_source(CNN, "cnn.fed")
     assert split.wasm != whole.wasm  # two units were linked (the functions' order differs)
+    assert re.findall(r"^; codegen unit (\d) of 2", split.optimized_ir, re.M) == ["1", "2"]
+    assert "codegen unit" not in whole.optimized_ir
     a, b = _train(split.wasm, split.manifest), _train(whole.wasm, whole.manifest)
     assert a[0] == b[0]
     np.testing.assert_array_equal(a[1], b[1])
@@ -131,7 +133,8 @@ def test_a_worker_that_llvm_rejects_raises_an_internal_error_in_the_caller(two_u
 
 
 @pytest.mark.skipif(not _forks(), reason="needs Linux, two cores and no other thread")
-def test_a_worker_that_dies_raises_an_internal_error_naming_the_signal(monkeypatch, two_units, workers):
+def test_a_worker_that_dies_raises_an_internal_error_naming_the_signal(monkeypatch, two_units,
+                                                                     workers):
     real = emit_mod.emit
 
     def dying(text: str, variant: str = "simd128"):
