@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -383,3 +384,20 @@ def test_tn_reads_b_in_place_up_to_a_row_count(monkeypatch: pytest.MonkeyPatch) 
     for i in range(len(cases)):
         for m in (1, 3, 4, 33):
             _run_and_check(mod, i, m, rng)
+
+
+def test_wasm_depth_loops_carry_their_addresses_and_native_ones_index():
+    """The Wasm build's depth loops bump one address per operand behind an empty asm
+    (gemm._walk: wasmtime then needs no zero-extending move per load); the native build
+    indexes from the depth (x86 addressing modes), with kernels of their own names."""
+    from fedc.native import native_ir
+    from fedc.pipeline import compile_source
+
+    src = ("model M:\n    input x: f32[64]\n    target y: class[10]\n"
+           "    loss = softmax_cross_entropy(dense(relu(dense(x, 128)), 10), y)\n"
+           "optimizer sgd(lr=0.1)\n")
+    art = compile_source(src, "m.fed")
+    walks = len(re.findall(r'call ptr asm\s+"", "=r,0"', art.llvm_ir))
+    assert walks >= 2 * 5  # two operands in each product's depth loop (five products)
+    native = native_ir(art)
+    assert not re.search(r"asm\s", native) and ".native" in native

@@ -9,6 +9,7 @@ from typing import Literal
 
 from llvmlite import ir
 
+from .address import LinearMemoryBuilder
 from .kernels import (
     LANES,
     carry_loop,
@@ -294,7 +295,7 @@ def _gather(b: ir.IRBuilder, src: ir.Value, starts: Sequence[ir.Value], d: int) 
 
 
 def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Panels,
-                  pb_j: ir.Value, depth: ir.Value | int, madd: bool = False
+                  pb_j: ir.Value, depth: ir.Value | int, madd: bool = False, walk: bool = True
                   ) -> list[list[ir.Value]]:
     """acc[r][v] = Σ_d pa_i[d·lda + r] · pb_j[d·ldb + 4v …] over one A and one B panel.
 
@@ -303,19 +304,20 @@ def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Pane
     each lane broadcast by a shuffle. On x86-64 the shuffles compete with the multiplies and
     adds for the vector ports, so the splat panels run faster (docs/performance.md). The
     operands of one step are loaded as one wide vector each (<16 x float>, <8 x float>) and
-    split (kernels.load_split: constant offsets from one address per operand). Unrolling did not
+    split (kernels.load_split: constant offsets from one address per operand, which the Wasm
+    build's loop carries: _walk). Unrolling did not
     help: Cranelift emits a block's loads (which may trap) in order but its arithmetic where a
     result is first needed, here the back edge, so both steps' loads are live at once and the
     accumulators spill. For the same reason a load is never folded into `vmulps` here.
     """
     nv = nr // 4
 
-    def step(d: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
-        bv = load_split(b, pb_j, b.mul(d, _as(pb.ld)), nr, pb.align)
+    def at(a: ir.Value, bp: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+        bv = load_split(b, bp, 0, nr, pb.align)
         if pa.splat:
-            rows = load_split(b, pa_i, b.mul(d, _c(pa.ld)), MR * SPLAT, pa.align)
+            rows = load_split(b, a, 0, MR * SPLAT, pa.align)
         else:
-            av = _ld4(b, pa_i, b.mul(d, _c(pa.ld)), pa.align)
+            av = _ld4(b, a, 0, pa.align)
             rows = [_lane(b, av, r) for r in range(MR)]
         # relaxed_madd: Cranelift (wasmtime 50) lowers it to vfmadd213ps plus register copies,
         # V8 to an FMA into the accumulator (docs/performance.md)
@@ -323,12 +325,63 @@ def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Pane
                 for r in range(MR) for v in range(nv)]
 
     # relaxed_madd's 4×4 tile: two sets of four FMA chains (_chains)
-    flat = _chains(b, step, depth, 2 if madd and nv == 1 else 1, MR * nv)
+    flat = _depth_loop(b, at, pa, pa_i, pb, pb_j, depth, 2 if madd and nv == 1 else 1,
+                       MR * nv, walk)
     return [flat[r * nv:(r + 1) * nv] for r in range(MR)]
 
 
+def _depth_loop(b: ir.IRBuilder, at: Callable[[ir.Value, ir.Value, list[ir.Value]],
+                                                list[ir.Value]],
+                pa: Panels, pa_i: ir.Value, pb: Panels, pb_j: ir.Value,
+                depth: ir.Value | int, sets: int, width: int, walk: bool) -> list[ir.Value]:
+    """Σ over depth of `width` accumulators, at(A's step address, B's step address, acc) a
+    step: in Wasm one address per operand carried by the loop (_walk); with more than one set
+    of chains, or natively (x86's addressing modes take base + index · scale, and carried
+    addresses behind _opaque measured the native digits step 48 → 50–85 µs), addresses from
+    the depth index (_chains)."""
+    if sets == 1 and walk:
+        return _walk(b, [(pa_i, pa.ld), (pb_j, pb.ld)], depth, width,
+                     lambda ptrs, acc: at(ptrs[0], ptrs[1], acc))
+
+    def step(d: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+        return at(_at(b, pa_i, b.mul(d, _as(pa.ld))), _at(b, pb_j, b.mul(d, _as(pb.ld))), acc)
+
+    return _chains(b, step, depth, sets, width)
+
+
+def _walk(b: ir.IRBuilder, operands: Sequence[tuple[ir.Value, ir.Value | int]],
+          depth: ir.Value | int, width: int,
+          step: Callable[[list[ir.Value], list[ir.Value]], list[ir.Value]]) -> list[ir.Value]:
+    """Σ over depth of `width` accumulators, step(addresses, acc) a step, as a loop that carries
+    each operand's address (base, then + its ld floats a step), bumped before the step's loads.
+
+    wasmtime zero-extends a Wasm address to 64 bits before each access; one that a 32-bit add
+    made in the same iteration is zero-extended already, one carried by a loop phi gets a
+    `mov r32, r32`. LLVM's loop strength reduction rewrites any form of these addresses into
+    phis that the loads use directly, so each bumped address passes through an empty inline
+    asm it cannot see through: the loads then take the add's result. MNIST's 4×8 step went 29
+    → 27 instructions (no moves), its 784-deep forward 839 → 776 µs, weight gradient 797 →
+    756 (min of 3 interleaved profiles, Zen 3; docs/performance.md).
+    """
+    n = len(operands)
+    starts = [b.gep(p, [b.neg(_as(ld))], source_etype=F32) for p, ld in operands]
+
+    def body(_: ir.Value, carried: list[ir.Value]) -> list[ir.Value]:
+        ptrs = [_opaque(b, b.gep(p, [_as(ld)], source_etype=F32))
+                for p, (_, ld) in zip(carried[:n], operands, strict=True)]
+        return [*ptrs, *step(ptrs, carried[n:])]
+
+    return _for(b, 0, depth, 1, [*starts, *[ZERO4] * width], body, "kw")[n:]
+
+
+def _opaque(b: ir.IRBuilder, p: ir.Value) -> ir.Value:
+    """p, through an empty inline asm (no code) that LLVM's analyses cannot look into."""
+    return b.asm(ir.FunctionType(PTR, [PTR]), "", "=r,0", [p], False)
+
+
 def _column_product(b: ir.IRBuilder, pa: Panels, pa_i: ir.Value, pb: Panels, pb_j: ir.Value,
-                    depth: ir.Value | int, madd: bool = False) -> list[ir.Value]:
+                    depth: ir.Value | int, madd: bool = False, walk: bool = True
+                    ) -> list[ir.Value]:
     """acc[j] = Σ_d pa_i[d·lda + 0…3] · pb_j[d·ldb + SPLAT·j] for the w columns of a
     columns group: column j of a 4×w block of C as one vector over its four rows.
 
@@ -340,12 +393,12 @@ def _column_product(b: ir.IRBuilder, pa: Panels, pa_i: ir.Value, pb: Panels, pb_
     assert not pa.splat, "a columns tile reads A's rows as one vector"
     w = pb.group.width
 
-    def step(d: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
-        av = _ld4(b, pa_i, b.mul(d, _c(pa.ld)), pa.align)
-        bs = load_split(b, pb_j, b.mul(d, _as(pb.ld)), SPLAT * w, pb.align)
+    def at(a: ir.Value, bp: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+        av = _ld4(b, a, 0, pa.align)
+        bs = load_split(b, bp, 0, SPLAT * w, pb.align)
         return [mul_add(b, av, bs[j], acc[j], madd) for j in range(w)]
 
-    return _chains(b, step, depth, max(1, 4 // w), w)
+    return _depth_loop(b, at, pa, pa_i, pb, pb_j, depth, max(1, 4 // w), w, walk)
 
 
 Step = Callable[[ir.Value, list[ir.Value]], list[ir.Value]]
@@ -414,12 +467,13 @@ class Flavor:
     a_packed: bool = False  # nn: `a` already holds pack_a's panels
     b_packed: bool = False  # tn: `bmat` already holds its panels as _b_panels packs them
     b_in_place: bool = False  # tn: B's full panels read in place at m ≤ tn_b_in_place_rows
+    native: bool = False  # the host-CPU build (fedc/native.py): index addressing (_depth_loop)
 
     @property
     def suffix(self) -> str:
         flags = {"fused": self.fused, "acc": self.accumulate, "madd": self.madd,
                  "relu": self.relu, "pa": self.a_packed, "pb": self.b_packed,
-                 "bip": self.b_in_place}
+                 "bip": self.b_in_place, "native": self.native}
         return "".join(f".{name}" for name, on in flags.items() if on)
 
 
@@ -537,10 +591,11 @@ def _tiles(b: ir.IRBuilder, a_panels: Sequence[Panels], b_panels: Sequence[Panel
         row0 = b.add(_c(pa.group.first), b.mul(ip, _c(MR)))
         col0 = b.add(_c(pb.group.first), b.mul(jp, _c(pb.group.width)))
         if pb.group.columns:
-            vs = _column_product(b, pa, pa_i, pb, pb_j, depth, flavor.madd)
+            vs = _column_product(b, pa, pa_i, pb, pb_j, depth, flavor.madd, not flavor.native)
             _store_columns(b, vs, c, cols, row0, rows, col0, bias, mask, flavor)
             return
-        acc = _tile_product(b, pb.group.width, pa, pa_i, pb, pb_j, depth, flavor.madd)
+        acc = _tile_product(b, pb.group.width, pa, pa_i, pb, pb_j, depth, flavor.madd,
+                            not flavor.native)
         _store_tile(b, acc, c, cols, row0, rows, col0, pb.group.last_valid, bias, mask, flavor)
 
     outer, inner = a_panels, b_panels
@@ -877,6 +932,8 @@ def emit_matmul(b: ir.IRBuilder, *, kind: Kind, m: ir.Value | int, n: int, k: in
     extra = bias if bias is not None else row_sum if row_sum is not None else mask
     # tn without row sums (they are fused into the packing) reads B in place when m is small
     b_in_place = kind == "tn" and not b_packed and row_sum is None
-    flavor = Flavor(extra is not None, accumulate, madd, relu, a_packed, b_packed, b_in_place)
+    native = isinstance(b, LinearMemoryBuilder)  # the native build's builder (lower/address.py)
+    flavor = Flavor(extra is not None, accumulate, madd, relu, a_packed, b_packed, b_in_place,
+                    native)
     fn = _kernel(b.module, kind, n, k, flavor)
     b.call(fn, [_as(m), a, bmat, c, ir.Constant(PTR, None) if extra is None else extra, scratch])
