@@ -71,14 +71,17 @@ def emit_units(units: Sequence[str], variant: str = "simd128") -> list[Emitted]:
     target_machine(variant)  # before forking: the workers inherit the initialised LLVM
     if not _can_fork(len(units)):
         return [emit(text, variant) for text in units]
-    workers = [_fork(text, variant) for text in units[1:]]
+    workers: list[tuple[int, int]] = []
+    try:
+        for text in units[1:]:
+            workers.append(_fork(text, variant))
+    except OSError:  # no process or pipe to spare (a limit, memory): compile them all here
+        _stop(workers)
+        return [emit(text, variant) for text in units]
     try:
         first = emit(units[0], variant)
     except BaseException:
-        for pid, read in workers:  # no orphans: stop them, then reap them
-            os.kill(pid, signal.SIGKILL)
-            os.close(read)
-            os.waitpid(pid, 0)
+        _stop(workers)
         raise
     rest = [_collect(*worker) for worker in workers]  # every worker reaped before raising
     done = [first]
@@ -98,9 +101,22 @@ def _can_fork(units: int) -> bool:
     return len(os.sched_getaffinity(0)) >= 2 and os.environ.get("FEDC_JOBS") != "1"
 
 
+def _stop(workers: list[tuple[int, int]]) -> None:
+    """No orphans: kill the workers, then reap them."""
+    for pid, read in workers:
+        os.kill(pid, signal.SIGKILL)
+        os.close(read)
+        os.waitpid(pid, 0)
+
+
 def _fork(text: str, variant: str) -> tuple[int, int]:
     read, write = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read)
+        os.close(write)
+        raise
     if pid == 0:  # the worker: compile, send the result, exit without Python's clean-up
         status = 0
         try:

@@ -154,3 +154,14 @@ def test_the_parent_s_own_error_stops_and_reaps_the_worker(two_units, workers):
     with pytest.raises(InternalError, match="LLVM rejected the generated IR"):
         emit_units(["define void @f() {\n  ret i32 0\n}\n", second])
     assert len(workers) == (1 if _forks() else 0) and all(map(_reaped, workers))
+
+
+def test_no_process_to_spare_compiles_every_unit_here(monkeypatch, two_units, workers):
+    def refuse() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(emit_mod, "_can_fork", lambda units: True)
+    monkeypatch.setattr(os, "fork", refuse)
+    out = emit_units(list(two_units))
+    assert len(out) == 2 and all(e.object_code.startswith(b"\0asm") for e in out)
+    assert workers == []
