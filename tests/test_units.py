@@ -23,7 +23,7 @@ from fedc.runtime import Model
 
 ROOT = Path(__file__).resolve().parent.parent
 CNN = (ROOT / "examples/digits_cnn.fed").read_text()
-MLP = (ROOT / "examples/digits_mlp.fed").read_text()
+LOGREG = (ROOT / "examples/breast_cancer_logreg.fed").read_text()
 DEFINE = re.compile(r'^define [^@]*@"([^"]+)"', re.M)
 
 
@@ -51,7 +51,7 @@ def test_a_big_module_splits_into_units_that_each_stand_alone():
 
 
 def test_a_small_module_stays_one_unit():
-    units = split_units(_lowered(MLP), EXPORTS)
+    units = split_units(_lowered(LOGREG), EXPORTS)
     assert units.texts == (units.whole,)
     assert len(units.whole) < units_mod.SPLIT_BYTES
 
