@@ -38,7 +38,9 @@ class Units:
 
 
 def split_units(mod: ir.Module, exports: tuple[str, ...] | list[str]) -> Units:
-    """The module `lower_module` built, as codegen units (one when it is small)."""
+    """The module `lower_module` built, as codegen units (one when it is small). Splitting
+    sets linkages on `mod` itself (cross-unit kernels external, globals linkonce_odr): print
+    or split a module once, and print it before splitting."""
     pieces = {name: str(value) for name, value in mod.globals.items()}
     header = [f'; ModuleID = "{mod.name}"', f'target triple = "{mod.triple}"',
               f'target datalayout = "{mod.data_layout}"', ""]
