@@ -54,7 +54,7 @@ def split_units(mod: ir.Module, exports: tuple[str, ...] | list[str]) -> Units:
     kernels = [k for k in dict.fromkeys(r for e in exports for r in refs[e])
                if k in defined and k not in exports and "noinline" in functions[k].attributes]
     helpers = defined - set(kernels) - set(exports)
-    closure = {k: _closure(k, refs, helpers) for k in [*exports, *kernels] if k in pieces}
+    closure = {k: _closure(k, refs, helpers) for k in [*exports, *kernels]}
     roots = _assign(kernels, closure, pieces, exports)
     if len(roots) == 1:
         return Units((whole,), whole)
@@ -71,7 +71,7 @@ def split_units(mod: ir.Module, exports: tuple[str, ...] | list[str]) -> Units:
             pieces[name] = str(value)
     texts = []
     for unit_roots in roots:
-        body = set().union(*(closure[r] for r in unit_roots if r in closure))
+        body = set().union(*(closure[r] for r in unit_roots))
         needed = set().union(*(refs[n] for n in body)) | body
         lines = [*header, *types]
         for name, value in mod.globals.items():
@@ -107,7 +107,7 @@ def _assign(kernels: list[str], closure: dict[str, set[str]], pieces: dict[str, 
     """Each kernel's unit: biggest first, to the unit with the least IR so far (unit 0 starts
     with the exports); the order is the module's, so the split is deterministic."""
     cost = {k: sum(len(pieces[n]) for n in closure[k]) for k in kernels}
-    base = sum(len(pieces[n]) for e in exports if e in closure for n in closure[e])
+    base = sum(len(pieces[n]) for e in exports for n in closure[e])
     n = min(MAX_UNITS, 1 + (base + sum(cost.values())) // SPLIT_BYTES)
     if n == 1:
         return [list(exports)]
