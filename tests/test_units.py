@@ -165,3 +165,22 @@ def test_no_process_to_spare_compiles_every_unit_here(monkeypatch, two_units, wo
     out = emit_units(list(two_units))
     assert len(out) == 2 and all(e.object_code.startswith(b"\0asm") for e in out)
     assert workers == []
+
+
+def test_the_split_does_not_depend_on_string_hashing(tmp_path):
+    """Python randomises str hashes per process: the units (and so the bytes) must not follow
+    a set's order. Two processes with different PYTHONHASHSEED build the same module."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = ("import hashlib, sys; from fedc.pipeline import compile_file; "
+            "sys.stdout.write(hashlib.sha256(compile_file(sys.argv[1]).wasm).hexdigest())")
+    digests = set()
+    for seed in ("0", "1", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code, str(ROOT / "examples/digits_cnn.fed")],
+                             env=env, capture_output=True, text=True, check=True)
+        digests.add(out.stdout)
+    assert len(digests) == 1
+    assert hashlib.sha256(compile_source(CNN, "cnn.fed").wasm).hexdigest() in digests

@@ -50,9 +50,12 @@ def split_units(mod: ir.Module, exports: tuple[str, ...] | list[str]) -> Units:
     refs = {name: _references(text, name) for name, text in pieces.items()}
     functions = {name: v for name, v in mod.globals.items() if isinstance(v, ir.Function)}
     defined = {name for name, fn in functions.items() if fn.blocks}
-    # the node kernels: what the exports call and LLVM may not inline (lower/module.py)
-    kernels = [k for k in dict.fromkeys(r for e in exports for r in refs[e])
-               if k in defined and k not in exports and "noinline" in functions[k].attributes]
+    # the node kernels: what the exports call and LLVM may not inline (lower/module.py), in
+    # the module's order (a set's order changes with the interpreter's string hashing, and
+    # the balancing breaks ties by this order)
+    called = set().union(*(refs[e] for e in exports))
+    kernels = [k for k in functions if k in called and k in defined and k not in exports
+               and "noinline" in functions[k].attributes]
     helpers = defined - set(kernels) - set(exports)
     closure = {k: _closure(k, refs, helpers) for k in [*exports, *kernels]}
     roots = _assign(kernels, closure, pieces, exports)
