@@ -204,7 +204,7 @@ def test_scalar_variant_matches_numpy() -> None:
 def test_relaxed_simd_variant_matches_numpy() -> None:
     """f32x4.relaxed_madd in the micro-kernel, on every remainder path, and at widths where
     simd128 would use splat A panels (relaxed-simd never does)."""
-    mod = _guarded_module(_cases((1, 3, 4, 10, 13, 40), (1, 5, 8, 37)), "relaxed-simd")
+    mod = _guarded_module(_cases((1, 3, 4, 10, 13, 40), (1, 5, 8, 37, 65)), "relaxed-simd")
     rng = np.random.default_rng(2)
     for i in range(len(mod.cases)):
         for m in (1, 3, 4, 5, 33):  # tn's depth is m: odd and even (4×4 tiles' two chains)
@@ -401,3 +401,34 @@ def test_wasm_depth_loops_carry_their_addresses_and_native_ones_index():
     assert walks >= 2 * 5  # two operands in each product's depth loop (five products)
     native = native_ir(art)
     assert not re.search(r"asm\s", native) and ".native" in native
+
+
+def _kernel_ir(kind: gemm.Kind, n: int, k: int, **kw: bool) -> dict[str, str]:
+    """Each GEMM kernel's LLVM IR (by name) in a module with one emit_matmul call."""
+    mod = ir.Module("t")
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [gemm.I32]), "f")
+    b = ir.IRBuilder(fn.append_basic_block())
+    p = b.inttoptr(ir.Constant(gemm.I32, ARENA_BASE), gemm.PTR)
+    gemm.emit_matmul(b, kind=kind, m=fn.args[0], n=n, k=k, a=p, bmat=p, c=p, scratch=p, **kw)
+    b.ret_void()
+    return {f.name: str(f) for f in mod.functions if f.name.startswith("fedc.gemm")}
+
+
+def test_long_depth_loops_run_two_steps_an_iteration():
+    """gemm._paired: a static depth of PAIR_MIN_DEPTH or more, and tn's run-time depth (the
+    batch), loop over pairs of steps split by a never-taken exit on an opaque counter;
+    shorter static depths, and relaxed_madd's tn (which spilled paired), step one at a time.
+    Odd and even depths of both forms are checked against numpy above (K 64, 65, 261; tn's
+    m 0-33; relaxed-simd K 65)."""
+    guard = re.compile(r'call i32 asm\s+"", "=r,0"')  # the opaque pair counter
+    long = gemm.PAIR_MIN_DEPTH
+    for kind, n, k in (("nn", 64, long), ("nt", long, 64), ("tn", 64, 8)):
+        (text,) = _kernel_ir(kind, n, k).values()
+        assert "kp.second" in text and guard.search(text), (kind, n, k)
+    for kind, n, k in (("nn", 64, long - 1), ("nt", long - 1, 64)):
+        (text,) = _kernel_ir(kind, n, k).values()
+        assert "kp." not in text and "call ptr asm" in text, (kind, n, k)  # one step, carried
+    (madd_tn,) = _kernel_ir("tn", 64, 8, madd=True).values()
+    assert "kp." not in madd_tn
+    (madd_nn,) = _kernel_ir("nn", 64, long, madd=True).values()
+    assert "kp.second" in madd_nn

@@ -295,8 +295,8 @@ def _gather(b: ir.IRBuilder, src: ir.Value, starts: Sequence[ir.Value], d: int) 
 
 
 def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Panels,
-                  pb_j: ir.Value, depth: ir.Value | int, madd: bool = False, walk: bool = True
-                  ) -> list[list[ir.Value]]:
+                  pb_j: ir.Value, depth: ir.Value | int, madd: bool = False, walk: bool = True,
+                  paired: bool = True) -> list[list[ir.Value]]:
     """acc[r][v] = Σ_d pa_i[d·lda + r] · pb_j[d·ldb + 4v …] over one A and one B panel.
 
     Per step: the four rows' broadcasts of A, nr/4 B vectors and 4·nr/4 mul+add pairs. From a
@@ -326,14 +326,15 @@ def _tile_product(b: ir.IRBuilder, nr: int, pa: Panels, pa_i: ir.Value, pb: Pane
 
     # relaxed_madd's 4×4 tile: two sets of four FMA chains (_chains)
     flat = _depth_loop(b, at, pa, pa_i, pb, pb_j, depth, 2 if madd and nv == 1 else 1,
-                       MR * nv, walk)
+                       MR * nv, walk, paired)
     return [flat[r * nv:(r + 1) * nv] for r in range(MR)]
 
 
 def _depth_loop(b: ir.IRBuilder, at: Callable[[ir.Value, ir.Value, list[ir.Value]],
                                                 list[ir.Value]],
                 pa: Panels, pa_i: ir.Value, pb: Panels, pb_j: ir.Value,
-                depth: ir.Value | int, sets: int, width: int, walk: bool) -> list[ir.Value]:
+                depth: ir.Value | int, sets: int, width: int, walk: bool, paired: bool = True
+                ) -> list[ir.Value]:
     """Σ over depth of `width` accumulators, at(A's step address, B's step address, acc) a
     step: in Wasm one address per operand carried by the loop (_walk); with more than one set
     of chains, or natively (x86's addressing modes take base + index · scale, and carried
@@ -341,7 +342,7 @@ def _depth_loop(b: ir.IRBuilder, at: Callable[[ir.Value, ir.Value, list[ir.Value
     the depth index (_chains)."""
     if sets == 1 and walk:
         return _walk(b, [(pa_i, pa.ld), (pb_j, pb.ld)], depth, width,
-                     lambda ptrs, acc: at(ptrs[0], ptrs[1], acc))
+                     lambda ptrs, acc: at(ptrs[0], ptrs[1], acc), paired)
 
     def step(d: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
         return at(_at(b, pa_i, b.mul(d, _as(pa.ld))), _at(b, pb_j, b.mul(d, _as(pb.ld))), acc)
@@ -351,27 +352,99 @@ def _depth_loop(b: ir.IRBuilder, at: Callable[[ir.Value, ir.Value, list[ir.Value
 
 def _walk(b: ir.IRBuilder, operands: Sequence[tuple[ir.Value, ir.Value | int]],
           depth: ir.Value | int, width: int,
-          step: Callable[[list[ir.Value], list[ir.Value]], list[ir.Value]]) -> list[ir.Value]:
+          step: Callable[[list[ir.Value], list[ir.Value]], list[ir.Value]], paired: bool = True
+          ) -> list[ir.Value]:
     """Σ over depth of `width` accumulators, step(addresses, acc) a step, as a loop that carries
-    each operand's address (base, then + its ld floats a step), bumped before the step's loads.
+    each operand's address (base, then + its ld floats a step) and runs two steps an iteration
+    (one if not `paired`).
 
     wasmtime zero-extends a Wasm address to 64 bits before each access; one that a 32-bit add
     made in the same iteration is zero-extended already, one carried by a loop phi gets a
     `mov r32, r32`. LLVM's loop strength reduction rewrites any form of these addresses into
-    phis that the loads use directly, so each bumped address passes through an empty inline
-    asm it cannot see through: the loads then take the add's result. MNIST's 4×8 step went 29
-    → 27 instructions (no moves), its 784-deep forward 839 → 776 µs, weight gradient 797 →
-    756 (min of 3 interleaved profiles, Zen 3; docs/performance.md).
+    phis that the loads use directly, so the first step's bumped addresses pass through an
+    empty inline asm it cannot see through: the loads then take the add's result. MNIST's 4×8
+    step went 29 → 27 instructions (no moves), its 784-deep forward 839 → 776 µs, weight
+    gradient 797 → 756 (min of 3 interleaved profiles, Zen 3; docs/performance.md). The
+    second step's addresses are the first's plus ld (inbounds): its loads take constant
+    offsets from the same registers. How the two steps are kept apart: _paired.
     """
     n = len(operands)
     starts = [b.gep(p, [b.neg(_as(ld))], source_etype=F32) for p, ld in operands]
 
-    def body(_: ir.Value, carried: list[ir.Value]) -> list[ir.Value]:
-        ptrs = [_opaque(b, b.gep(p, [_as(ld)], source_etype=F32))
+    def one(carried: list[ir.Value], first: bool) -> list[ir.Value]:
+        ptrs = [b.gep(p, [_as(ld)], inbounds=not first, source_etype=F32)
                 for p, (_, ld) in zip(carried[:n], operands, strict=True)]
+        if first:
+            ptrs = [_opaque(b, p) for p in ptrs]
         return [*ptrs, *step(ptrs, carried[n:])]
 
-    return _for(b, 0, depth, 1, [*starts, *[ZERO4] * width], body, "kw")[n:]
+    init = [*starts, *[ZERO4] * width]
+    if not paired:
+        return _for(b, 0, depth, 1, init, lambda _, c: one(c, True), "kw")[n:]
+    return _paired(b, _as(depth), init, one)[n:]
+
+
+# Shortest static depth whose loop runs two steps an iteration (_paired): Winograd's 16- and
+# 32-deep products in the digits CNN ran 1–4 % slower paired (the odd step and the tests for
+# it), MNIST's and digits' 64- to 784-deep ones 2–10 % faster.
+PAIR_MIN_DEPTH = 48
+
+
+def _paired(b: ir.IRBuilder, depth: ir.Value, init: list[ir.Value],
+            step: Callable[[list[ir.Value], bool], list[ir.Value]]) -> list[ir.Value]:
+    """`depth` (≥ 0) applications of step(carried, first) from init: two a loop iteration
+    (first=True, then False), one before the loop when depth is odd (first=True).
+
+    Between the two steps the loop tests its counter for < 0, which never holds (it counts
+    pairs down to 1) but which LLVM cannot fold (the counter passes through an empty asm):
+    that exit takes the first step's results, so Cranelift has to compute them before the
+    test. Cranelift emits a block's loads (which may trap) in order but its arithmetic where a
+    result is first needed; in a one-step loop that is the back edge, so each step's loads all
+    came first and its multiplies and adds last. Split so, a pair's second loads follow the
+    first step's arithmetic, and no more values are live than in one step (unrolling the loop
+    spilled accumulators). MNIST's 784-deep forward and weight gradient ran 9 % faster (paired
+    minima in one process, wasmtime simd128, Zen 3; docs/performance.md).
+    """
+    fn = b.function
+    pre = b.block
+    odd_b, join, loop, second, done = (fn.append_basic_block(f"kp.{name}") for name in (
+        "odd", "join", "loop", "second", "done"))
+    b.cbranch(b.trunc(depth, ir.IntType(1)), odd_b, join)
+    b.position_at_end(odd_b)
+    after_odd = step(init, True)
+    odd_end = b.block
+    b.branch(join)
+    b.position_at_end(join)
+    start = [b.phi(v.type) for v in init]
+    for phi, v0, v1 in zip(start, init, after_odd, strict=True):
+        phi.add_incoming(v0, pre)
+        phi.add_incoming(v1, odd_end)
+    pairs = b.lshr(depth, _c(1))
+    b.cbranch(b.icmp_unsigned("==", pairs, _c(0)), done, loop)
+    b.position_at_end(loop)
+    k = b.phi(I32, name="kp")
+    carried = [b.phi(v.type) for v in init]
+    mid = step(list(carried), True)
+    mid_end = b.block
+    guard = b.asm(ir.FunctionType(I32, [I32]), "", "=r,0", [k], False)
+    b.cbranch(b.icmp_signed("<", guard, _c(0)), done, second)
+    b.position_at_end(second)
+    end = step(mid, False)
+    k_next = b.sub(k, _c(1))
+    second_end = b.block
+    b.cbranch(b.icmp_unsigned("!=", k_next, _c(0)), loop, done)
+    k.add_incoming(pairs, join)
+    k.add_incoming(k_next, second_end)
+    for phi, v0, v1 in zip(carried, start, end, strict=True):
+        phi.add_incoming(v0, join)
+        phi.add_incoming(v1, second_end)
+    b.position_at_end(done)
+    out = [b.phi(v.type) for v in init]
+    for phi, v0, v1, v2 in zip(out, start, mid, end, strict=True):
+        phi.add_incoming(v0, join)
+        phi.add_incoming(v1, mid_end)
+        phi.add_incoming(v2, second_end)
+    return out
 
 
 def _opaque(b: ir.IRBuilder, p: ir.Value) -> ir.Value:
@@ -380,8 +453,8 @@ def _opaque(b: ir.IRBuilder, p: ir.Value) -> ir.Value:
 
 
 def _column_product(b: ir.IRBuilder, pa: Panels, pa_i: ir.Value, pb: Panels, pb_j: ir.Value,
-                    depth: ir.Value | int, madd: bool = False, walk: bool = True
-                    ) -> list[ir.Value]:
+                    depth: ir.Value | int, madd: bool = False, walk: bool = True,
+                    paired: bool = True) -> list[ir.Value]:
     """acc[j] = Σ_d pa_i[d·lda + 0…3] · pb_j[d·ldb + SPLAT·j] for the w columns of a
     columns group: column j of a 4×w block of C as one vector over its four rows.
 
@@ -398,7 +471,7 @@ def _column_product(b: ir.IRBuilder, pa: Panels, pa_i: ir.Value, pb: Panels, pb_
         bs = load_split(b, bp, 0, SPLAT * w, pb.align)
         return [mul_add(b, av, bs[j], acc[j], madd) for j in range(w)]
 
-    return _depth_loop(b, at, pa, pa_i, pb, pb_j, depth, max(1, 4 // w), w, walk)
+    return _depth_loop(b, at, pa, pa_i, pb, pb_j, depth, max(1, 4 // w), w, walk, paired)
 
 
 Step = Callable[[ir.Value, list[ir.Value]], list[ir.Value]]
@@ -571,7 +644,8 @@ def _in_place(b: ir.IRBuilder, src: ir.Value, group: Group, ld: int) -> Panels:
 
 def _tiles(b: ir.IRBuilder, a_panels: Sequence[Panels], b_panels: Sequence[Panels],
            depth: ir.Value | int, rows: ir.Value | int, cols: int, c: ir.Value, flavor: Flavor,
-           bias: ir.Value | None = None, mask: ir.Value | None = None) -> None:
+           bias: ir.Value | None = None, mask: ir.Value | None = None, pair: bool = True
+           ) -> None:
     """C[rows, cols] (+)= epilogue(A panels · B panels), tile by tile.
 
     Where A's panels are packed just in time (a `pack`), A panels outside: each is packed into
@@ -581,7 +655,10 @@ def _tiles(b: ir.IRBuilder, a_panels: Sequence[Panels], b_panels: Sequence[Panel
     (which a 4 MB splat A at 512³ needed) every block streamed all of B again. Otherwise B
     panels outside (nn's B packed just in time, or A given packed): one B panel stays in L1
     while the A panels stream. Measured in docs/performance.md (2026-12-07, just-in-time A).
+    With `pair`, the Wasm build's depth loops of at least PAIR_MIN_DEPTH steps run two steps
+    an iteration (_paired).
     """
+    paired = pair and (not isinstance(depth, int) or depth >= PAIR_MIN_DEPTH)
     if not flavor.madd and isinstance(depth, int):  # not for relaxed_madd: its loop then ran
         depth = opaque_count(b, depth)  # 2× slower (MNIST, 256 deep)
 
@@ -591,11 +668,12 @@ def _tiles(b: ir.IRBuilder, a_panels: Sequence[Panels], b_panels: Sequence[Panel
         row0 = b.add(_c(pa.group.first), b.mul(ip, _c(MR)))
         col0 = b.add(_c(pb.group.first), b.mul(jp, _c(pb.group.width)))
         if pb.group.columns:
-            vs = _column_product(b, pa, pa_i, pb, pb_j, depth, flavor.madd, not flavor.native)
+            vs = _column_product(b, pa, pa_i, pb, pb_j, depth, flavor.madd, not flavor.native,
+                                 paired)
             _store_columns(b, vs, c, cols, row0, rows, col0, bias, mask, flavor)
             return
         acc = _tile_product(b, pb.group.width, pa, pa_i, pb, pb_j, depth, flavor.madd,
-                            not flavor.native)
+                            not flavor.native, paired)
         _store_tile(b, acc, c, cols, row0, rows, col0, pb.group.last_valid, bias, mask, flavor)
 
     outer, inner = a_panels, b_panels
@@ -869,7 +947,9 @@ def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
         packed += g.floats * (SPLAT if splat else 1)
         _pack_copy(b, a, k, m, g, dst, splat=splat)
         pa.append(panels)
-    _tiles(b, pa, pb, m, k, n, c, flavor)
+    # relaxed_madd's tn loop spilled an accumulator paired (B's run-time stride takes a
+    # register): MNIST's weight gradients ran 10–30 % slower, its nn and nt 14–24 % faster
+    _tiles(b, pa, pb, m, k, n, c, flavor, pair=not flavor.madd)
 
 
 _BODIES = {"nn": _body_nn, "nt": _body_nt, "tn": _body_tn}
