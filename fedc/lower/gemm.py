@@ -426,8 +426,7 @@ def _paired(b: ir.IRBuilder, depth: ir.Value, init: list[ir.Value],
     carried = [b.phi(v.type) for v in init]
     mid = step(list(carried), True)
     mid_end = b.block
-    guard = b.asm(ir.FunctionType(I32, [I32]), "", "=r,0", [k], False)
-    b.cbranch(b.icmp_signed("<", guard, _c(0)), done, second)
+    b.cbranch(b.icmp_signed("<", _opaque(b, k), _c(0)), done, second)
     b.position_at_end(second)
     end = step(mid, False)
     k_next = b.sub(k, _c(1))
@@ -447,9 +446,10 @@ def _paired(b: ir.IRBuilder, depth: ir.Value, init: list[ir.Value],
     return out
 
 
-def _opaque(b: ir.IRBuilder, p: ir.Value) -> ir.Value:
-    """p, through an empty inline asm (no code) that LLVM's analyses cannot look into."""
-    return b.asm(ir.FunctionType(PTR, [PTR]), "", "=r,0", [p], False)
+def _opaque(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    """v (a pointer or an integer), through an empty inline asm (no code) that LLVM's analyses
+    cannot look into."""
+    return b.asm(ir.FunctionType(v.type, [v.type]), "", "=r,0", [v], False)
 
 
 def _column_product(b: ir.IRBuilder, pa: Panels, pa_i: ir.Value, pb: Panels, pb_j: ir.Value,
@@ -947,8 +947,9 @@ def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
         packed += g.floats * (SPLAT if splat else 1)
         _pack_copy(b, a, k, m, g, dst, splat=splat)
         pa.append(panels)
-    # relaxed_madd's tn loop spilled an accumulator paired (B's run-time stride takes a
-    # register): MNIST's weight gradients ran 10–30 % slower, its nn and nt 14–24 % faster
+    # paired, relaxed_madd's tn loop spilled an accumulator (B's run-time stride takes a
+    # register; MNIST's weight gradients measured 10–30 % slower), its nn and nt ran 14–24 %
+    # faster
     _tiles(b, pa, pb, m, k, n, c, flavor, pair=not flavor.madd)
 
 
