@@ -947,9 +947,9 @@ def _body_tn(b: ir.IRBuilder, n: int, k: int, args: Sequence[ir.Value], flavor: 
         packed += g.floats * (SPLAT if splat else 1)
         _pack_copy(b, a, k, m, g, dst, splat=splat)
         pa.append(panels)
-    # paired, relaxed_madd's tn loop spilled an accumulator (B's run-time stride takes a
-    # register; MNIST's weight gradients measured 10–30 % slower), its nn and nt ran 14–24 %
-    # faster
+    # paired, relaxed_madd's tn loop kept one accumulator on the stack, beside its FMAs'
+    # register copies (MNIST's weight gradients measured 10–30 % slower); relaxed nn and nt
+    # do not spill paired and ran 14–24 % faster
     _tiles(b, pa, pb, m, k, n, c, flavor, pair=not flavor.madd)
 
 
