@@ -398,6 +398,7 @@ const attempt = (f) => {{ try {{ f(); msgs.push('ok'); }} catch (e) {{ msgs.push
 attempt(() => m.trainStep(x, [0, 1, 2.5, 3]));  // the Int32Array copy would truncate 2.5
 attempt(() => m.trainStep(x, ['0', '1', '2', '3']));
 attempt(() => m.trainEpoch(x, [0, 1, 2, 3], 2.5));
+attempt(() => m.trainEpoch(new Float32Array(0), [], 2));  // a mean loss of 0 from no rows
 attempt(() => m.predict(x, 6));  // rows 4 and 5 would be whatever the buffer held
 const bad = x.slice(); bad[3] = NaN;
 attempt(() => m.predict(bad, 4));
@@ -405,7 +406,8 @@ attempt(() => m.predict(Float64Array.from(x)));
 console.log(JSON.stringify(msgs));""", tmp_path)
     assert json.loads(out) == [
         "class label 2.5 is outside 0..9", "class label 0 is outside 0..9",
-        "batch_size must be in 1..256, got 2.5", "predict: 6 rows requested but input x holds 4",
+        "batch_size must be in 1..256, got 2.5", "trainEpoch needs at least one row, got 0",
+        "predict: 6 rows requested but input x holds 4",
         "input x contains NaN or Inf", "ok"]
 
 

@@ -563,6 +563,8 @@ export class Model {
     if (!(Number.isInteger(batchSize) && batchSize >= 1 && batchSize <= this.maxBatch)) {
       throw new RuntimeDataError(`batch_size must be in 1..${this.maxBatch}, got ${batchSize}`);
     }
+    // no batch to train: a mean loss of 0 would pass for a real one (as Python)
+    if (rows === 0) throw new RuntimeDataError('trainEpoch needs at least one row, got 0');
     const order = (seed instanceof Shuffle ? seed : new Shuffle(seed)).permutation(rows);
     if (!(seed instanceof Shuffle)) this.dropoutSeed = seed >>> 0; // as Python: new masks per seed
     let total = 0;

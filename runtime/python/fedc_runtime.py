@@ -421,6 +421,8 @@ class Model:
                 not 1 <= batch_size <= self.max_batch:  # 8.0 or "8" failed later, a TypeError
             raise RuntimeDataError(f"batch_size must be an integer in 1..{self.max_batch}, got "
                                    f"{batch_size!r}")
+        if rows == 0:  # no batch to train: a mean loss of 0 would pass for a real one
+            raise RuntimeDataError("train_epoch needs at least one row, got 0")
         order = _order(seed, rows)
         # a new epoch seed gives new dropout masks (clients of one round differ)
         if self._dropout_key is not None and isinstance(seed, int | np.integer
