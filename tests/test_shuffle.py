@@ -94,10 +94,13 @@ def test_train_epoch_trains_on_the_rows_of_its_order(width):
 
 
 def test_train_epoch_on_no_rows_trains_nothing(digits_mlp):
-    """A client whose partition is empty: no batch, a loss of 0, the weights unchanged."""
+    """No rows: no batch, and an error rather than a mean loss of 0 that would pass for a
+    real one (fedc's partitions give every client a row; its clients refuse empty data), the
+    weights unchanged."""
     from fedc.runtime import Model
     m = Model(digits_mlp.wasm, digits_mlp.manifest)
     m.init_weights(0)
     before = m.get_weights()
-    assert m.train_epoch(np.zeros((0, 64), np.float32), np.zeros(0, np.int32), 16, 3) == 0.0
+    with pytest.raises(RuntimeDataError, match="train_epoch needs at least one row, got 0"):
+        m.train_epoch(np.zeros((0, 64), np.float32), np.zeros(0, np.int32), 16, 3)
     assert np.array_equal(m.get_weights(), before)

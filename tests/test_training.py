@@ -156,15 +156,6 @@ def test_train_epoch_batch_size_must_be_an_integer_in_range(digits_mlp, batch_si
         model.train_epoch(np.zeros((20, 64), np.float32), np.zeros(20, int), batch_size)
 
 
-def test_train_epoch_on_no_rows_is_an_error_not_a_zero_loss(digits_mlp):
-    model = Model(digits_mlp.wasm, digits_mlp.manifest)
-    model.init_weights(0)
-    before = model.get_weights()
-    with pytest.raises(RuntimeDataError, match="train_epoch needs at least one row, got 0"):
-        model.train_epoch(np.zeros((0, 64), np.float32), np.zeros(0, int), 8)
-    assert np.array_equal(model.get_weights(), before)
-
-
 @pytest.mark.parametrize("seed", [-1, 1.5, "3", True, None])
 def test_init_weights_seed_must_be_an_integer_at_least_0(digits_mlp, seed):
     model = Model(digits_mlp.wasm, digits_mlp.manifest)
