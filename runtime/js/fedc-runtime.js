@@ -593,7 +593,7 @@ export class Model {
       total += this.exports.train_step(rows - full);
       batches += 1;
     }
-    return total / Math.max(batches, 1);
+    return total / batches; // ≥ 1: no rows is refused above
   }
 
   /** Mean loss (and accuracy for classification and binary tasks) over all rows, in maxBatch

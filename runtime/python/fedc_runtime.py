@@ -482,7 +482,7 @@ class Model:
             self._next_dropout_key()
             total += step(n)  # type: ignore[operator]
             batches += 1
-        return total / max(batches, 1)
+        return total / batches  # ≥ 1: no rows is refused above
 
     def evaluate(self, x: Arrays, y: np.ndarray) -> dict[str, float]:
         """Mean loss (and accuracy for classification and binary tasks) over all rows, in
