@@ -37,12 +37,14 @@ class Case:
     extra: bool  # nn: bias; tn: row_sum; nt: mask (the fused relu gradient)
     accumulate: bool
     relu: bool = False  # nn only
-    b_packed: bool = False  # tn only: B given as gemm.packed_b_index lays it out
+    # B given as gemm.packed_b_index lays it out: tn's first m rows; nn's and nt's weight B[k, n]
+    b_packed: bool = False
+    c_packed: bool = False  # tn only: C (a weight's gradient [k, n]) written in panels
 
     @property
     def name(self) -> str:
         return (f"{self.kind}_n{self.n}_k{self.k}_{int(self.extra)}{int(self.accumulate)}"
-                f"{int(self.relu)}{int(self.b_packed)}")
+                f"{int(self.relu)}{int(self.b_packed)}{int(self.c_packed)}")
 
     def shapes(self) -> list[tuple[int, int]]:
         dims = {"m": M_MAX, "n": self.n, "k": self.k}
@@ -75,7 +77,7 @@ def _emit_case(mod: ir.Module, case: Case, addrs: list[int], madd: bool = False)
     extra = {role: p[3]} if case.extra else {}
     gemm.emit_matmul(b, kind=case.kind, m=fn.args[0], n=case.n, k=case.k, a=p[0], bmat=p[1],
                      c=p[2], scratch=p[4], accumulate=case.accumulate, madd=madd,
-                     relu=case.relu, b_packed=case.b_packed, **extra)
+                     relu=case.relu, b_packed=case.b_packed, c_packed=case.c_packed, **extra)
     b.ret_void()
 
 
@@ -141,6 +143,16 @@ def _reference(case: Case, m: int, a: np.ndarray, bm: np.ndarray, c0: np.ndarray
     return ref, mag, rs
 
 
+def _to_panels(x: np.ndarray) -> np.ndarray:
+    """A row-major [rows, n] matrix as gemm.packed_b_index lays it out, flat."""
+    rows, n = x.shape
+    return x.reshape(rows, n // gemm.NR, gemm.NR).transpose(1, 0, 2).ravel()
+
+
+def _from_panels(flat: np.ndarray, rows: int, n: int) -> np.ndarray:
+    return flat.reshape(n // gemm.NR, rows, gemm.NR).transpose(1, 0, 2).reshape(rows, n)
+
+
 def _run_and_check(mod: Module, i: int, m: int, rng: np.random.Generator,
                    check_writes: bool = True) -> None:
     case, addrs = mod.cases[i], mod.addrs[i]
@@ -154,17 +166,23 @@ def _run_and_check(mod: Module, i: int, m: int, rng: np.random.Generator,
         x[...] = rng.uniform(-1, 1, extra_shape)
         x0 = x.copy()
     b_logical = ops[1]
-    if case.b_packed:  # the first m rows of B, panel by panel of NR columns
+    if case.b_packed:  # tn: the first m rows of B; nn, nt: all of B[k, n]
         b_logical = ops[1].copy()
-        packed = b_logical[:m].reshape(m, case.n // gemm.NR, gemm.NR).transpose(1, 0, 2)
-        ops[1].reshape(-1)[:packed.size] = packed.ravel()
+        ops[1].reshape(-1)[:] = 0
+        rows = m if case.kind == "tn" else case.k
+        packed = _to_panels(b_logical[:rows])
+        ops[1].reshape(-1)[:packed.size] = packed
+    c0 = ops[2].copy()
+    if case.c_packed:
+        ops[2].reshape(-1)[:] = _to_panels(c0)
     start, end = addrs[0] - GUARD, addrs[4] + case.sizes()[4] + GUARD
-    before, c0 = mod.mem[start:end].copy(), ops[2].copy()
+    before = mod.mem[start:end].copy()
     mod.exports[case.name](mod.store, m)  # traps on any access outside linear memory
 
     ref, mag, rs = _reference(case, m, ops[0], b_logical, c0, x0)
     depth = {"nn": case.k, "nt": case.n, "tn": m}[case.kind]
-    err = np.abs(ops[2][:ref.shape[0]] - ref)
+    got = _from_panels(ops[2].reshape(-1), *ops[2].shape) if case.c_packed else ops[2]
+    err = np.abs(got[:ref.shape[0]] - ref)
     assert np.all(err <= 2 * (depth + 2) * EPS * mag), f"{case.name} m={m}: error {err.max()}"
     if rs is not None:
         bound = 2 * (m + 2) * EPS * (np.abs(ops[1][:m]).sum(0) + np.abs(x0))
@@ -255,6 +273,15 @@ def test_emit_matmul_rejects_misplaced_fusions() -> None:
     with pytest.raises(ValueError, match="pre-packed B"):
         gemm.emit_matmul(b, kind="tn", m=one, n=8, k=4, a=p, bmat=p, c=p, scratch=p,
                          row_sum=p, b_packed=True)
+    with pytest.raises(ValueError, match="not stored in panels"):  # read in place instead
+        gemm.emit_matmul(b, kind="nn", m=one, n=16, k=64, a=p, bmat=p, c=p, scratch=p,
+                         b_packed=True)
+    with pytest.raises(ValueError, match="multiples"):
+        gemm.emit_matmul(b, kind="nt", m=one, n=12, k=64, a=p, bmat=p, c=p, scratch=p,
+                         b_packed=True)
+    with pytest.raises(ValueError, match="writes C in panels"):
+        gemm.emit_matmul(b, kind="nn", m=one, n=256, k=784, a=p, bmat=p, c=p, scratch=p,
+                         c_packed=True)
 
 
 def test_b_panels_are_read_in_place_only_where_their_rows_fit_l1_sets() -> None:
@@ -278,6 +305,31 @@ def test_tn_reads_a_pre_packed_b() -> None:
     with pytest.raises(ValueError, match="multiples"):
         gemm.packed_b_index(ir.IRBuilder(), 12, ir.Constant(gemm.I32, 1),
                             ir.Constant(gemm.I32, 0), 0)
+
+
+def test_weights_in_panels_are_read_and_their_gradients_written_so() -> None:
+    """A weight W[k, n] stored in panels (gemm.weight_panels): nn reads it as it is, nt reads
+    it in panels (depth n), tn writes its gradient in panels; plain, fused, accumulating, and
+    under relaxed_madd (its column layout) and the scalar build."""
+    assert gemm.weight_panels(256, 784) and gemm.weight_panels(128, 256)
+    assert not gemm.weight_panels(128, 64)  # read in place (l1_rows), never packed
+    assert not gemm.weight_panels(10, 300) and not gemm.weight_panels(8, 600)  # not all full
+    assert gemm.weight_panels(16, 600)
+    shapes = ((16, 600), (128, 65), (24, 261), (32, 300))
+    assert all(gemm.weight_panels(n, k) for n, k in shapes)
+    cases = []
+    for i, (n, k) in enumerate(shapes):
+        cases += [Case("nn", n, k, extra=i % 2 == 0, accumulate=i == 1, relu=i < 2,
+                       b_packed=True),
+                  Case("nt", n, k, extra=i % 2 == 1, accumulate=i == 2, b_packed=True),
+                  Case("nt", 8 * (i + 3), k, extra=False, accumulate=False, b_packed=True),
+                  Case("tn", n, k, extra=i % 2 == 0, accumulate=i == 3, c_packed=True)]
+    rng = np.random.default_rng(4)
+    for variant in ("simd128", "relaxed-simd", "scalar"):
+        mod = _guarded_module(cases, variant)
+        for i in range(len(cases)):
+            for m in (M_VALUES if variant == "simd128" else (1, 33)):
+                _run_and_check(mod, i, m, rng)
 
 
 def test_a_panels_are_packed_just_in_time_into_one_panels_room() -> None:
