@@ -14,7 +14,8 @@ from .check import CheckedModel, check
 from .diagnostics import CheckError, Diagnostic, ParseError, Span, UsageError
 from .emit import FEATURES, emit_units
 from .fuse import fuse
-from .ir import Graph, Value, format_graph, verify
+from .ir import Graph, Param, Value, format_graph, verify
+from .layout import PANELS
 from .link import ARENA_BASE, link, memory_size
 from .lower.module import EXPORTS, lower_module
 from .lower.units import split_units
@@ -230,9 +231,7 @@ def manifest(art: Artifacts, variant: str) -> dict[str, Any]:
                      "offset": pl.addr(pred)}],
         "params_region": {"offset": pl.params_offset, "count": pl.param_count},
         "grads_region": {"offset": pl.grads_offset, "count": pl.param_count},
-        "params": [{"name": p.value.name, "dtype": "f32", "shape": list(p.value.type.row_shape),
-                    "offset": pl.addr(p.value), "size": p.value.type.numel(1),
-                    "init": dict(p.init)} for p in art.train_graph.params],
+        "params": [_param(p, pl) for p in art.train_graph.params],
         "optimizer": {**m.optimizer.to_json(), "hparams_offset": pl.hparams_offset,
                       "state_region": {"offset": pl.state_offset, "count": pl.state_count,
                                        "slots": list(m.optimizer.slots()),
@@ -247,6 +246,17 @@ def manifest(art: Artifacts, variant: str) -> dict[str, Any]:
         "federated": m.federated,
         "buffers": [b.to_json() for b in pl.buffers],
     }
+
+
+def _param(p: Param, pl: MemoryPlan) -> dict[str, Any]:
+    """A parameter's manifest entry; `layout` where memory holds it in panels (fedc/layout.py:
+    the runtimes convert, gradients, optimizer state and anchor share the layout)."""
+    out: dict[str, Any] = {"name": p.value.name, "dtype": "f32",
+                           "shape": list(p.value.type.row_shape), "offset": pl.addr(p.value),
+                           "size": p.value.type.numel(1), "init": dict(p.init)}
+    if p.value.id in pl.panels:
+        out["layout"] = {"panels": PANELS}
+    return out
 
 
 def _decl(d: Any, offset: int, vocab: int | None = None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .ir import Graph, TensorType, Value
+from .layout import panel_values
 from .link import ARENA_BASE
 
 ALIGN = 16
@@ -48,6 +49,8 @@ class MemoryPlan:
     end: int = ARENA_BASE
     activation_bytes: int = 0  # the liveness-shared area's peak
     activation_bytes_unshared: int = 0  # what it would take without reuse
+    # ids of the parameters and gradients stored in panels (fedc/layout.py)
+    panels: frozenset[int] = frozenset()
 
     def addr(self, v: Value) -> int:
         return self.value_offsets[v.id]
@@ -81,7 +84,7 @@ def plan(graph: Graph, *, max_batch: int, state_slots: int, n_hparams: int,
     The scratch area holds max(scratch_bytes, what the graph's ops ask for).
     """
     scratch_bytes = _align(max(scratch_bytes, scratch_need(graph, max_batch)))
-    p = MemoryPlan(max_batch)
+    p = MemoryPlan(max_batch, panels=panel_values(graph))
     cursor = ARENA_BASE
 
     def put(name: str, kind: str, t: TensorType, v: Value | None, offset: int | None = None) -> int:

@@ -54,8 +54,25 @@ CNN = """model SmallCNN:
 
 optimizer sgd(lr=0.05, momentum=0.9, weight_decay=0.0001)
 """
+# both hidden weights stored in panels (fedc/layout.py), FedProx's anchor in the same layout
+PANELS = """model Panels:
+    input x: f32[64]
+    target y: class[10]
+    h = relu(dense(x, 256))
+    g = relu(dense(h, 256))
+    logits = dense(g, 10)
+    loss = softmax_cross_entropy(logits, y)
+
+optimizer sgd(lr=0.05, momentum=0.9)
+
+federated:
+    rounds = 2
+    batch_size = 32
+    strategy = fedprox
+    proximal_mu = 0.1
+"""
 SOURCES = {"digits_mlp": (ROOT / "examples" / "digits_mlp.fed").read_text(), "cnn": CNN,
-           "mixed": MIXED}
+           "mixed": MIXED, "panels": PANELS}
 
 
 def node(script: str, tmp: Path) -> str:

@@ -64,14 +64,14 @@ def test_training_steps_match_handwritten_numpy_sgd(act, momentum, wd, nesterov)
     art = compile_source(src, "m.fed")
     model = Model(art.wasm, art.manifest)
     model.init_weights(1)
-    start = [v.copy() for v in model.param_views.values()]
+    start = list(model.weights_by_name().values())
     rng = np.random.default_rng(2)
     batches = [(rng.random((n, 64)).astype(np.float32), rng.integers(0, 10, n))
                for n in (16, 16, 7, 16)]
     losses = [model.train_step(x, y) for x, y in batches]
     want_params, want_losses = numpy_mlp_sgd(start, batches, act, 0.1, momentum, wd, nesterov)
     np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
-    for got, want in zip(model.param_views.values(), want_params, strict=True):
+    for got, want in zip(model.weights_by_name().values(), want_params, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 

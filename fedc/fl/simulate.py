@@ -341,7 +341,7 @@ class Simulation:
 
     def _load_global(self) -> None:
         # a raw copy, not set_weights: a diverged (NaN) model is still evaluated, as deployed
-        self.model.params[:] = self.weights
+        self.model.write_weights(self.weights)
 
     def _evaluate(self) -> tuple[float, float | None]:
         self._load_global()

@@ -20,11 +20,15 @@ class LowerCtx:
     features: frozenset[str] = frozenset()
     # false in eval_step/predict: only ops registered with modal=True (dropout) may read it
     training: bool = True
+    panels: frozenset[int] = frozenset()  # ids of the values stored in panels (fedc/layout.py)
 
     @property
     def madd(self) -> bool:
         """Whether this build's products use f32x4.relaxed_madd (the relaxed-simd variant)."""
         return "relaxed-simd" in self.features
+
+    def in_panels(self, v: Value) -> bool:
+        return v.id in self.panels
 
     def ptr(self, v: Value) -> ir.Value:
         return self.b.inttoptr(i32c(self.addr_of(v)), PTR)

@@ -10,25 +10,29 @@ from .kernels import accumulate, emit_cols, i32c, load_w, store_w, zero_w
 
 
 def nn(ctx: LowerCtx, *, m: ir.Value, n: int, k: int, a: ir.Value, b: ir.Value, c: ir.Value,
-       bias: ir.Value | None = None, relu: bool = False) -> None:
-    """C[m,n] = A[m,k] · B[k,n] (+ bias[n]) (then relu): the register-blocked forward kernel."""
+       bias: ir.Value | None = None, relu: bool = False, b_panels: bool = False) -> None:
+    """C[m,n] = A[m,k] · B[k,n] (+ bias[n]) (then relu): the register-blocked forward kernel;
+    B stored in panels if b_panels (fedc/layout.py)."""
     gemm.emit_matmul(ctx.b, kind="nn", m=m, n=n, k=k, a=a, bmat=b, c=c,
-                     scratch=ctx.addr_ptr(ctx.scratch), bias=bias, madd=ctx.madd, relu=relu)
+                     scratch=ctx.addr_ptr(ctx.scratch), bias=bias, madd=ctx.madd, relu=relu,
+                     b_packed=b_panels)
 
 
 def nt(ctx: LowerCtx, *, m: ir.Value, n: int, k: int, a: ir.Value, b: ir.Value,
-       c: ir.Value, mask: ir.Value | None = None) -> None:
+       c: ir.Value, mask: ir.Value | None = None, b_panels: bool = False) -> None:
     """C[m,n] = A[m,k] · Bᵀ with B stored [n,k] (the input gradient; no explicit transpose),
-    zero where mask[m,n] ≤ 0 when a mask (laid out like C) is given."""
+    zero where mask[m,n] ≤ 0 when a mask (laid out like C) is given; B in panels if b_panels."""
     gemm.emit_matmul(ctx.b, kind="nt", m=m, n=k, k=n, a=a, bmat=b, c=c,
-                     scratch=ctx.addr_ptr(ctx.scratch), madd=ctx.madd, mask=mask)
+                     scratch=ctx.addr_ptr(ctx.scratch), madd=ctx.madd, mask=mask,
+                     b_packed=b_panels)
 
 
 def tn(ctx: LowerCtx, *, m: ir.Value, n: int, k: int, a: ir.Value, b: ir.Value,
-       c: ir.Value) -> None:
-    """C[k,n] = Aᵀ · B with A stored [m,k], B [m,n]: the weight gradient, reducing over m."""
+       c: ir.Value, c_panels: bool = False) -> None:
+    """C[k,n] = Aᵀ · B with A stored [m,k], B [m,n]: the weight gradient, reducing over m;
+    C written in panels if c_panels (a weight's gradient, fedc/layout.py)."""
     gemm.emit_matmul(ctx.b, kind="tn", m=m, n=n, k=k, a=a, bmat=b, c=c,
-                     scratch=ctx.addr_ptr(ctx.scratch), madd=ctx.madd)
+                     scratch=ctx.addr_ptr(ctx.scratch), madd=ctx.madd, c_packed=c_panels)
 
 
 def scratch(kind: gemm.Kind, max_batch: int, n: int, k: int) -> int:

@@ -136,7 +136,8 @@ def _node_function(mod: ir.Module, node: Node, plan: MemoryPlan,
     # train_step made one huge function that LLVM optimised ~30% slower (no faster code)
     fn.attributes.add("noinline")
     b = builder_class(features)(fn.append_basic_block("entry"))
-    ctx = LowerCtx(b, fn.args[0], plan.addr, plan.scratch_offset, features, training)
+    ctx = LowerCtx(b, fn.args[0], plan.addr, plan.scratch_offset, features, training,
+                   plan.panels)
     try:
         REGISTRY[node.op].lower(ctx, node)
     except (KeyError, ValueError, TypeError, AssertionError) as exc:

@@ -54,7 +54,7 @@ def _dense_lower(ctx: LowerCtx, node: Node) -> None:
     k, units = (int(d) for d in w.type.shape)
     bias = ctx.ptr(node.inputs[2]) if len(node.inputs) == 3 else None
     matmul.nn(ctx, m=ctx.n, n=units, k=k, a=ctx.ptr(x), b=ctx.ptr(w), c=ctx.ptr(node.out),
-              bias=bias)
+              bias=bias, b_panels=ctx.in_panels(w))
 
 
 def _dense_surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> Value:
@@ -93,7 +93,8 @@ def _nt_shape(ins: tuple[TensorType, ...], attrs: dict[str, Any]) -> TensorType:
 def _nt_lower(ctx: LowerCtx, node: Node) -> None:
     a, w = node.inputs
     k, u = (int(d) for d in w.type.shape)
-    matmul.nt(ctx, m=ctx.n, n=k, k=u, a=ctx.ptr(a), b=ctx.ptr(w), c=ctx.ptr(node.out))
+    matmul.nt(ctx, m=ctx.n, n=k, k=u, a=ctx.ptr(a), b=ctx.ptr(w), c=ctx.ptr(node.out),
+              b_panels=ctx.in_panels(w))
 
 
 register("matmul_nt", sample=((f32(BATCH, 10), f32(13, 10)), {}),
@@ -113,7 +114,8 @@ def _tn_shape(ins: tuple[TensorType, ...], attrs: dict[str, Any]) -> TensorType:
 def _tn_lower(ctx: LowerCtx, node: Node) -> None:
     a, g = node.inputs
     k, u = node.out.type.row_shape
-    matmul.tn(ctx, m=ctx.n, n=u, k=k, a=ctx.ptr(a), b=ctx.ptr(g), c=ctx.ptr(node.out))
+    matmul.tn(ctx, m=ctx.n, n=u, k=k, a=ctx.ptr(a), b=ctx.ptr(g), c=ctx.ptr(node.out),
+              c_panels=ctx.in_panels(node.out))
 
 
 register("matmul_tn", sample=((f32(BATCH, 13), f32(BATCH, 10)), {}),

@@ -55,7 +55,7 @@ def _dense_relu_lower(ctx: LowerCtx, node: Node) -> None:
     k, units = (int(d) for d in w.type.shape)
     bias = ctx.ptr(node.inputs[2]) if len(node.inputs) == 3 else None
     matmul.nn(ctx, m=ctx.n, n=units, k=k, a=ctx.ptr(x), b=ctx.ptr(w), c=ctx.ptr(node.out),
-              bias=bias, relu=True)
+              bias=bias, relu=True, b_panels=ctx.in_panels(w))
 
 
 def _fuse_dense_relu(uses: Uses, relu: Node) -> Fusion | None:
@@ -95,7 +95,7 @@ def _nt_relu_grad_lower(ctx: LowerCtx, node: Node) -> None:
     a, w, h = node.inputs
     k, u = (int(d) for d in w.type.shape)
     matmul.nt(ctx, m=ctx.n, n=k, k=u, a=ctx.ptr(a), b=ctx.ptr(w), c=ctx.ptr(node.out),
-              mask=ctx.ptr(h))
+              mask=ctx.ptr(h), b_panels=ctx.in_panels(w))
 
 
 def _fuse_nt_relu_grad(uses: Uses, grad: Node) -> Fusion | None:

@@ -385,6 +385,32 @@ export function checkData(manifest, x, y) {
 }
 
 
+/** Where each float of getWeights' vector lives in the params region (an Int32Array), or
+ * null if every parameter is row-major there. A [k, n] weight with layout {panels: P} holds
+ * its (r, c) at ((c / P | 0) * k + r) * P + c % P (fedc/layout.py). */
+function memoryOrder(params, region) {
+  if (!params.some((p) => p.layout)) return null;
+  const order = new Int32Array(region.count);
+  let i = 0;
+  for (const p of params) {
+    const at = (p.offset - region.offset) / 4;
+    const width = p.layout ? p.layout.panels : 0;
+    if (p.layout && !(Object.keys(p.layout).length === 1 && Number.isInteger(width)
+        && width > 0 && p.shape.length === 2 && p.shape[1] % width === 0)) {
+      throw new RuntimeDataError(`parameter ${p.name}: unknown layout ${JSON.stringify(p.layout)} for shape [${p.shape}] (this runtime reads {"panels": P} for a [k, n] weight with n a multiple of P)`);
+    }
+    for (let j = 0; j < p.size; j++, i++) {
+      if (!width) { order[i] = at + j; continue; }
+      const [k, n] = p.shape;
+      const r = Math.floor(j / n);
+      const c = j % n;
+      order[i] = at + ((Math.floor(c / width) * k + r) * width + (c % width));
+    }
+  }
+  if (i !== region.count) throw new RuntimeDataError('manifest.json\'s parameters do not tile its params_region');
+  return order;
+}
+
 export class Model {
   /** Compile and instantiate model.wasm (bytes) described by manifest (a parsed object). */
   static async create(wasmBytes, manifest) {
@@ -440,7 +466,10 @@ export class Model {
     const out = manifest.outputs[0];
     this.output = f32(out.offset, this.maxBatch * rowSize(out.shape));
     this.outputRow = rowSize(out.shape);
+    // the parameters as memory holds them: a weight with a "layout" is in panels, and
+    // getWeights/setWeights give and take manifest (row-major) order through _order
     this.params = f32(manifest.params_region.offset, manifest.params_region.count);
+    this._order = memoryOrder(manifest.params, manifest.params_region);
     const opt = manifest.optimizer;
     this.hparams = f32(opt.hparams_offset, opt.hparams_order.length);
     // optimizer state, the i32 step counter (schedules, bias corrections) included
@@ -468,8 +497,11 @@ export class Model {
       throw new RuntimeDataError(`initWeights: seed must be an integer in 0..2**53-1, got ${shown(seed)}`);
     }
     const rng = new Shuffle(seed);
+    const flat = new Float32Array(this.numParams);
+    let at = 0;
     for (const p of this.manifest.params) {
-      const view = new Float32Array(this.exports.memory.buffer, p.offset, p.size);
+      const view = flat.subarray(at, at + p.size);
+      at += p.size;
       const init = p.init;
       for (let i = 0; i < p.size; i++) {
         if (init.kind === 'uniform') view[i] = init.low + (init.high - init.low) * rng.uniform();
@@ -481,27 +513,42 @@ export class Model {
         else throw new RuntimeDataError(`unknown initialiser ${init.kind}`);
       }
     }
+    this._writeWeights(this.params, flat);
     this.resetOptimizer();
     this.dropoutSeed = seed >>> 0;
     this.dropoutStep = 0;
     if (this.anchor) this.anchor.set(this.params);
   }
 
-  getWeights() { return this.params.slice(); }
+  /** A copy of all parameters in manifest order (row-major), as Python's get_weights. */
+  getWeights() {
+    const order = this._order;
+    if (!order) return this.params.slice();
+    const out = new Float32Array(order.length);
+    for (let i = 0; i < order.length; i++) out[i] = this.params[order[i]];
+    return out;
+  }
+
+  /** region (params or anchor, memory layout) = flat (getWeights' order). */
+  _writeWeights(region, flat) {
+    const order = this._order;
+    if (!order) { region.set(flat); return; }
+    for (let i = 0; i < order.length; i++) region[order[i]] = flat[i];
+  }
 
   /** Write all parameters; with a FedProx anchor it moves too unless anchor === false (a client
    * receiving the global model starts the round anchored at it), as in Python. */
   setWeights(weights, { anchor = null } = {}) {
     this._checkWeights(weights, 'setWeights');
-    this.params.set(weights);
-    if (this.anchor && anchor !== false) this.anchor.set(weights);
+    this._writeWeights(this.params, weights);
+    if (this.anchor && anchor !== false) this.anchor.set(this.params); // the same layout
     else if (anchor) throw new RuntimeDataError('this model has no FedProx anchor');
   }
 
   setAnchor(weights) {
     this._checkWeights(weights, 'setAnchor');
     if (!this.anchor) throw new RuntimeDataError('this model has no FedProx anchor');
-    this.anchor.set(weights);
+    this._writeWeights(this.anchor, weights);
   }
 
   _checkWeights(weights, what) {

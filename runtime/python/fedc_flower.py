@@ -282,7 +282,7 @@ def train_local(msg: Message, context: Context) -> Message:
 def evaluate_local(msg: Message, context: Context) -> Message:
     """The received model's loss (and accuracy) on this node's evaluation data."""
     m, data = model(), node_data(context)
-    m.params[:] = from_record(msg.content["arrays"])
+    m.write_weights(from_record(msg.content["arrays"]))
     result = m.evaluate(data.x_eval, data.y_eval)
     metrics = {"num-examples": len(data.y_eval), "eval-loss": float(result["loss"])}
     if "accuracy" in result:
@@ -483,7 +483,7 @@ def central_evaluator(run: Mapping[str, Any]) -> Callable[[int, ArrayRecord], Me
     data, m = load_dataset(run), model()
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        m.params[:] = from_record(arrays)
+        m.write_weights(from_record(arrays))
         result = m.evaluate(data.x_test, data.y_test)
         return MetricRecord({k: float(v) for k, v in result.items()})
     return evaluate

@@ -226,12 +226,16 @@ class Model:
         self._losses = None if losses is None else self._view(losses["offset"], "f32",
                                                               (losses["count"],))
         region = m["params_region"]
+        # the parameters as memory holds them: a weight with a "layout" in panels (see
+        # _memory_order); get_weights/set_weights give and take manifest (row-major) order
         self.params = self._view(region["offset"], "f32", (region["count"],))
         grads = m["grads_region"]
         # the gradients of the last train_step, same layout as params
         self.grads = self._view(grads["offset"], "f32", (grads["count"],))
-        self.param_views = {p["name"]: self._view(p["offset"], "f32", tuple(p["shape"]))
+        # each parameter's memory: row-major in its shape, or in panels [n / P][k][P]
+        self.param_views = {p["name"]: self._view(p["offset"], "f32", _stored_shape(p))
                             for p in m["params"]}
+        self._order = _memory_order(m["params"], region["offset"], region["count"])
         opt = m["optimizer"]
         self.hparams = self._view(opt["hparams_offset"], "f32", (len(opt["hparams_order"]),))
         state = opt["state_region"]
@@ -259,16 +263,25 @@ class Model:
             raise RuntimeDataError(f"init_weights: seed must be an integer ≥ 0, got {seed!r}")
         seed = int(seed)
         rng = np.random.default_rng(seed)
-        for p in self.manifest["params"]:
-            self.param_views[p["name"]][...] = _draw(rng, p["init"], tuple(p["shape"]))
+        flat = [_draw(rng, p["init"], tuple(p["shape"])).ravel() for p in self.manifest["params"]]
+        self.write_weights(np.concatenate(flat) if flat else np.empty(0, np.float32))
         self.reset_optimizer()
         self.dropout_seed, self.dropout_step = seed & 0xFFFFFFFF, 0
         if self.anchor is not None:  # FedProx pulls towards the starting point until set_anchor
             self.anchor[:] = self.params
 
     def get_weights(self) -> np.ndarray:
-        """A copy of all parameters as one flat float32 vector (manifest order)."""
-        return self.params.copy()
+        """A copy of all parameters as one flat float32 vector (manifest order, row-major)."""
+        return self._logical(self.params)
+
+    def _logical(self, region: np.ndarray) -> np.ndarray:
+        """A copy of a params-layout region (params, grads, anchor) in get_weights' order."""
+        return region.copy() if self._order is None else region[self._order]
+
+    def write_weights(self, flat: np.ndarray) -> None:
+        """Write a flat vector in get_weights' order as it is: no checks (a diverged model's
+        NaN included) and the FedProx anchor untouched; to evaluate a model as received."""
+        _put(self.params, self._order, flat)
 
     def set_weights(self, weights: np.ndarray | list[np.ndarray], *,
                     anchor: bool | None = None) -> None:
@@ -276,9 +289,9 @@ class Model:
         anchor_region), the anchor is set to the same weights too unless anchor=False: a client
         receiving the global model starts the round anchored at it."""
         flat = self._flat_weights(weights, "set_weights")
-        self.params[:] = flat
+        self.write_weights(flat)
         if self.anchor is not None and anchor is not False:
-            self.anchor[:] = flat
+            self.anchor[:] = self.params  # the same layout
         elif anchor:
             raise RuntimeDataError("this model has no FedProx anchor (compile it with "
                                    "proximal_mu > 0 or strategy = fedprox)")
@@ -289,7 +302,7 @@ class Model:
         if self.anchor is None:
             raise RuntimeDataError("this model has no FedProx anchor (compile it with "
                                    "proximal_mu > 0 or strategy = fedprox)")
-        self.anchor[:] = flat
+        _put(self.anchor, self._order, flat)
 
     def _flat_weights(self, weights: np.ndarray | list[np.ndarray], what: str) -> np.ndarray:
         expects = f"{what} expects {self.num_params} float32 values but got"
@@ -316,7 +329,19 @@ class Model:
         return flat
 
     def weights_by_name(self) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in self.param_views.items()}
+        """Each parameter, a row-major copy in its manifest shape."""
+        return self._by_name(self.params)
+
+    def gradients_by_name(self) -> dict[str, np.ndarray]:
+        """The last train_step's gradient of each parameter, as weights_by_name gives them."""
+        return self._by_name(self.grads)
+
+    def _by_name(self, region: np.ndarray) -> dict[str, np.ndarray]:
+        flat, out, at = self._logical(region), {}, 0
+        for p in self.manifest["params"]:
+            out[p["name"]] = flat[at:at + p["size"]].reshape(p["shape"])
+            at += p["size"]
+        return out
 
     def reset_optimizer(self) -> None:
         """Zero the optimizer state, step counter included (restarts schedules and warm-up)."""
@@ -753,6 +778,58 @@ def _check_ids(arr: np.ndarray, decl: Mapping[str, Any]) -> np.ndarray:
         raise RuntimeDataError(f"input {decl['name']!r} holds token id {bad}, outside the "
                                f"embedding's vocabulary 0..{vocab - 1}")
     return arr
+
+
+def _panels(p: Mapping[str, Any]) -> int | None:
+    """The panel width of a parameter stored in panels (manifest "layout"), else None."""
+    layout = p.get("layout")
+    if layout is None:
+        return None
+    width, shape = layout.get("panels") if isinstance(layout, dict) else None, p["shape"]
+    if set(layout) != {"panels"} or not isinstance(width, int) or width < 1 or \
+            len(shape) != 2 or shape[1] % width:
+        raise RuntimeDataError(f"parameter {p['name']}: unknown layout {layout!r} for shape "
+                               f"{shape} (this runtime reads {{\"panels\": P}} for a [k, n] "
+                               "weight with n a multiple of P)")
+    return width
+
+
+def _stored_shape(p: Mapping[str, Any]) -> tuple[int, ...]:
+    width = _panels(p)
+    if width is None:
+        return tuple(p["shape"])
+    k, n = p["shape"]
+    return (n // width, k, width)
+
+
+def _memory_order(params: list[Mapping[str, Any]], base: int, count: int) -> np.ndarray | None:
+    """Where each float of get_weights' vector lives in the params region, or None if every
+    parameter is row-major there (then the two are the same). A [k, n] weight in panels of P
+    holds its (r, c) at ((c // P)·k + r)·P + c % P (fedc/layout.py)."""
+    if all(_panels(p) is None for p in params):
+        return None
+    parts = []
+    for p in params:
+        at, idx = (p["offset"] - base) // 4, np.arange(p["size"], dtype=np.int64)
+        width = _panels(p)
+        if width is not None:
+            k, n = p["shape"]
+            r, c = np.divmod(idx, n)
+            idx = ((c // width) * k + r) * width + c % width
+        parts.append(at + idx)
+    order = np.concatenate(parts)
+    if order.size != count or np.unique(order).size != count or order.min(initial=0) < 0 or \
+            order.max(initial=-1) >= count:
+        raise RuntimeDataError("manifest.json's parameters do not tile its params_region")
+    return order
+
+
+def _put(dst: np.ndarray, order: np.ndarray | None, flat: np.ndarray) -> None:
+    """dst (a region in memory layout) = flat (get_weights' order)."""
+    if order is None:
+        dst[:] = flat
+    else:
+        dst[order] = flat
 
 
 def _draw(rng: np.random.Generator, init: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:

@@ -68,3 +68,41 @@ optimizer sgd(lr=0.05, momentum=0.5)
     batches = random_batches(np.random.default_rng(1), [8, 5, 8], (12,), y_shape=(3,))
     compare_with_torch(src, lambda w: _mlp(w, "tanh", 3, "mse"),
                        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.5), batches)
+
+
+WIDE = """model W:
+    input x: f32[300]
+    target y: class[10]
+    h = relu(dense(x, 64))
+    g = tanh(dense(h, 256))
+    logits = dense(g, 10)
+    loss = softmax_cross_entropy(logits, y)
+optimizer sgd(lr=0.05, momentum=0.9, weight_decay=1e-3)
+"""
+
+
+def test_weights_stored_in_panels_match_torch():
+    """Both hidden weights are stored in panels (fedc/layout.py): forward, input gradient
+    (through the 64 × 256 one), weight gradients and the update, seen through the runtime's
+    row-major accessors."""
+    from fedc.pipeline import compile_source
+
+    layouts = {p["name"]: p.get("layout") for p in
+               compile_source(WIDE, "w.fed").manifest["params"]}
+    assert layouts == {"dense_0.weight": {"panels": 8}, "dense_0.bias": None,
+                       "dense_1.weight": {"panels": 8}, "dense_1.bias": None,
+                       "dense_2.weight": None, "dense_2.bias": None}
+    l0, l1, l2 = nn.Linear(300, 64), nn.Linear(64, 256), nn.Linear(256, 10)
+
+    def build(fedc: dict[str, np.ndarray]):
+        params = {}
+        for i, layer in enumerate((l0, l1, l2)):
+            params[f"dense_{i}.weight"] = (layer.weight, transpose)
+            params[f"dense_{i}.bias"] = (layer.bias, same)
+        load_into(None, fedc, params)
+        return (lambda x, y: F.cross_entropy(l2(torch.tanh(l1(F.relu(l0(x))))), y)), params
+
+    batches = random_batches(np.random.default_rng(2), [16, 5, 16], (300,), classes=10)
+    compare_with_torch(WIDE, build,
+                       lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3),
+                       batches)

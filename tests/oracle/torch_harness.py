@@ -53,8 +53,6 @@ def compare_with_torch(src: str, build: Callable[[dict[str, np.ndarray]], tuple[
     loss_fn, params = build(model.weights_by_name())
     assert set(params) == set(model.param_views), "the oracle must map every fedc parameter"
     opt = make_optimizer([p for p, _ in params.values()])
-    offsets = {p["name"]: (p["offset"] - art.manifest["params_region"]["offset"]) // 4
-               for p in art.manifest["params"]}
     for step, (x, y) in enumerate(batches):
         if hparam_updates is not None:
             hparam_updates(step, model, opt)
@@ -64,13 +62,13 @@ def compare_with_torch(src: str, build: Callable[[dict[str, np.ndarray]], tuple[
         want.backward()
         assert got_loss == pytest.approx(want.item(), rel=tol.loss, abs=tol.loss), \
             f"step {step}: loss"
+        grads = model.gradients_by_name()
         for name, (p, to_fedc) in params.items():
-            g = model.grads[offsets[name]: offsets[name] + p.numel()].reshape(
-                model.param_views[name].shape)
-            _close(g, to_fedc(p.grad), tol.grad, f"step {step}: gradient of {name}")
+            _close(grads[name], to_fedc(p.grad), tol.grad, f"step {step}: gradient of {name}")
         opt.step()
+        weights = model.weights_by_name()
         for name, (p, to_fedc) in params.items():
-            _close(model.param_views[name], to_fedc(p.detach()), tol.param,
+            _close(weights[name], to_fedc(p.detach()), tol.param,
                    f"step {step}: {name} after the update")
 
 
