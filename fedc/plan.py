@@ -68,12 +68,13 @@ def _nbytes(t: TensorType, max_batch: int) -> int:
     return t.numel(max_batch) * 4
 
 
-def scratch_need(graph: Graph, max_batch: int) -> int:
+def scratch_need(graph: Graph, max_batch: int, panels: frozenset[int] = frozenset()) -> int:
     """Bytes of kernel scratch the graph's ops ask for: kernels run one at a time, so the
     largest single request is enough."""
     from .ops import REGISTRY
 
-    sizes = [op.scratch(n, max_batch) for n in graph.nodes if (op := REGISTRY[n.op]).scratch]
+    sizes = [op.scratch(n, max_batch, panels) for n in graph.nodes
+             if (op := REGISTRY[n.op]).scratch]
     return max(sizes, default=0)
 
 
@@ -83,8 +84,9 @@ def plan(graph: Graph, *, max_batch: int, state_slots: int, n_hparams: int,
 
     The scratch area holds max(scratch_bytes, what the graph's ops ask for).
     """
-    scratch_bytes = _align(max(scratch_bytes, scratch_need(graph, max_batch)))
-    p = MemoryPlan(max_batch, panels=panel_values(graph))
+    panels = panel_values(graph)
+    scratch_bytes = _align(max(scratch_bytes, scratch_need(graph, max_batch, panels)))
+    p = MemoryPlan(max_batch, panels=panels)
     cursor = ARENA_BASE
 
     def put(name: str, kind: str, t: TensorType, v: Value | None, offset: int | None = None) -> int:

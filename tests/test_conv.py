@@ -180,7 +180,8 @@ optimizer sgd(lr=0.1)
 
     train = grad(check_source(src, "m.fed").graph)
     p = plan(train, max_batch=7, state_slots=0, n_hparams=1)
-    wanted = max(REGISTRY[n.op].scratch(n, 7) for n in train.nodes if REGISTRY[n.op].scratch)
+    wanted = max(REGISTRY[n.op].scratch(n, 7, p.panels) for n in train.nodes
+                 if REGISTRY[n.op].scratch)
     (buf,) = p.find("scratch")
     assert buf.bytes >= wanted > 0 and buf.offset % 16 == 0 and buf.offset + buf.bytes <= p.end
 

@@ -55,7 +55,7 @@ class Case:
         mats = [4 * r * c for r, c in self.shapes()]
         extra = mats[2] if self.kind == "nt" else 4 * self.n  # a mask is shaped like C
         return [*mats, extra if self.extra else 0,
-                gemm.scratch_bytes(self.kind, M_MAX, self.n, self.k)]
+                gemm.scratch_bytes(self.kind, M_MAX, self.n, self.k, b_packed=self.b_packed)]
 
 
 def _cases(ns: tuple[int, ...], ks: tuple[int, ...]) -> list[Case]:

@@ -797,13 +797,17 @@ def _packed_b_floats(kind: Kind, m_max: int, n: int, k: int, columns: bool,
                for g in groups if not (in_place and g.in_place)) * depth
 
 
-def scratch_bytes(kind: Kind, m_max: int, n: int, k: int, a_packed: bool = False) -> int:
+def scratch_bytes(kind: Kind, m_max: int, n: int, k: int, a_packed: bool = False,
+                  b_packed: bool = False) -> int:
     """Bytes of scratch emit_matmul needs for a batch of at most m_max rows: the largest of the
     simd128 layout (splat A where _splat_a, B's columns groups where not, `wide` ones for a
-    narrow C) and relaxed-simd's (no splat A, a columns group for the last 1–3 columns)."""
+    narrow C) and relaxed-simd's (no splat A, a columns group for the last 1–3 columns). nn
+    with `b_packed` (a weight in panels) packs no B, and A one panel at a time."""
     if kind not in _BODIES:
         raise ValueError(f"unknown matmul kind {kind!r}")
     splat = _splat_a(kind, n, k) and not a_packed
+    if kind == "nn" and b_packed:
+        return 0 if a_packed else 4 * max((SPLAT if s else 1) * MR * k for s in {splat, False})
     return 4 * max(_packed_b_floats(kind, m_max, n, k, not s, wide)
                    + (0 if a_packed else _packed_a_floats(kind, m_max, n, k, s))
                    for s in {splat, False} for wide in (False, True))

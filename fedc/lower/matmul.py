@@ -35,9 +35,11 @@ def tn(ctx: LowerCtx, *, m: ir.Value, n: int, k: int, a: ir.Value, b: ir.Value,
                      scratch=ctx.addr_ptr(ctx.scratch), madd=ctx.madd, c_packed=c_panels)
 
 
-def scratch(kind: gemm.Kind, max_batch: int, n: int, k: int) -> int:
-    """Scratch bytes of nn/nt/tn in this module's argument convention."""
-    return gemm.scratch_bytes(kind, max_batch, *((k, n) if kind == "nt" else (n, k)))
+def scratch(kind: gemm.Kind, max_batch: int, n: int, k: int, *, b_panels: bool = False) -> int:
+    """Scratch bytes of nn/nt/tn in this module's argument convention (nn's B in panels needs
+    no room for B)."""
+    return gemm.scratch_bytes(kind, max_batch, *((k, n) if kind == "nt" else (n, k)),
+                              b_packed=b_panels)
 
 
 def sum_rows(ctx: LowerCtx, *, m: ir.Value, n: int, a: ir.Value, c: ir.Value) -> None:

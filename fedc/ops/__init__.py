@@ -23,7 +23,7 @@ Reference = Callable[[list[np.ndarray], dict[str, Any]], np.ndarray]
 GradRule = Callable[["GradBuilder", "Node", "Value", tuple[bool, ...]], tuple["Value | None", ...]]
 Lowering = Callable[["LowerCtx", "Node"], None]
 Surface = Callable[["SurfaceCtx", list[Any], dict[str, Any]], "Value"]
-Scratch = Callable[["Node", int], int]
+Scratch = Callable[["Node", int, frozenset[int]], int]
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,9 @@ class OpDef:
     sample:  input types (and attrs) the registry-wide tests instantiate the op with; "N" is
              the batch dim. Every op has one, so every op is tested the moment it exists.
     loss:    the op is a loss: scalar output, first input is the model's prediction
-    scratch: (node, max_batch) → bytes of kernel scratch its lowering uses at ctx.scratch
-             (16-byte aligned, shared by all nodes: the plan reserves the largest request)
+    scratch: (node, max_batch, panels) → bytes of kernel scratch its lowering uses at
+             ctx.scratch (16-byte aligned, shared by all nodes: the plan reserves the largest
+             request); panels: the ids of the values stored in panels (fedc/layout.py)
     task:    for a loss, the manifest's `task` when it is neither "classification" (class
              targets) nor "regression", e.g. "binary" for bce_with_logits (0/1 targets, logits)
     modal:   the lowering reads ctx.training (dropout: a copy outside training), so the op is

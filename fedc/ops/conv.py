@@ -141,9 +141,9 @@ def _conv_lower(ctx: LowerCtx, node: Node) -> None:
                   ctx.ptr(node.out))
 
 
-def _scratch(which: int) -> Callable[[Node, int], int]:
+def _scratch(which: int) -> Callable[[Node, int, frozenset[int]], int]:
     """Scratch of the forward (0), input-gradient (1) or weight-gradient (2) kernel."""
-    return lambda node, max_batch: lconv.scratch_bytes(_node_shape(node), which, max_batch)
+    return lambda node, max_batch, _: lconv.scratch_bytes(_node_shape(node), which, max_batch)
 
 
 # --- surface: conv1d(x, out_channels, kernel_size, …) ---------------------------------------

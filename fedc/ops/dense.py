@@ -76,7 +76,8 @@ def _dense_surface(ctx: SurfaceCtx, args: list[Any], kwargs: dict[str, Any]) -> 
 
 register("dense", sample=((f32(BATCH, 13), f32(13, 10), f32(10)), {}),
          shape=_dense_shape, ref=_dense_ref, grad=_dense_grad, lower=_dense_lower,
-         scratch=lambda node, mb: matmul.scratch("nn", mb, *node.inputs[1].type.row_shape[::-1]),
+         scratch=lambda node, mb, panels: matmul.scratch(
+             "nn", mb, *node.inputs[1].type.row_shape[::-1], b_panels=node.inputs[1].id in panels),
          surface=_dense_surface,
          doc="dense(x, units, bias=true): x · W + b, W: [features, units], PyTorch init")
 
@@ -99,7 +100,7 @@ def _nt_lower(ctx: LowerCtx, node: Node) -> None:
 
 register("matmul_nt", sample=((f32(BATCH, 10), f32(13, 10)), {}),
          shape=_nt_shape, ref=lambda xs, _: xs[0] @ xs[1].T, lower=_nt_lower,
-         scratch=lambda node, mb: matmul.scratch("nt", mb, *node.inputs[1].type.row_shape),
+         scratch=lambda node, mb, _: matmul.scratch("nt", mb, *node.inputs[1].type.row_shape),
          doc="a · wᵀ with w stored [K, U]")
 
 
@@ -120,7 +121,7 @@ def _tn_lower(ctx: LowerCtx, node: Node) -> None:
 
 register("matmul_tn", sample=((f32(BATCH, 13), f32(BATCH, 10)), {}),
          shape=_tn_shape, ref=lambda xs, _: xs[0].T @ xs[1], lower=_tn_lower,
-         scratch=lambda node, mb: matmul.scratch("tn", mb, *node.out.type.row_shape[::-1]),
+         scratch=lambda node, mb, _: matmul.scratch("tn", mb, *node.out.type.row_shape[::-1]),
          doc="aᵀ · g over the batch")
 
 

@@ -75,7 +75,8 @@ def _fuse_dense_relu(uses: Uses, relu: Node) -> Fusion | None:
 register("dense_relu", sample=((f32(BATCH, 13), f32(13, 10), f32(10)), {}),
          shape=_dense_shape, ref=lambda xs, a: np.maximum(_dense_ref(xs, a), 0),
          lower=_dense_relu_lower,
-         scratch=lambda node, mb: matmul.scratch("nn", mb, *node.inputs[1].type.row_shape[::-1]),
+         scratch=lambda node, mb, panels: matmul.scratch(
+             "nn", mb, *node.inputs[1].type.row_shape[::-1], b_panels=node.inputs[1].id in panels),
          doc="relu(x · W + b): dense with relu in its GEMM epilogue (made by fusion)")
 RULES.append(("relu", _fuse_dense_relu))
 
@@ -114,7 +115,7 @@ register("matmul_nt_relu_grad", sample=((f32(BATCH, 10), f32(13, 10), f32(BATCH,
          shape=_nt_relu_grad_shape,
          ref=lambda xs, _: np.where(xs[2] > 0, xs[0] @ xs[1].T, 0).astype(xs[0].dtype),
          lower=_nt_relu_grad_lower,
-         scratch=lambda node, mb: matmul.scratch("nt", mb, *node.inputs[1].type.row_shape),
+         scratch=lambda node, mb, _: matmul.scratch("nt", mb, *node.inputs[1].type.row_shape),
          doc="(a · wᵀ) where mask > 0, else 0: a relu gradient in the GEMM epilogue (fusion)")
 RULES.append(("relu_grad", _fuse_nt_relu_grad))
 
