@@ -11,9 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import __version__
+from ._lazy import np
 from .data import MAX_SEED
 from .diagnostics import Diagnostic, FedcError, InternalError, UsageError
 

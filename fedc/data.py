@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from ._lazy import np
 from .diagnostics import DataError, Diagnostic, UsageError, did_you_mean
+from .optim.settings import F32_MAX
 
 TASKS = ("classification", "regression")
 MAX_SEED = 2**32 - 1  # the split's seed is scikit-learn's random_state, a uint32
@@ -209,7 +209,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise _fail(f"{path}: not a readable .npz file ({exc})") from None
 
 
-_F32_MAX = float(np.finfo(np.float32).max)
+_F32_MAX = F32_MAX  # float32's largest finite value
 
 
 def _features(arr: np.ndarray, where: str) -> np.ndarray:

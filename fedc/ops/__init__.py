@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..ir import Node, TensorType, Value
     from ..lower.context import LowerCtx
     from .surface import GradBuilder, SurfaceCtx
@@ -19,7 +19,7 @@ class ShapeError(Exception):
 
 
 ShapeRule = Callable[[tuple["TensorType", ...], dict[str, Any]], "TensorType"]
-Reference = Callable[[list[np.ndarray], dict[str, Any]], np.ndarray]
+Reference = Callable[[list["np.ndarray"], dict[str, Any]], "np.ndarray"]
 GradRule = Callable[["GradBuilder", "Node", "Value", tuple[bool, ...]], tuple["Value | None", ...]]
 Lowering = Callable[["LowerCtx", "Node"], None]
 Surface = Callable[["SurfaceCtx", list[Any], dict[str, Any]], "Value"]

@@ -6,9 +6,9 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 from llvmlite import ir
 
+from .._lazy import np
 from ..ir import BATCH, Node, TensorType, Value, f32
 from ..lower import mathfn, softmax
 from ..lower.context import LowerCtx

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
+from .._lazy import np
 from ..ir import BATCH, Node, TensorType, Value, f32
 from ..lower import matmul
 from ..lower.context import LowerCtx

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from llvmlite import ir
 
+from .._lazy import np
 from ..ir import BATCH, Node, TensorType, Value, f32, i32
 from ..lower.context import LowerCtx
 from ..lower.kernels import (

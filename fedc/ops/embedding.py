@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 from llvmlite import ir
 
+from .._lazy import np
 from ..ir import BATCH, Graph, Node, TensorType, Value, f32, i32
 from ..lower.context import LowerCtx
 from ..lower.kernels import (

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from .._lazy import np
 from ..ir import BATCH, Node, TensorType, Value, f32
 from ..lower import matmul
 from ..lower import pool as lpool

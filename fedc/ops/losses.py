@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from llvmlite import ir
 
+from .._lazy import np
 from ..ir import BATCH, Node, TensorType, Value, f32, i32
 from ..lower import softmax
 from ..lower.context import LowerCtx

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from llvmlite import ir
 
+from .._lazy import np
 from ..ir import BATCH, Node, TensorType, Value, f32
 from ..lower import mathfn, softmax
 from ..lower.context import LowerCtx
@@ -19,7 +19,7 @@ from . import ShapeError, register
 from .surface import NUMBER, REQUIRED, TENSOR, SurfaceCtx, SurfaceError, bind
 
 Attrs = dict[str, Any]
-RefFn = Callable[[np.ndarray, np.ndarray, Attrs], np.ndarray]
+RefFn = Callable[["np.ndarray", "np.ndarray", Attrs], "np.ndarray"]
 IrFn = Callable[[ir.IRBuilder, ir.Value, ir.Value, Attrs], ir.Value]
 
 

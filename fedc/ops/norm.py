@@ -6,8 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
+from .._lazy import np
 from ..ir import BATCH, Node, TensorType, Value, f32
 from ..lower import norm as kernels
 from ..lower.context import LowerCtx

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
-
+from .._lazy import np
 from ..ir import BATCH, f32
 from . import ShapeError
 from .surface import NONNEG_INT, POS_INT, SurfaceError
@@ -144,7 +142,7 @@ def windows(x: np.ndarray, win: Window, fill: float = 0.0) -> np.ndarray:
     """[N, C, H, W] → [N, C, Ho, Wo, kh, kw]: every window of x padded with `fill`."""
     (ph, pw), (sh, sw) = win.padding, win.stride
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
-    v = sliding_window_view(xp, win.kernel, axis=(2, 3))
+    v = np.lib.stride_tricks.sliding_window_view(xp, win.kernel, axis=(2, 3))
     ho, wo = win.out
     return v[:, :, : (ho - 1) * sh + 1: sh, : (wo - 1) * sw + 1: sw]
 

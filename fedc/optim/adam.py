@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 from llvmlite import ir
 
+from .._lazy import np
 from ..lower.kernels import f32c
 from ..lower.scalarmath import F64, fmax, powi, sqrt, to_f32, to_f64
 from .base import (

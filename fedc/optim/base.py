@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 from llvmlite import ir
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,8 @@ Scalars = dict[str, ir.Value]
 Prepare = Callable[[ir.IRBuilder, Scalars, ir.Value], Scalars]
 ElementUpdate = Callable[[ir.IRBuilder, Scalars, dict[str, float], ir.Value, ir.Value,
                           Sequence[ir.Value]], tuple[ir.Value, list[ir.Value]]]
-RefUpdate = Callable[[np.ndarray, np.ndarray, list[np.ndarray], dict[str, float], int], None]
+RefUpdate = Callable[["np.ndarray", "np.ndarray", list["np.ndarray"], dict[str, float], int],
+                     None]
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 from llvmlite import ir
 
+from .._lazy import np
 from ..lower.kernels import f32c
 from ..lower.scalarmath import sqrt
 from .base import HParam, OptimizerDef, Scalars, boolean, nonneg, positive, register, unit

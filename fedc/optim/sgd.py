@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 from llvmlite import ir
 
+from .._lazy import np
 from .base import HParam, OptimizerDef, Scalars, boolean, nonneg, positive, register, unit
 
 

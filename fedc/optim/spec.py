@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from .._lazy import np
 from ..diagnostics import Span
 from .base import OPTIMIZERS, OptimizerDef
 from .schedules import SCHEDULES, scheduled_lr_ref

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from .._lazy import np
 from ..diagnostics import UsageError, did_you_mean
 from . import ServeError
 
