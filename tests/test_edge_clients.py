@@ -559,3 +559,40 @@ console.log(JSON.stringify(msgs));""", tmp_path)
     msgs = json.loads(out)
     wrong = "RuntimeDataError: manifest.json is not the one fedc wrote for this module ("
     assert len(msgs) == 3 and all(m.startswith(wrong) for m in msgs), msgs
+
+
+def test_js_refuses_a_layout_it_does_not_know(tmp_path):
+    """As in Python (tests/test_layout.py): an unknown parameter layout, or parameters that
+    do not tile the params region, name what is wrong; a known one constructs."""
+    import copy
+
+    from fedc.pipeline import compile_source
+
+    art = compile_source(PANELS, "panels.fed")
+    manifests = []
+    for edit in ("none", "width", "kind", "overlap"):
+        m = copy.deepcopy(art.manifest)
+        if edit == "width":
+            m["params"][0]["layout"] = {"panels": 3}
+        elif edit == "kind":
+            m["params"][0]["layout"] = {"rows": 8}
+        elif edit == "overlap":
+            m["params"][1]["offset"] = m["params"][0]["offset"]
+        manifests.append(m)
+    (tmp_path / "model.wasm").write_bytes(art.wasm)
+    rt = (ROOT / "runtime" / "js" / "fedc-runtime.js").as_uri()
+    out = node(f"""import fs from 'node:fs';
+import {{ Model }} from '{rt}';
+const wasm = fs.readFileSync({json.dumps(str(tmp_path / 'model.wasm'))});
+const msgs = [];
+for (const m of {json.dumps(manifests)}) {{
+  try {{ await Model.create(wasm, m); msgs.push('ok'); }}
+  catch (e) {{ msgs.push(`${{e.name}}: ${{e.message}}`); }}
+}}
+console.log(JSON.stringify(msgs));""", tmp_path)
+    msgs = json.loads(out)
+    assert msgs[0] == "ok", msgs
+    for m in msgs[1:3]:
+        assert m.startswith("RuntimeDataError: parameter dense_0.weight: unknown layout"), msgs
+    assert msgs[3] == ("RuntimeDataError: manifest.json's parameters do not tile its "
+                       "params_region"), msgs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from fedc.autodiff import grad
@@ -82,3 +83,57 @@ def test_manifest_marks_the_panel_weights_for_every_variant(variant):
     assert layouts["dense_0.weight"] == layouts["dense_1.weight"] == {"panels": gemm.NR}
     assert all(v is None for k, v in layouts.items() if k not in ("dense_0.weight",
                                                                    "dense_1.weight"))
+
+
+SMALL = """model S:
+    input x: f32[300]
+    target y: class[10]
+    h = relu(dense(x, 64))
+    logits = dense(h, 10)
+    loss = softmax_cross_entropy(logits, y)
+optimizer sgd(lr=0.1, momentum=0.9)
+federated:
+    strategy = fedprox
+    proximal_mu = 0.1
+"""
+
+
+def test_runtime_speaks_row_major_while_memory_holds_panels():
+    from fedc.runtime import Model
+
+    art = compile_source(SMALL, "s.fed")
+    (w0,) = [p for p in art.manifest["params"] if p.get("layout")]
+    assert w0["name"] == "dense_0.weight" and w0["layout"] == {"panels": gemm.NR}
+    model = Model(art.wasm, art.manifest)
+    rng = np.random.default_rng(0)
+    flat = rng.normal(size=model.num_params).astype(np.float32)
+    model.set_weights(flat)
+    assert np.array_equal(model.get_weights(), flat)
+    assert np.array_equal(model._logical(model.anchor), flat)  # FedProx's anchor: same layout
+    w = model.weights_by_name()["dense_0.weight"]
+    assert w.shape == (300, 64) and np.array_equal(w, flat[:300 * 64].reshape(300, 64))
+    panels = model.param_views["dense_0.weight"]  # memory as it is: [n / 8][k][8]
+    assert panels.shape == (8, 300, 8)
+    assert np.array_equal(panels, w.reshape(300, 8, 8).transpose(1, 0, 2))
+    assert not np.array_equal(model.params[:300 * 64], flat[:300 * 64])  # not row-major there
+    model.write_weights(np.full(model.num_params, np.nan, np.float32))  # unchecked, as received
+    assert np.isnan(model.get_weights()).all()
+    assert np.array_equal(model._logical(model.anchor), flat)  # untouched
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda ps: ps[0].update(layout={"panels": 3}), "dense_0.weight: unknown layout"),
+    (lambda ps: ps[0].update(layout={"rows": 8}), "dense_0.weight: unknown layout"),
+    (lambda ps: ps[0].update(layout=[8]), "dense_0.weight: unknown layout"),
+    (lambda ps: ps[1].update(offset=ps[0]["offset"]), "do not tile its params_region"),
+])
+def test_runtime_refuses_a_layout_it_does_not_know(edit, message):
+    import copy
+
+    from fedc.runtime import Model, RuntimeDataError
+
+    art = compile_source(SMALL, "s.fed")
+    manifest = copy.deepcopy(art.manifest)
+    edit(manifest["params"])
+    with pytest.raises(RuntimeDataError, match=message):
+        Model(art.wasm, manifest)

@@ -772,7 +772,8 @@ def weight_panels(n: int, k: int) -> bool:
     otherwise pack B on every call. Then nn reads W as it is, nt reads it in panels, tn writes
     its gradient in panels, and the optimizer's elementwise pass needs no change (fedc/layout.py
     decides, the runtimes convert at get/set_weights). MNIST's 784 × 256 weight: its forward
-    packed 800 KB a step (60 µs in a 720 µs product; the whole step ran 5–7 % faster)."""
+    packed 800 KB a step (60 µs in a 720 µs product); stored in panels, with its weight
+    gradient writing 4×8 tiles as 128 contiguous bytes, the whole step ran 0.89× the time."""
     return n % NR == 0 and n > WIDE_COLUMNS_MAX and not _in_place_b("nn", n, k)
 
 

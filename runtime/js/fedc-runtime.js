@@ -407,6 +407,11 @@ function memoryOrder(params, region) {
       order[i] = at + ((Math.floor(c / width) * k + r) * width + (c % width));
     }
   }
+  const seen = new Uint8Array(region.count);
+  for (let j = 0; j < i; j++) {
+    if (order[j] < 0 || order[j] >= region.count || seen[order[j]]) { i = -1; break; }
+    seen[order[j]] = 1;
+  }
   if (i !== region.count) throw new RuntimeDataError('manifest.json\'s parameters do not tile its params_region');
   return order;
 }

@@ -818,8 +818,10 @@ def _memory_order(params: list[Mapping[str, Any]], base: int, count: int) -> np.
             idx = ((c // width) * k + r) * width + c % width
         parts.append(at + idx)
     order = np.concatenate(parts)
-    if order.size != count or np.unique(order).size != count or order.min(initial=0) < 0 or \
-            order.max(initial=-1) >= count:
+    seen = np.zeros(count, bool)
+    if order.size == count and (count == 0 or (order.min() >= 0 and order.max() < count)):
+        seen[order] = True
+    if order.size != count or not seen.all():  # each float of the region exactly once
         raise RuntimeDataError("manifest.json's parameters do not tile its params_region")
     return order
 
