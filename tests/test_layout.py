@@ -125,6 +125,7 @@ def test_runtime_speaks_row_major_while_memory_holds_panels():
     (lambda ps: ps[0].update(layout={"panels": 3}), "dense_0.weight: unknown layout"),
     (lambda ps: ps[0].update(layout={"rows": 8}), "dense_0.weight: unknown layout"),
     (lambda ps: ps[0].update(layout=[8]), "dense_0.weight: unknown layout"),
+    (lambda ps: ps[0].update(layout={"panels": True}), "dense_0.weight: unknown layout"),
     (lambda ps: ps[1].update(offset=ps[0]["offset"]), "do not tile its params_region"),
 ])
 def test_runtime_refuses_a_layout_it_does_not_know(edit, message):
@@ -137,3 +138,13 @@ def test_runtime_refuses_a_layout_it_does_not_know(edit, message):
     edit(manifest["params"])
     with pytest.raises(RuntimeDataError, match=message):
         Model(art.wasm, manifest)
+
+
+def test_write_weights_takes_nan_but_not_the_wrong_length():
+    from fedc.runtime import Model, RuntimeDataError
+
+    art = compile_source(SMALL, "s.fed")
+    model = Model(art.wasm, art.manifest)
+    with pytest.raises(RuntimeDataError, match=f"write_weights expects {model.num_params} "
+                                               "values, got shape \\(3,\\)"):
+        model.write_weights(np.zeros(3, np.float32))

@@ -279,8 +279,12 @@ class Model:
         return region.copy() if self._order is None else region[self._order]
 
     def write_weights(self, flat: np.ndarray) -> None:
-        """Write a flat vector in get_weights' order as it is: no checks (a diverged model's
-        NaN included) and the FedProx anchor untouched; to evaluate a model as received."""
+        """Write a flat vector in get_weights' order as it is: no value checks (a diverged
+        model's NaN included) and the FedProx anchor untouched; to evaluate a model as
+        received."""
+        if np.shape(flat) != (self.num_params,):
+            raise RuntimeDataError(f"write_weights expects {self.num_params} values, got shape "
+                                   f"{np.shape(flat)}")
         _put(self.params, self._order, flat)
 
     def set_weights(self, weights: np.ndarray | list[np.ndarray], *,
@@ -786,8 +790,8 @@ def _panels(p: Mapping[str, Any]) -> int | None:
     if layout is None:
         return None
     width, shape = layout.get("panels") if isinstance(layout, dict) else None, p["shape"]
-    if set(layout) != {"panels"} or not isinstance(width, int) or width < 1 or \
-            len(shape) != 2 or shape[1] % width:
+    whole = isinstance(width, int) and not isinstance(width, bool) and width >= 1
+    if set(layout) != {"panels"} or not whole or len(shape) != 2 or shape[1] % width:
         raise RuntimeDataError(f"parameter {p['name']}: unknown layout {layout!r} for shape "
                                f"{shape} (this runtime reads {{\"panels\": P}} for a [k, n] "
                                "weight with n a multiple of P)")
