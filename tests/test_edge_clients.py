@@ -533,6 +533,24 @@ console.log(JSON.stringify(msgs));""", tmp_path)
         f"{e}{weights} an Array of 1", f"{e}{weights} a Float32Array of 5", f"{e}{weights} null"]
 
 
+def _js_create(wasm: bytes, manifests: list[dict], tmp_path: Path) -> list[str]:
+    """JS `Model.create` of the module with each manifest under Node: 'ok', or the error as
+    'Name: message'."""
+    (tmp_path / "model.wasm").write_bytes(wasm)
+    rt = (ROOT / "runtime" / "js" / "fedc-runtime.js").as_uri()
+    out = node(f"""import fs from 'node:fs';
+import {{ Model }} from '{rt}';
+const wasm = fs.readFileSync({json.dumps(str(tmp_path / 'model.wasm'))});
+const msgs = [];
+for (const m of {json.dumps(manifests)}) {{
+  try {{ await Model.create(wasm, m); msgs.push('ok'); }}
+  catch (e) {{ msgs.push(`${{e.name}}: ${{e.message}}`); }}
+}}
+console.log(JSON.stringify(msgs));""", tmp_path)
+    msgs = json.loads(out)
+    return msgs
+
+
 def test_js_an_edited_manifest_is_a_runtime_data_error(tmp_path, digits_mlp):
     """As in Python (tests/test_runtime_call.py): a missing field or a buffer outside the memory
     is a RuntimeDataError naming manifest.json, not a TypeError or RangeError."""
@@ -545,18 +563,7 @@ def test_js_an_edited_manifest_is_a_runtime_data_error(tmp_path, digits_mlp):
         else:
             del m[edit]
         manifests.append(m)
-    (tmp_path / "model.wasm").write_bytes(digits_mlp.wasm)
-    rt = (ROOT / "runtime" / "js" / "fedc-runtime.js").as_uri()
-    out = node(f"""import fs from 'node:fs';
-import {{ Model }} from '{rt}';
-const wasm = fs.readFileSync({json.dumps(str(tmp_path / 'model.wasm'))});
-const msgs = [];
-for (const m of {json.dumps(manifests)}) {{
-  try {{ await Model.create(wasm, m); msgs.push('ok'); }}
-  catch (e) {{ msgs.push(`${{e.name}}: ${{e.message}}`); }}
-}}
-console.log(JSON.stringify(msgs));""", tmp_path)
-    msgs = json.loads(out)
+    msgs = _js_create(digits_mlp.wasm, manifests, tmp_path)
     wrong = "RuntimeDataError: manifest.json is not the one fedc wrote for this module ("
     assert len(msgs) == 3 and all(m.startswith(wrong) for m in msgs), msgs
 
@@ -579,18 +586,7 @@ def test_js_refuses_a_layout_it_does_not_know(tmp_path):
         elif edit == "overlap":
             m["params"][1]["offset"] = m["params"][0]["offset"]
         manifests.append(m)
-    (tmp_path / "model.wasm").write_bytes(art.wasm)
-    rt = (ROOT / "runtime" / "js" / "fedc-runtime.js").as_uri()
-    out = node(f"""import fs from 'node:fs';
-import {{ Model }} from '{rt}';
-const wasm = fs.readFileSync({json.dumps(str(tmp_path / 'model.wasm'))});
-const msgs = [];
-for (const m of {json.dumps(manifests)}) {{
-  try {{ await Model.create(wasm, m); msgs.push('ok'); }}
-  catch (e) {{ msgs.push(`${{e.name}}: ${{e.message}}`); }}
-}}
-console.log(JSON.stringify(msgs));""", tmp_path)
-    msgs = json.loads(out)
+    msgs = _js_create(art.wasm, manifests, tmp_path)
     assert msgs[0] == "ok", msgs
     for m in msgs[1:3]:
         assert m.startswith("RuntimeDataError: parameter dense_0.weight: unknown layout"), msgs
